@@ -1,0 +1,132 @@
+"""Settings: one frozen object, read once from ``FABRIC_*`` variables and passed down.
+
+Nested parts use ``__`` in variable names (``FABRIC_KAFKA__BOOTSTRAP``); the most
+used ones also have a short alias (``FABRIC_KAFKA_BOOTSTRAP``, ``FABRIC_REDIS_URL``,
+``FABRIC_CLICKHOUSE_URL``). Backends are chosen by URL scheme: ``chdb:///dir`` is the
+embedded ClickHouse engine, ``http://host:8123`` a ClickHouse server.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from fabric.errors import ConfigError
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+class _Part(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class KafkaSettings(_Part):
+    bootstrap: str = "127.0.0.1:9092"
+    topic_prefix: str = "ctx"
+    partitions: int = 4
+    group: str = "fabric-pipeline"
+    client_id: str = "context-fabric"
+
+
+class RedisSettings(_Part):
+    url: str = "redis://127.0.0.1:6379/0"
+    key_prefix: str = "fabric"
+    stream_window: int = Field(100, description="entries kept per subject for stream types")
+    change_retention: int = Field(10_000, description="changes kept per tenant in the feed")
+
+    @field_validator("url")
+    @classmethod
+    def _scheme(cls, v: str) -> str:
+        if not v.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError(f"redis url must start with redis://, rediss:// or unix://, got {v!r}")
+        return v
+
+
+class ClickHouseSettings(_Part):
+    url: str = "chdb://.fabric/chdb"
+    database: str = "fabric"
+    batch_rows: int = 5_000
+    flush_interval_s: float = 1.0
+
+    @field_validator("url")
+    @classmethod
+    def _scheme(cls, v: str) -> str:
+        if not v.startswith(("chdb://", "http://", "https://")):
+            raise ValueError(
+                f"clickhouse url must be chdb:///dir (embedded) or http(s)://host:port, got {v!r}"
+            )
+        return v
+
+    @property
+    def embedded(self) -> bool:
+        return self.url.startswith("chdb://")
+
+    @property
+    def chdb_path(self) -> Path:
+        """The engine directory: ``chdb:///abs/dir`` is absolute, ``chdb://rel/dir`` relative."""
+        return Path(self.url.removeprefix("chdb://"))
+
+
+class RouterSettings(_Part):
+    host: str = "127.0.0.1"
+    port: int = 8700
+    max_body_bytes: int = 5 * 1024 * 1024
+    max_event_bytes: int = 1024 * 1024
+    subscriber_buffer: int = 1_000
+
+
+class WorkerSettings(_Part):
+    batch_max: int = 2_000
+    batch_wait_ms: int = 5
+
+
+class Settings(BaseSettings):
+    """Everything the fabric can be told, frozen after it is read."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="FABRIC_", env_nested_delimiter="__", frozen=True, extra="ignore"
+    )
+
+    data_dir: Path = Path(".fabric")
+    schemas_dir: Path = REPO_ROOT / "schemas"
+    kafka: KafkaSettings = KafkaSettings()
+    redis: RedisSettings = RedisSettings()
+    clickhouse: ClickHouseSettings = ClickHouseSettings()
+    router: RouterSettings = RouterSettings()
+    worker: WorkerSettings = WorkerSettings()
+
+    def topic(self, name: str) -> str:
+        """Full topic name: ``topic('ingest')`` -> ``ctx.ingest``."""
+        return f"{self.kafka.topic_prefix}.{name}"
+
+
+_ALIASES = {
+    "FABRIC_KAFKA_BOOTSTRAP": ("kafka", "bootstrap"),
+    "FABRIC_REDIS_URL": ("redis", "url"),
+    "FABRIC_CLICKHOUSE_URL": ("clickhouse", "url"),
+}
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Read the environment once. Short aliases apply when the nested form is not set."""
+    nested: dict[str, dict[str, Any]] = {}
+    for var, (part, field) in _ALIASES.items():
+        if var in os.environ and f"FABRIC_{part.upper()}__{field.upper()}" not in os.environ:
+            nested.setdefault(part, {})[field] = os.environ[var]
+    try:
+        base = Settings()
+        if nested:
+            parts = {p: getattr(base, p).model_copy(update=v) for p, v in nested.items()}
+            base = base.model_copy(update=parts)
+            # re-validate the aliased values (model_copy does not)
+            for p, v in nested.items():
+                type(getattr(base, p)).model_validate(getattr(base, p).model_dump())
+        if overrides:
+            base = base.model_copy(update=overrides)
+        return base
+    except ValueError as e:
+        raise ConfigError(f"invalid FABRIC_* settings: {e}") from e

@@ -1,0 +1,201 @@
+"""Codecs: the three ways an event can arrive on ``ctx.ingest``, and the canonical form.
+
+Ingest formats, told apart by their first bytes and headers:
+
+1. Confluent wire format: magic byte 0, a 4-byte big-endian schema id, Avro body.
+   Id 1 is the generic envelope (``data`` = JSON bytes); the typed envelope ids are in
+   ``schemas/registry/context-types.yaml``.
+2. CloudEvents binary mode: attributes in ``ce_*`` headers, the value is ``data``
+   (JSON, or Confluent-framed Avro of the bare data record with ``content-type:
+   application/avro``).
+3. CloudEvents structured mode: the value is the JSON envelope.
+
+Everything that fails raises ``InvalidEvent`` naming the problem and a JSON pointer;
+the worker turns that into a DLQ record, never into a crash.
+
+The canonical form on the typed topics is the Confluent-framed typed envelope, so
+Schema-Registry-aware tools can read the fabric's topics.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+import struct
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+import fastavro
+import msgspec
+
+from fabric.errors import InvalidEvent
+from fabric.topics.envelope import ATTRIBUTES, Envelope
+from fabric.topics.registry import GENERIC_SCHEMA_ID, ContextType, Registry
+
+MAGIC = 0
+_HEADER = struct.Struct(">bI")
+_envelope_decoder = msgspec.json.Decoder(Envelope)
+_PATH = re.compile(r" - at `\$(.*)`$")
+_SEGMENT = re.compile(r"\.([^.\[]+)|\[(\d+)\]")
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+Headers = Sequence[tuple[str, bytes]]
+
+
+def pointer_of(error: msgspec.ValidationError | msgspec.DecodeError, prefix: str = "") -> tuple[str, str]:
+    """Split a msgspec error into (reason, JSON pointer): ``$.a[0].b`` -> ``/a/0/b``."""
+    msg = str(error)
+    m = _PATH.search(msg)
+    if not m:
+        return msg, prefix
+    parts = [a or b for a, b in _SEGMENT.findall(m.group(1))]
+    return msg[: m.start()], prefix + "".join("/" + p.replace("~", "~0").replace("/", "~1") for p in parts)
+
+
+def confluent_frame(schema_id: int, body: bytes) -> bytes:
+    return _HEADER.pack(MAGIC, schema_id) + body
+
+
+def avro_encode(schema: Any, record: dict[str, Any]) -> bytes:
+    buf = io.BytesIO()
+    fastavro.schemaless_writer(buf, schema, record)
+    return buf.getvalue()
+
+
+def _avro_decode(schema: Any, body: bytes, what: str) -> dict[str, Any]:
+    try:
+        buf = io.BytesIO(body)
+        out: dict[str, Any] = fastavro.schemaless_reader(buf, schema, None)
+        if buf.tell() != len(body):
+            raise InvalidEvent(f"{what}: {len(body) - buf.tell()} trailing bytes after the record")
+        return out
+    except InvalidEvent:
+        raise
+    except (EOFError, StopIteration, IndexError, ValueError, OverflowError, UnicodeDecodeError, TypeError) as e:
+        raise InvalidEvent(f"{what}: Avro body does not match the schema ({type(e).__name__}: {e})") from e
+
+
+def _unframe(value: bytes, what: str) -> tuple[int, bytes]:
+    if len(value) < 5 or value[0] != MAGIC:
+        raise InvalidEvent(f"{what}: not in the Confluent wire format (magic byte 0 + schema id)")
+    _, schema_id = _HEADER.unpack_from(value)
+    return schema_id, value[5:]
+
+
+def _from_avro_record(rec: dict[str, Any], data: bytes) -> Envelope:
+    attrs = {k: rec.get(k) for k in ATTRIBUTES if rec.get(k) is not None}
+    try:
+        return msgspec.convert(attrs, Envelope, data=msgspec.Raw(data))  # type: ignore[call-arg]
+    except TypeError:
+        env = msgspec.convert(attrs, Envelope)
+        return msgspec.structs.replace(env, data=msgspec.Raw(data))
+
+
+def decode_confluent(value: bytes, registry: Registry) -> Envelope:
+    schema_id, body = _unframe(value, "Avro event")
+    if schema_id == GENERIC_SCHEMA_ID:
+        rec = _avro_decode(registry.schemas.envelope, body, "generic envelope")
+        data = rec["data"]
+        return _from_avro_record(rec, data if data else b"null")
+    ct = registry.by_schema_id.get(schema_id)
+    if ct is None:
+        raise InvalidEvent(f"unknown schema id {schema_id} in the Confluent header", "")
+    rec = _avro_decode(registry.schemas.avro(ct.name), body, f"{ct.name} envelope")
+    return _from_avro_record(rec, msgspec.json.encode(rec["data"]))
+
+
+def decode_binary(value: bytes | None, headers: Headers, registry: Registry) -> Envelope:
+    attrs: dict[str, Any] = {}
+    content_type = None
+    for k, v in headers:
+        try:
+            text = v.decode()
+        except UnicodeDecodeError as e:
+            raise InvalidEvent(f"header {k!r} is not valid UTF-8", "") from e
+        lk = k.lower()
+        if lk.startswith("ce_"):
+            name = lk[3:]
+            if name in ATTRIBUTES:
+                attrs[name] = text
+        elif lk == "content-type":
+            content_type = text
+    try:
+        env = msgspec.convert(attrs, Envelope, strict=False)
+    except msgspec.ValidationError as e:
+        reason, ptr = pointer_of(e)
+        raise InvalidEvent(f"CloudEvents headers: {reason}", ptr) from e
+    if content_type and "avro" in content_type:
+        schema_id, body = _unframe(value or b"", "Avro data")
+        ct = registry.by_data_schema_id.get(schema_id)
+        if ct is None:
+            raise InvalidEvent(f"unknown data schema id {schema_id} in the Confluent header", "/data")
+        rec = _avro_decode(registry.schemas.data_avro(ct.name), body, f"{ct.name} data")
+        data = msgspec.json.encode(rec)
+    else:
+        data = value if value else b"null"
+    return msgspec.structs.replace(env, data=msgspec.Raw(data))
+
+
+def decode_structured(value: bytes) -> Envelope:
+    try:
+        return _envelope_decoder.decode(value)
+    except msgspec.ValidationError as e:
+        reason, ptr = pointer_of(e)
+        raise InvalidEvent(reason, ptr) from e
+    except msgspec.DecodeError as e:
+        raise InvalidEvent(f"not valid JSON: {e}", "") from e
+
+
+def decode_ingest(value: bytes | None, headers: Headers, registry: Registry) -> Envelope:
+    """Decode one ``ctx.ingest`` record in whichever of the three formats it is."""
+    if any(k.lower() in ("ce_specversion", "ce_id") for k, _ in headers):
+        return decode_binary(value, headers, registry)
+    if not value:
+        raise InvalidEvent("empty message and no ce_* headers", "")
+    if value[0] == MAGIC:
+        return decode_confluent(value, registry)
+    return decode_structured(value)
+
+
+def validate(env: Envelope, registry: Registry) -> tuple[ContextType, Any]:
+    """Check an envelope against its context type; returns the type and the decoded data."""
+    if not env.tenant:
+        raise InvalidEvent("tenant must not be empty", "/tenant")
+    if not env.subject:
+        raise InvalidEvent("subject must not be empty", "/subject")
+    ct = registry.resolve(env.type)
+    try:
+        data = registry.schemas.data_decoder(ct.name).decode(env.data)
+    except msgspec.ValidationError as e:
+        reason, ptr = pointer_of(e, "/data")
+        raise InvalidEvent(reason, ptr) from e
+    except msgspec.DecodeError as e:
+        raise InvalidEvent(f"data is not valid JSON: {e}", "/data") from e
+    return ct, data
+
+
+def micros(t: datetime) -> int:
+    """Microseconds since the epoch of an aware (or UTC-naive) datetime."""
+    if t.tzinfo is None:
+        t = t.replace(tzinfo=UTC)
+    return (t - _EPOCH) // _ONE_MICRO
+
+
+_ONE_MICRO = datetime.resolution
+
+
+def encode_typed(env: Envelope, ct: ContextType, data: Any, registry: Registry) -> bytes:
+    """The canonical typed-topic form: Confluent-framed Avro of the typed envelope."""
+    rec = msgspec.structs.asdict(env)
+    rec["data"] = msgspec.to_builtins(data)
+    return confluent_frame(ct.schema_id, avro_encode(registry.schemas.avro(ct.name), rec))
+
+
+def decode_typed(value: bytes, registry: Registry) -> tuple[ContextType, dict[str, Any]]:
+    """Decode a typed-topic record to (context type, plain dict with ``data`` as a dict)."""
+    schema_id, body = _unframe(value, "typed event")
+    ct = registry.by_schema_id.get(schema_id)
+    if ct is None:
+        raise InvalidEvent(f"unknown schema id {schema_id} on a typed topic")
+    return ct, _avro_decode(registry.schemas.avro(ct.name), body, f"{ct.name} envelope")

@@ -1,0 +1,102 @@
+"""The first registry: context types and the event-type -> context-type mapping, from files.
+
+``schemas/registry/context-types.yaml`` declares each context type (kind, typed topic,
+Avro schema, Confluent schema id); ``schemas/registry/event-types.yaml`` maps event
+type globs (``page.*``) to context types, first match wins.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from fabric.errors import ConfigError, UnknownEventType
+from fabric.topics.schemas import Schemas
+
+Kind = Literal["state", "stream"]
+GENERIC_SCHEMA_ID = 1
+
+
+@dataclass(frozen=True, slots=True)
+class ContextType:
+    name: str
+    kind: Kind
+    topic: str
+    schema: str
+    schema_id: int
+    data_schema_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    match: str
+    context_type: str
+
+
+class Registry:
+    """Context types, routing rules and their schemas. Lookups are cached per event type."""
+
+    def __init__(self, context_types: list[ContextType], rules: list[Rule], schemas: Schemas):
+        self.context_types = {c.name: c for c in context_types}
+        self.rules = rules
+        self.schemas = schemas
+        self.by_schema_id = {c.schema_id: c for c in context_types}
+        self.by_data_schema_id = {c.data_schema_id: c for c in context_types}
+        self._cache: dict[str, ContextType | None] = {}
+        for r in rules:
+            if r.context_type not in self.context_types:
+                raise ConfigError(f"event-type rule {r.match!r}: unknown context type {r.context_type!r}")
+
+    @classmethod
+    def load(cls, schemas_dir: Path) -> Registry:
+        reg_dir = schemas_dir / "registry"
+        ctypes = _read_yaml(reg_dir / "context-types.yaml")
+        rules = _read_yaml(reg_dir / "event-types.yaml")
+        if not isinstance(ctypes, dict) or not isinstance(rules, list):
+            raise ConfigError(f"{reg_dir}: context-types must be a mapping, event-types a list")
+        cts = []
+        for name, spec in ctypes.items():
+            try:
+                kind = spec["kind"]
+                if kind not in ("state", "stream"):
+                    raise ConfigError(f"context type {name}: kind must be state or stream, got {kind!r}")
+                cts.append(ContextType(
+                    name, kind, spec["topic"], spec["schema"],
+                    int(spec["schema_id"]), int(spec["data_schema_id"]),
+                ))
+            except (KeyError, TypeError) as e:
+                raise ConfigError(f"context type {name}: missing or bad field {e}") from e
+        schemas = Schemas(schemas_dir / "avro", {c.name: c.schema for c in cts})
+        return cls(cts, [Rule(r["match"], r["context_type"]) for r in rules], schemas)
+
+    def resolve(self, event_type: str) -> ContextType:
+        """The context type of an event type; ``UnknownEventType`` when no rule matches."""
+        try:
+            ct = self._cache[event_type]
+        except KeyError:
+            ct = next(
+                (self.context_types[r.context_type] for r in self.rules
+                 if fnmatch.fnmatchcase(event_type, r.match)),
+                None,
+            )
+            if len(self._cache) < 10_000:
+                self._cache[event_type] = ct
+        if ct is None:
+            raise UnknownEventType(f"no registry rule maps event type {event_type!r}", "/type")
+        return ct
+
+    def __getitem__(self, name: str) -> ContextType:
+        return self.context_types[name]
+
+
+def _read_yaml(path: Path) -> Any:
+    try:
+        return yaml.safe_load(path.read_text())
+    except FileNotFoundError as e:
+        raise ConfigError(f"registry file {path} is missing") from e
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from e
