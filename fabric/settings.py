@@ -30,6 +30,7 @@ class KafkaSettings(_Part):
     partitions: int = 4
     group: str = "fabric-pipeline"
     client_id: str = "context-fabric"
+    session_timeout_ms: int = 6_000
 
 
 class RedisSettings(_Part):
@@ -77,11 +78,14 @@ class RouterSettings(_Part):
     max_body_bytes: int = 5 * 1024 * 1024
     max_event_bytes: int = 1024 * 1024
     subscriber_buffer: int = 1_000
+    produce_timeout_s: float = 10.0
 
 
 class WorkerSettings(_Part):
     batch_max: int = 2_000
     batch_wait_ms: int = 5
+    metrics_port: int = Field(8701, description="Prometheus port of the worker; 0 turns it off")
+    log_level: str = "info"
 
 
 class Settings(BaseSettings):

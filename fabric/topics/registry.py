@@ -29,6 +29,7 @@ class ContextType:
     schema: str
     schema_id: int
     data_schema_id: int
+    ttl_s: float = 0.0  # context older than this is flagged stale; 0: never
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +68,7 @@ class Registry:
                 cts.append(ContextType(
                     name, kind, spec["topic"], spec["schema"],
                     int(spec["schema_id"]), int(spec["data_schema_id"]),
+                    float(spec.get("ttl_s", 0)),
                 ))
             except (KeyError, TypeError) as e:
                 raise ConfigError(f"context type {name}: missing or bad field {e}") from e

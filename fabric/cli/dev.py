@@ -1,0 +1,44 @@
+"""``fabric dev up | down | status``: the embedded broker and Redis on loopback."""
+
+from __future__ import annotations
+
+import click
+
+from fabric.cli.main import settings_of
+from fabric.dev.stack import PartStatus, Stack
+
+
+def _print(rows: list[PartStatus]) -> None:
+    for r in rows:
+        state = "up" if r.answering else "down"
+        pid = f"pid {r.pid}" if r.pid else "no pid"
+        click.echo(f"{r.name:<8} {r.address:<22} {state:<5} {pid:<12} {r.note}".rstrip())
+
+
+@click.group(help="Start, stop or inspect the embedded dev stack (broker, Redis) under .fabric/.")
+def dev() -> None:
+    pass
+
+
+@dev.command(help="Start the broker and Redis; fine to run twice.")
+@click.option("--timeout", default=20.0, show_default=True, help="Seconds to wait for each part.")
+@click.pass_context
+def up(ctx: click.Context, timeout: float) -> None:
+    _print(Stack(settings_of(ctx)).up(timeout))
+
+
+@dev.command(help="Stop what 'fabric dev up' started.")
+@click.pass_context
+def down(ctx: click.Context) -> None:
+    _print(Stack(settings_of(ctx)).down())
+
+
+@dev.command(help="Show ports, PIDs and whether each part answers; exit 1 if one is down.")
+@click.pass_context
+def status(ctx: click.Context) -> None:
+    rows = Stack(settings_of(ctx)).status()
+    _print(rows)
+    s = settings_of(ctx)
+    click.echo(f"{'clickhouse':<8} {s.clickhouse.url}")
+    if not all(r.answering for r in rows):
+        ctx.exit(1)

@@ -1,0 +1,48 @@
+"""``fabric worker``, ``fabric router``, ``fabric sink``: the long-running processes."""
+
+from __future__ import annotations
+
+import asyncio
+
+import click
+import uvloop
+
+from fabric.cli.main import settings_of
+
+
+@click.command(help="Run the pipeline worker (Faust): ingest -> validate -> enrich -> route -> Redis.")
+@click.option(
+    "--stages", default="route,materialize", show_default=True,
+    help="Comma-separated stages this process runs (route, materialize).",
+)  # fmt: skip
+@click.pass_context
+def worker(ctx: click.Context, stages: str) -> None:
+    from fabric.pipeline.worker import run_worker
+
+    run_worker(settings_of(ctx), tuple(s.strip() for s in stages.split(",") if s.strip()))
+
+
+@click.command(help="Serve pulls, pushes and ingest over HTTP/WebSocket (FABRIC_ROUTER__HOST/PORT).")
+@click.option("--host", default=None, help="Listen address [FABRIC_ROUTER__HOST, 127.0.0.1].")
+@click.option("--port", default=None, type=int, help="Listen port [FABRIC_ROUTER__PORT, 8700].")
+@click.pass_context
+def router(ctx: click.Context, host: str | None, port: int | None) -> None:
+    from fabric.router.app import run_router
+
+    s = settings_of(ctx)
+    update = {k: v for k, v in (("host", host), ("port", port)) if v is not None}
+    if update:
+        s = s.model_copy(update={"router": s.router.model_copy(update=update)})
+    run_router(s)
+
+
+@click.command(help="Write events and DLQ records to ClickHouse (FABRIC_CLICKHOUSE_URL).")
+@click.pass_context
+def sink(ctx: click.Context) -> None:
+    from fabric.sinks.sink import serve
+
+    uvloop.run(serve(settings_of(ctx)))
+
+
+def run_async(coro: object) -> None:
+    asyncio.run(coro)  # type: ignore[arg-type]

@@ -1,0 +1,126 @@
+"""The router: Starlette app factory and ``fabric router`` (uvicorn, uvloop, httptools)."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import AsyncIterator
+
+import msgspec
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+from aiokafka import AIOKafkaProducer
+from prometheus_client import CONTENT_TYPE_LATEST, Counter, generate_latest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route, WebSocketRoute
+
+from fabric.pipeline.materialize import CacheKeys
+from fabric.router.contexts import get_context, list_contexts
+from fabric.router.hub import ChangeHub
+from fabric.router.ingest import EdgeValidator, post_events
+from fabric.router.state import HTTPProblem, RouterState, state_of
+from fabric.router.subscribe import subscribe
+from fabric.settings import Settings
+from fabric.topics.admin import ensure_topics, ingest_topic
+from fabric.topics.registry import Registry
+
+ERRORS = Counter("fabric_http_errors_total", "HTTP answers with an error status", ["status"])
+_enc = msgspec.json.Encoder()
+
+
+async def problem(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPProblem)
+    ERRORS.labels(str(exc.status)).inc()
+    return Response(
+        _enc.encode({"error": exc.message}), status_code=exc.status,
+        media_type="application/json", headers=exc.headers,
+    )  # fmt: skip
+
+
+async def redis_down(request: Request, exc: Exception) -> Response:
+    ERRORS.labels("503").inc()
+    return Response(
+        _enc.encode({"error": f"the context cache is unavailable: {exc}"}), status_code=503,
+        media_type="application/json", headers={"Retry-After": "1"},
+    )  # fmt: skip
+
+
+async def metrics(request: Request) -> Response:
+    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+
+async def healthz(request: Request) -> Response:
+    st = state_of(request)
+    started = time.perf_counter()
+    try:
+        await st.redis.ping()
+        redis_ok = True
+    except RedisError:
+        redis_ok = False
+    body = {"status": "ok" if redis_ok else "degraded", "redis": redis_ok,
+            "redis_ms": round((time.perf_counter() - started) * 1000, 3)}  # fmt: skip
+    return Response(_enc.encode(body), status_code=200 if redis_ok else 503, media_type="application/json")
+
+
+async def schema(request: Request) -> Response:
+    st = state_of(request)
+    name = request.path_params["context_type"]
+    if name not in st.registry.context_types:
+        raise HTTPProblem(404, f"unknown context type {name!r}")
+    return Response(_enc.encode(st.registry.schemas.json_schema(name)), media_type="application/schema+json")
+
+
+def create_app(settings: Settings) -> Starlette:
+    """Build the router. Redis and Kafka connections open in the lifespan."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        registry = Registry.load(settings.schemas_dir)
+        await ensure_topics(settings, [ingest_topic(settings)])
+        redis = aioredis.from_url(settings.redis.url, max_connections=256)
+        hub_redis = aioredis.from_url(settings.redis.url)
+        producer = AIOKafkaProducer(
+            bootstrap_servers=settings.kafka.bootstrap, client_id=f"{settings.kafka.client_id}-router",
+            linger_ms=2, acks="all", max_request_size=settings.router.max_body_bytes + 64 * 1024,
+            request_timeout_ms=int(settings.router.produce_timeout_s * 1000),
+        )  # fmt: skip
+        await producer.start()
+        keys = CacheKeys(settings.redis.key_prefix)
+        hub = ChangeHub(hub_redis, keys, registry, buffer=settings.router.subscriber_buffer)
+        hub.start()
+        validator = EdgeValidator(registry, settings.router.max_event_bytes)
+        app.state.fabric = RouterState(settings, registry, redis, keys, producer, hub, validator)
+        try:
+            yield
+        finally:
+            await hub.stop()
+            await producer.stop()
+            await redis.aclose()
+            await hub_redis.aclose()
+
+    routes = [
+        Route("/v1/contexts/{context_type}/{subject:path}", get_context, methods=["GET"]),
+        Route("/v1/contexts/{context_type}", list_contexts, methods=["GET"]),
+        Route("/v1/schemas/{context_type}", schema, methods=["GET"]),
+        Route("/v1/events", post_events, methods=["POST"]),
+        WebSocketRoute("/v1/subscribe", subscribe),
+        Route("/metrics", metrics, methods=["GET"]),
+        Route("/healthz", healthz, methods=["GET"]),
+    ]
+    return Starlette(
+        routes=routes,
+        lifespan=lifespan,
+        exception_handlers={HTTPProblem: problem, RedisError: redis_down},
+    )
+
+
+def run_router(settings: Settings) -> None:
+    import uvicorn
+
+    uvicorn.run(
+        create_app(settings), host=settings.router.host, port=settings.router.port,
+        loop="uvloop", http="httptools", ws="websockets-sansio", log_level="warning",
+        access_log=False, lifespan="on",
+    )  # fmt: skip

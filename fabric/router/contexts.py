@@ -1,0 +1,106 @@
+"""Pull: ``GET /v1/contexts/{context_type}/{subject}`` and ``GET /v1/contexts/{context_type}``.
+
+The cached event JSON is spliced into the response as raw bytes (``msgspec.Raw``), so
+a pull costs one Redis round trip and no JSON re-encoding of the payload.
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime
+
+import msgspec
+from starlette.requests import Request
+from starlette.responses import Response
+
+from fabric.router.state import HTTPProblem, state_of, tenant_of
+from fabric.topics.registry import ContextType
+
+
+class Context(msgspec.Struct):
+    context_type: str
+    subject: str
+    sequence: int
+    as_of: str
+    age_ms: int
+    stale: bool
+    changes: int
+    event: msgspec.Raw
+    window: list[msgspec.Raw] | None = None
+
+
+class ContextList(msgspec.Struct):
+    context_type: str
+    items: list[Context]
+
+
+_enc = msgspec.json.Encoder()
+
+
+def _iso(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def freshness(at_ms: int, ct: ContextType, now_ms: int | None = None) -> tuple[str, int, bool]:
+    """(as_of, age_ms, stale) of a context whose event time is ``at_ms``."""
+    now_ms = int(time.time() * 1000) if now_ms is None else now_ms
+    age = max(0, now_ms - at_ms)
+    return _iso(at_ms), age, bool(ct.ttl_s) and age > ct.ttl_s * 1000
+
+
+def _context_type(request: Request) -> ContextType:
+    name = request.path_params["context_type"]
+    ct = state_of(request).registry.context_types.get(name)
+    if ct is None:
+        known = ", ".join(sorted(state_of(request).registry.context_types))
+        raise HTTPProblem(404, f"unknown context type {name!r} (known: {known})")
+    return ct
+
+
+def _build(ct: ContextType, subject: str, fields: list[bytes | None], window: list[bytes] | None) -> Context:
+    seq, at, v, count = fields
+    as_of, age, stale = freshness(int(at or 0), ct)
+    return Context(
+        context_type=ct.name, subject=subject, sequence=int(seq or 0), as_of=as_of, age_ms=age,
+        stale=stale, changes=int(count or 0), event=msgspec.Raw(v or b"null"),
+        window=[msgspec.Raw(w) for w in window] if window is not None else None,
+    )  # fmt: skip
+
+
+async def get_context(request: Request) -> Response:
+    tenant = tenant_of(request)
+    ct = _context_type(request)
+    subject = request.path_params["subject"]
+    st = state_of(request)
+    key = st.keys.ctx(tenant, ct.name, subject)
+    if ct.kind == "stream":
+        async with st.redis.pipeline(transaction=False) as p:
+            p.hmget(key, "seq", "at", "v", "count")
+            p.lrange(st.keys.window(tenant, ct.name, subject), 0, -1)
+            fields, window = await p.execute()
+    else:
+        fields, window = await st.redis.hmget(key, "seq", "at", "v", "count"), None
+    if fields[2] is None:
+        raise HTTPProblem(404, f"no {ct.name} context for subject {subject!r}")
+    return Response(_enc.encode(_build(ct, subject, fields, window)), media_type="application/json")
+
+
+async def list_contexts(request: Request) -> Response:
+    tenant = tenant_of(request)
+    ct = _context_type(request)
+    try:
+        limit = int(request.query_params.get("limit", "20"))
+    except ValueError:
+        raise HTTPProblem(400, "limit must be an integer") from None
+    if not 1 <= limit <= 1000:
+        raise HTTPProblem(400, "limit must be between 1 and 1000")
+    st = state_of(request)
+    subjects = [s.decode() for s in await st.redis.zrevrange(st.keys.recent(tenant, ct.name), 0, limit - 1)]
+    items: list[Context] = []
+    if subjects:
+        async with st.redis.pipeline(transaction=False) as p:
+            for s in subjects:
+                p.hmget(st.keys.ctx(tenant, ct.name, s), "seq", "at", "v", "count")
+            rows = await p.execute()
+        items = [_build(ct, s, f, None) for s, f in zip(subjects, rows, strict=True) if f[2] is not None]
+    return Response(_enc.encode(ContextList(ct.name, items)), media_type="application/json")

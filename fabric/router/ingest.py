@@ -1,0 +1,150 @@
+"""``POST /v1/events``: one CloudEvent, a JSON array of them, or NDJSON.
+
+Each event is checked against its context type's JSON Schema (derived from Avro);
+the valid ones are produced to ``ctx.ingest`` and acknowledged by the broker before
+the answer, the invalid ones are named with the JSON pointer of the violation.
+Answers: 202 all accepted, 207 some accepted, 400 none accepted, 413 body too large,
+503 the broker did not take the events (nothing was accepted, retry).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import jsonschema
+import msgspec
+import orjson
+from aiokafka.errors import KafkaError
+from starlette.requests import Request
+from starlette.responses import Response
+
+from fabric.errors import UnknownEventType
+from fabric.pipeline.route import PROVIDER_HEADER
+from fabric.router.state import HTTPProblem, state_of, tenant_of
+from fabric.topics.registry import Registry
+
+
+class Rejected(msgspec.Struct):
+    index: int
+    pointer: str
+    error: str
+    id: str | None = None
+
+
+class IngestResult(msgspec.Struct):
+    accepted: list[str]
+    rejected: list[Rejected]
+
+
+def _pointer(index: int, path: Any) -> str:
+    parts = "".join("/" + str(p).replace("~", "~0").replace("/", "~1") for p in path)
+    return f"/{index}{parts}"
+
+
+class EdgeValidator:
+    """Precompiled JSON-Schema validators, one per context type."""
+
+    def __init__(self, registry: Registry, max_event_bytes: int) -> None:
+        self.registry = registry
+        self.max_event_bytes = max_event_bytes
+        self.validators = {
+            name: jsonschema.Draft202012Validator(
+                registry.schemas.json_schema(name),
+                format_checker=jsonschema.Draft202012Validator.FORMAT_CHECKER,
+            )
+            for name in registry.context_types
+        }
+
+    def check(self, index: int, event: Any, tenant: str, size: int) -> Rejected | None:
+        """None when the event is valid; fills in the caller's tenant when absent."""
+        if size > self.max_event_bytes:
+            return Rejected(index, f"/{index}", f"event is {size} bytes, over the limit of {self.max_event_bytes}")
+        if not isinstance(event, dict):
+            return Rejected(index, f"/{index}", f"an event must be a JSON object, got {type(event).__name__}")
+        ev_id = event.get("id") if isinstance(event.get("id"), str) else None
+        given = event.setdefault("tenant", tenant)
+        if given != tenant:
+            return Rejected(index, f"/{index}/tenant", "tenant differs from the caller's tenant", ev_id)
+        etype = event.get("type")
+        if not isinstance(etype, str):
+            return Rejected(index, f"/{index}/type", "'type' is required and must be a string", ev_id)
+        try:
+            ct = self.registry.resolve(etype)
+        except UnknownEventType as e:
+            return Rejected(index, f"/{index}/type", e.reason, ev_id)
+        error = jsonschema.exceptions.best_match(self.validators[ct.name].iter_errors(event))
+        if error is not None:
+            return Rejected(index, _pointer(index, error.absolute_path), error.message, ev_id)
+        return None
+
+
+def split_body(body: bytes, content_type: str) -> list[tuple[Any, int] | Rejected]:
+    """Parse the body into (event, size) items, or Rejected for lines that are not JSON."""
+    stripped = body.lstrip()
+    if not stripped:
+        raise HTTPProblem(400, "empty body: send a CloudEvent, a JSON array of them, or NDJSON")
+    ndjson = "ndjson" in content_type or "jsonl" in content_type
+    if not ndjson:
+        try:
+            doc = orjson.loads(body)
+        except orjson.JSONDecodeError as e:
+            if stripped[:1] == b"{" and b"\n" in stripped.rstrip():
+                ndjson = True  # several objects, one per line
+            else:
+                raise HTTPProblem(400, f"body is not valid JSON: {e}") from None
+        else:
+            if isinstance(doc, list):
+                return [(ev, len(orjson.dumps(ev))) for ev in doc]
+            return [(doc, len(body))]
+    items: list[tuple[Any, int] | Rejected] = []
+    for i, line in enumerate(ln for ln in body.splitlines() if ln.strip()):
+        try:
+            items.append((orjson.loads(line), len(line)))
+        except orjson.JSONDecodeError as e:
+            items.append(Rejected(i, f"/{i}", f"line {i + 1} is not valid JSON: {e}"))
+    return items
+
+
+async def post_events(request: Request) -> Response:
+    tenant = tenant_of(request)
+    st = state_of(request)
+    limit = st.settings.router.max_body_bytes
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise HTTPProblem(413, f"body is {declared} bytes, over the limit of {limit}")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise HTTPProblem(413, f"body is over the limit of {limit} bytes")
+        chunks.append(chunk)
+    body = b"".join(chunks)
+    items = split_body(body, request.headers.get("content-type", ""))
+    accepted: list[tuple[str, bytes, bytes]] = []
+    rejected: list[Rejected] = []
+    for i, item in enumerate(items):
+        if isinstance(item, Rejected):
+            rejected.append(item)
+            continue
+        event, ev_size = item
+        problem = st.validator.check(i, event, tenant, ev_size)
+        if problem:
+            rejected.append(problem)
+        else:
+            accepted.append((event["id"], f"{tenant}/{event['subject']}".encode(), orjson.dumps(event)))
+    if accepted:
+        topic = st.settings.topic("ingest")
+        headers = [(PROVIDER_HEADER, b"http")]
+        try:
+            futures = [await st.producer.send(topic, v, key=k, headers=headers) for _, k, v in accepted]
+            await asyncio.wait_for(asyncio.gather(*futures), timeout=st.settings.router.produce_timeout_s)
+        except (KafkaError, TimeoutError) as e:
+            raise HTTPProblem(
+                503, f"the broker did not acknowledge the events ({type(e).__name__}); retry: "
+                "a resent event with the same id and sequence is applied once",
+                {"Retry-After": "1"},
+            ) from None
+    status = 202 if not rejected else (207 if accepted else 400)
+    result = IngestResult([a[0] for a in accepted], rejected)
+    return Response(msgspec.json.encode(result), status_code=status, media_type="application/json")

@@ -1,0 +1,58 @@
+"""What every router handler shares: settings, registry, Redis pool, Kafka producer, hub."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import redis.asyncio as aioredis
+from aiokafka import AIOKafkaProducer
+from starlette.requests import HTTPConnection
+
+from fabric.pipeline.materialize import CacheKeys
+from fabric.settings import Settings
+from fabric.topics.registry import Registry
+
+if TYPE_CHECKING:
+    from fabric.router.hub import ChangeHub
+    from fabric.router.ingest import EdgeValidator
+
+TENANT_HEADER = "x-fabric-tenant"
+_TENANT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+class HTTPProblem(Exception):
+    """An error answered as ``{"error": message}`` with a status code."""
+
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.headers = headers
+
+
+@dataclass
+class RouterState:
+    settings: Settings
+    registry: Registry
+    redis: aioredis.Redis
+    keys: CacheKeys
+    producer: AIOKafkaProducer
+    hub: ChangeHub
+    validator: EdgeValidator
+
+
+def state_of(conn: HTTPConnection) -> RouterState:
+    state: RouterState = conn.app.state.fabric
+    return state
+
+
+def tenant_of(conn: HTTPConnection) -> str:
+    """The caller's tenant. For now from ``X-Fabric-Tenant``; bearer tokens replace it later."""
+    tenant = conn.headers.get(TENANT_HEADER)
+    if not tenant:
+        raise HTTPProblem(401, "missing X-Fabric-Tenant header")
+    if not _TENANT.match(tenant):
+        raise HTTPProblem(400, "X-Fabric-Tenant must be 1-64 of A-Z a-z 0-9 _ . - (not starting with _ . -)")
+    return tenant

@@ -1,0 +1,98 @@
+"""ClickHouse: tables, batched inserts, and a client for either backend.
+
+``chdb:///dir`` opens the in-process engine (one process owns a directory; it has
+no async client, so calls run in a thread); ``http(s)://host:port`` talks to a
+ClickHouse server. Tables use ReplacingMergeTree keyed by Kafka position, so a batch
+re-inserted after a crash collapses to one row (``FINAL`` sees it as one already).
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+from urllib.parse import urlparse
+
+from fabric.errors import BackendUnavailable, MissingExtraError
+from fabric.settings import Settings
+
+EVENT_COLUMNS = [
+    "tenant", "id", "type", "context_type", "subject", "source", "time", "received",
+    "sequence", "sensitivity", "correlationid", "traceparent", "provider", "data",
+    "topic", "partition", "offset",
+]  # fmt: skip
+DLQ_COLUMNS = [
+    "reason", "pointer", "error_class", "original", "headers", "source_topic",
+    "source_partition", "source_offset", "failed_at", "topic", "partition", "offset",
+]  # fmt: skip
+
+
+def ddl(db: str) -> list[str]:
+    return [
+        f"CREATE DATABASE IF NOT EXISTS {db}",
+        f"""CREATE TABLE IF NOT EXISTS {db}.events (
+            tenant String, id String, type LowCardinality(String),
+            context_type LowCardinality(String), subject String, source String,
+            time DateTime64(6, 'UTC'), received DateTime64(6, 'UTC'), sequence Int64,
+            sensitivity LowCardinality(String), correlationid Nullable(String),
+            traceparent Nullable(String), provider Nullable(String), data String,
+            topic LowCardinality(String), partition UInt32, offset UInt64
+        ) ENGINE = ReplacingMergeTree ORDER BY (topic, partition, offset)""",
+        f"""CREATE TABLE IF NOT EXISTS {db}.dlq (
+            reason String, pointer String, error_class LowCardinality(String),
+            original String, headers String, source_topic String,
+            source_partition Int32, source_offset Int64, failed_at DateTime64(6, 'UTC'),
+            topic LowCardinality(String), partition UInt32, offset UInt64
+        ) ENGINE = ReplacingMergeTree ORDER BY (topic, partition, offset)""",
+    ]
+
+
+_lock = threading.Lock()
+
+
+def connect(settings: Settings) -> Any:
+    """A clickhouse-connect client for the configured backend."""
+    ch = settings.clickhouse
+    try:
+        import clickhouse_connect
+    except ImportError as e:  # pragma: no cover - a core dependency
+        raise MissingExtraError("clickhouse-connect", "embedded") from e
+    if ch.embedded:
+        try:
+            import chdb  # noqa: F401
+        except ImportError as e:
+            raise MissingExtraError("chdb (the embedded ClickHouse engine)", "embedded") from e
+        path = ch.chdb_path
+        path.mkdir(parents=True, exist_ok=True)
+        try:
+            return clickhouse_connect.get_client(dsn=f"chdb://{path.resolve()}")
+        except Exception as e:
+            if "lock" in str(e).lower():
+                raise BackendUnavailable(
+                    f"the ClickHouse engine directory {path} is owned by another process"
+                ) from e
+            raise
+    u = urlparse(ch.url)
+    try:
+        return clickhouse_connect.get_client(
+            host=u.hostname, port=u.port or 8123, username=u.username or "default",
+            password=u.password or "", secure=u.scheme == "https",
+        )  # fmt: skip
+    except Exception as e:
+        raise BackendUnavailable(f"ClickHouse at {u.hostname}:{u.port} did not answer: {e}") from e
+
+
+def create_tables(client: Any, settings: Settings) -> None:
+    for stmt in ddl(settings.clickhouse.database):
+        client.command(stmt)
+
+
+def run_query(client: Any, sql: str) -> tuple[list[str], list[list[Any]]]:
+    """Run one SQL statement; returns column names and rows."""
+    with _lock:
+        result = client.query(sql)
+    return list(result.column_names), [list(r) for r in result.result_rows]
+
+
+def insert(client: Any, table: str, rows: list[list[Any]], columns: list[str]) -> None:
+    with _lock:
+        client.insert(table, rows, column_names=columns)

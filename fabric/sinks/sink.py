@@ -1,0 +1,240 @@
+"""``fabric sink``: typed topics and ``ctx.dlq`` -> ClickHouse, in batches.
+
+Its own consumer group, so a slow or failing ClickHouse never holds up the worker:
+rows are inserted in batches (``clickhouse.batch_rows`` or every
+``clickhouse.flush_interval_s``), offsets are committed only after an insert
+succeeded, and a failed insert is retried with backoff. The process owns the
+embedded engine directory and answers ``fabric query`` on a loopback port recorded
+in ``.fabric/run/chdb-owner.json``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import socket
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import orjson
+import uvicorn
+from aiokafka import AIOKafkaConsumer
+from aiokafka.errors import KafkaError
+from prometheus_client import Counter
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from fabric.errors import InvalidEvent
+from fabric.settings import Settings
+from fabric.sinks.clickhouse import DLQ_COLUMNS, EVENT_COLUMNS, connect, create_tables, insert, run_query
+from fabric.topics.admin import all_topics, dlq_topic, ensure_topics, typed_topics
+from fabric.topics.codecs import decode_typed
+from fabric.topics.registry import Registry
+
+log = logging.getLogger(__name__)
+ROWS = Counter("fabric_sink_rows_total", "Rows written to ClickHouse", ["table"])
+FAILURES = Counter("fabric_sink_insert_failures_total", "Failed insert attempts", ["table"])
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def event_row(rec: Any, registry: Registry) -> list[Any]:
+    ct, ev = decode_typed(rec.value, registry)
+    return [
+        ev["tenant"], ev["id"], ev["type"], ct.name, ev["subject"], ev["source"], ev["time"],
+        ev.get("receivedtime") or ev["time"], ev.get("sequence") or 0, ev["sensitivity"],
+        ev.get("correlationid"), ev.get("traceparent"), ev.get("provider"),
+        orjson.dumps(ev["data"]).decode(), rec.topic, rec.partition, rec.offset,
+    ]  # fmt: skip
+
+
+def dlq_row(rec: Any) -> list[Any]:
+    h = {k: v for k, v in rec.headers or ()}
+
+    def text(name: str, default: str = "") -> str:
+        return h.get(name, default.encode()).decode(errors="replace")
+
+    failed = text("fabric_failed_at")
+    try:
+        failed_at = datetime.fromisoformat(failed) if failed else datetime.now(UTC)
+    except ValueError:
+        failed_at = datetime.now(UTC)
+    headers = {k: v.decode(errors="replace") for k, v in h.items() if not k.startswith("fabric_")}
+    return [
+        text("fabric_error_reason", "unknown"), text("fabric_error_pointer"),
+        text("fabric_error_class", "InvalidEvent"), rec.value or b"", json.dumps(headers),
+        text("fabric_original_topic"), int(text("fabric_original_partition", "-1") or -1),
+        int(text("fabric_original_offset", "-1") or -1), failed_at, rec.topic, rec.partition,
+        rec.offset,
+    ]  # fmt: skip
+
+
+class Sink:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.registry = Registry.load(settings.schemas_dir)
+        self.client: Any = None
+        self.db = settings.clickhouse.database
+
+    async def open(self) -> None:
+        delay = 0.5
+        while True:
+            try:
+                self.client = await asyncio.to_thread(connect, self.settings)
+                await asyncio.to_thread(create_tables, self.client, self.settings)
+                return
+            except Exception as e:  # noqa: BLE001 - keep trying, ClickHouse may come up later
+                log.warning("sink: ClickHouse not ready (%s); retrying in %.1f s", e, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10.0)
+
+    async def _insert(self, table: str, rows: list[list[Any]], columns: list[str]) -> None:
+        """Insert with retries; returns only once the rows are in."""
+        delay = 0.2
+        while True:
+            try:
+                await asyncio.to_thread(insert, self.client, f"{self.db}.{table}", rows, columns)
+                ROWS.labels(table).inc(len(rows))
+                return
+            except Exception as e:  # noqa: BLE001
+                FAILURES.labels(table).inc()
+                log.warning("sink: insert of %d rows into %s failed (%s); retry in %.1f s", len(rows), table, e, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10.0)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        s = self.settings
+        await ensure_topics(s, all_topics(s, self.registry))
+        dlq = dlq_topic(s)
+        consumer = AIOKafkaConsumer(
+            *typed_topics(s, self.registry), dlq,
+            bootstrap_servers=s.kafka.bootstrap, group_id=f"{s.kafka.group}-sink",
+            enable_auto_commit=False, auto_offset_reset="earliest",
+            session_timeout_ms=s.kafka.session_timeout_ms,
+            heartbeat_interval_ms=max(200, s.kafka.session_timeout_ms // 5),
+        )  # fmt: skip
+        await consumer.start()
+        events: list[list[Any]] = []
+        dead: list[list[Any]] = []
+        loop = asyncio.get_running_loop()
+        last_flush = loop.time()
+        try:
+            while not stop.is_set():
+                try:
+                    batch = await consumer.getmany(timeout_ms=200, max_records=s.clickhouse.batch_rows)
+                except KafkaError as e:
+                    log.warning("sink: %s", e)
+                    await asyncio.sleep(1)
+                    continue
+                for tp, recs in batch.items():
+                    for r in recs:
+                        if tp.topic == dlq:
+                            dead.append(dlq_row(r))
+                            continue
+                        try:
+                            events.append(event_row(r, self.registry))
+                        except (InvalidEvent, KeyError, TypeError) as e:
+                            dead.append(dlq_row(_as_dead(r, f"sink could not read the typed record: {e}")))
+                full = len(events) + len(dead) >= s.clickhouse.batch_rows
+                if (events or dead) and (full or loop.time() - last_flush >= s.clickhouse.flush_interval_s):
+                    if events:
+                        await self._insert("events", events, EVENT_COLUMNS)
+                    if dead:
+                        await self._insert("dlq", dead, DLQ_COLUMNS)
+                    await consumer.commit()
+                    events, dead = [], []
+                    last_flush = loop.time()
+                elif not events and not dead:
+                    last_flush = loop.time()
+        finally:
+            if events or dead:
+                if events:
+                    await self._insert("events", events, EVENT_COLUMNS)
+                if dead:
+                    await self._insert("dlq", dead, DLQ_COLUMNS)
+                await consumer.commit()
+            await consumer.stop()
+
+
+class _Dead:
+    def __init__(self, rec: Any, reason: str) -> None:
+        self.value = rec.value
+        self.topic, self.partition, self.offset = rec.topic, rec.partition, rec.offset
+        self.headers = [
+            ("fabric_error_reason", reason.encode()),
+            ("fabric_original_topic", rec.topic.encode()),
+            ("fabric_original_partition", str(rec.partition).encode()),
+            ("fabric_original_offset", str(rec.offset).encode()),
+        ]
+
+
+def _as_dead(rec: Any, reason: str) -> _Dead:
+    return _Dead(rec, reason)
+
+
+# ------------------------------------------------------------------ query server
+
+
+def owner_file(settings: Settings) -> Path:
+    return settings.data_dir / "run" / "chdb-owner.json"
+
+
+def query_app(sink: Sink) -> Starlette:
+    async def query(request: Request) -> Response:
+        sql = (await request.body()).decode()
+        try:
+            cols, rows = await asyncio.to_thread(run_query, sink.client, sql)
+        except Exception as e:  # noqa: BLE001 - report SQL errors to the caller
+            return Response(orjson.dumps({"error": str(e)}), status_code=400, media_type="application/json")
+        return Response(
+            orjson.dumps({"columns": cols, "rows": rows}, default=_default),
+            media_type="application/json",
+        )
+
+    return Starlette(routes=[Route("/query", query, methods=["POST"])])
+
+
+def _default(o: Any) -> Any:
+    if isinstance(o, bytes):
+        return o.decode(errors="replace")
+    if isinstance(o, datetime):
+        return o.isoformat()
+    return str(o)
+
+
+async def serve(settings: Settings) -> None:
+    """Run the sink and, for the embedded engine, its query server, until SIGINT/SIGTERM."""
+    import signal
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    sink = Sink(settings)
+    await sink.open()
+    server = None
+    owner = owner_file(settings)
+    if settings.clickhouse.embedded:
+        sock = socket.socket()
+        sock.bind(("127.0.0.1", 0))
+        config = uvicorn.Config(query_app(sink), log_level="warning", lifespan="off")
+        server = uvicorn.Server(config)
+        server_task = asyncio.create_task(server.serve(sockets=[sock]))
+        owner.parent.mkdir(parents=True, exist_ok=True)
+        owner.write_text(json.dumps({
+            "pid": os.getpid(), "port": sock.getsockname()[1],
+            "path": str(settings.clickhouse.chdb_path.resolve()),
+        }))  # fmt: skip
+    log.info("sink running")
+    try:
+        await sink.run(stop)
+    finally:
+        if server is not None:
+            server.should_exit = True
+            await server_task
+            owner.unlink(missing_ok=True)
