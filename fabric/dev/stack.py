@@ -116,6 +116,8 @@ class Stack:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.run_dir = (settings.data_dir / "run").resolve()
+        # processes this object started, so they are reaped when it stops them
+        self._children: dict[str, subprocess.Popen[bytes]] = {}
 
     def parts(self) -> list[Part]:
         khost, _, kport = self.settings.kafka.bootstrap.split(",")[0].rpartition(":")
@@ -165,11 +167,12 @@ class Stack:
                 )
             binary = tansu_binary() if part.name == "broker" else redis_binary()
             argv = [str(binary) if a in ("{tansu}", "{redis}") else a for a in part.argv]
-            log = part.logfile.open("ab")
-            proc = subprocess.Popen(
-                argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                start_new_session=True,
-            )
+            with part.logfile.open("ab") as log:
+                proc = subprocess.Popen(
+                    argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                    start_new_session=True,
+                )
+            self._children[part.name] = proc
             part.pidfile.write_text(str(proc.pid))
             deadline = time.monotonic() + timeout
             while not self._check(part):
@@ -205,6 +208,9 @@ class Stack:
                 time.sleep(0.05)
             if _alive(pid):
                 os.kill(pid, signal.SIGKILL)
+            child = self._children.pop(part.name, None)
+            if child is not None:
+                child.wait()
             part.pidfile.unlink(missing_ok=True)
             out.append(PartStatus(part.name, f"{part.host}:{part.port}", pid, False, "stopped"))
         return out

