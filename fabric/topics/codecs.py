@@ -37,7 +37,7 @@ MAGIC = 0
 _HEADER = struct.Struct(">bI")
 _envelope_decoder = msgspec.json.Decoder(Envelope)
 _PATH = re.compile(r" - at `\$(.*)`$")
-_SEGMENT = re.compile(r"\.([^.\[]+)|\[(\d+)\]")
+_SEGMENT = re.compile(r"\.([^.\[]+)|\[(\d+|\.\.\.)\]")
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 Headers = Sequence[tuple[str, bytes]]
@@ -49,7 +49,11 @@ def pointer_of(error: msgspec.ValidationError | msgspec.DecodeError, prefix: str
     m = _PATH.search(msg)
     if not m:
         return msg, prefix
-    parts = [a or b for a, b in _SEGMENT.findall(m.group(1))]
+    parts = []
+    for a, b in _SEGMENT.findall(m.group(1)):
+        if b == "...":  # msgspec does not name map keys: point at the map itself
+            break
+        parts.append(a or b)
     return msg[: m.start()], prefix + "".join("/" + p.replace("~", "~0").replace("/", "~1") for p in parts)
 
 

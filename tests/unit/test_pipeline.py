@@ -1,0 +1,62 @@
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+from aiokafka import ConsumerRecord
+
+from fabric.pipeline.enrich import Enricher
+from fabric.pipeline.materialize import change_from_record
+from fabric.pipeline.route import Router
+from fabric.settings import Settings
+from fabric.topics.codecs import decode_typed
+from fabric.topics.envelope import make_event, to_json
+from fabric.topics.registry import Registry
+
+
+def record(value: bytes, offset: int = 0, headers: list[tuple[str, bytes]] | None = None) -> ConsumerRecord[bytes, bytes]:
+    return ConsumerRecord("ctx.ingest", 0, offset, 0, 0, b"k", value, None, len(b"k"), len(value), headers or [])
+
+
+PAGE = {"app": "a", "page": "p", "title": "t"}
+
+
+def test_route_splits_good_and_bad_without_stopping(registry: Registry) -> None:
+    router = Router(Settings(), registry)
+    good = to_json(make_event("page.updated", "p", PAGE, tenant="acme", source="d", sequence=1))
+    log = to_json(make_event("log.entry", "api", {"service": "api", "level": "INFO", "message": "m"}, tenant="acme", source="s"))
+    bad = orjson.dumps({"id": "2", "source": "d", "type": "page.updated", "subject": "p", "tenant": "acme", "data": {"app": 1}})
+    result = router.route([record(good, 0, [("fabric_provider", b"sdk")]), record(b"\x00junk", 1), record(bad, 2), record(log, 3)])
+    assert [o.topic for o in result.ok] == ["ctx.page", "ctx.log"]
+    assert result.ok[0].key == b"acme/p"
+    ct, rec = decode_typed(result.ok[0].value, registry)
+    assert ct.name == "PageDSL" and rec["provider"] == "sdk" and rec["traceparent"].startswith("00-")
+    assert rec["receivedtime"] is not None and rec["contexttype"] == "PageDSL"
+    assert [d.topic for d in result.dead] == ["ctx.dlq", "ctx.dlq"]
+    h = dict(result.dead[1].headers)
+    assert h["fabric_error_pointer"] == b"/data/app" and h["fabric_original_offset"] == b"2"
+    assert result.dead[1].value == bad  # the original bytes, untouched
+
+
+def test_enrich_fills_time_sequence_and_keeps_what_was_given(registry: Registry) -> None:
+    enrich = Enricher()
+    now = datetime(2026, 1, 1, tzinfo=UTC)
+    ct = registry["PageDSL"]
+    given = make_event("page.updated", "p", PAGE, tenant="t", source="s", sequence=7, traceparent="00-a-b-01")
+    e = enrich(given, ct, "sdk", now)
+    assert (e.sequence, e.traceparent, e.provider, e.time) == (7, "00-a-b-01", "sdk", now)
+    bare = make_event("page.updated", "p", PAGE, tenant="t", source="s")
+    seqs = [enrich(bare, ct, None, now).sequence for _ in range(3)]
+    assert seqs[0] is not None and seqs == sorted(set(seqs))  # strictly increasing
+    assert enrich(bare, ct, None, now).provider == "s"
+
+
+def test_change_from_record_drops_nulls_and_keeps_data(registry: Registry) -> None:
+    rec: dict[str, Any] = {"tenant": "t", "type": "page.updated", "subject": "p", "sequence": 3,
+                           "time": datetime(2026, 1, 1, tzinfo=UTC), "correlationid": None,
+                           "data": {"title": "x", "route": None}}  # fmt: skip
+    c = change_from_record("PageDSL", "state", rec, 42)
+    assert c.at_ms == 1767225600000 and c.offset == 42
+    assert orjson.loads(c.json) == {"tenant": "t", "type": "page.updated", "subject": "p", "sequence": 3,
+                                    "time": "2026-01-01T00:00:00Z", "data": {"title": "x", "route": None}}  # fmt: skip
