@@ -42,7 +42,8 @@ bench: install
 	$(BIN)/python -m bench
 
 lint: install
-	$(BIN)/ruff check fabric tests
+	$(BIN)/ruff check fabric tests bench
+	$(BIN)/ruff format --check fabric tests bench
 
 typecheck: install
 	$(BIN)/mypy fabric

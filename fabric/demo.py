@@ -97,7 +97,9 @@ async def scenario(settings: Settings, router_url: str, live_seconds: float = 0.
         events = [
             designer.event("page.updated", "orders-list", page("orders-list", f"Orders v{v}", v, "dana"), sequence=v)
             for v in (1, 2, 3)
-        ] + [designer.event("page.created", "customer-detail", page("customer-detail", "Customer", 0, "lee"), sequence=1)]
+        ] + [
+            designer.event("page.created", "customer-detail", page("customer-detail", "Customer", 0, "lee"), sequence=1)
+        ]
         report = await designer.publish_many(events)
         _say(f"designer (SDK): saved {len(report.sent)} page versions")
 
@@ -110,7 +112,9 @@ async def scenario(settings: Settings, router_url: str, live_seconds: float = 0.
     bad = log_event(99, "ERROR", "x")
     bad["data"]["level"] = "LOUD"
     r = await http.post("/v1/events", json=bad)
-    _say(f"a malformed log (HTTP): {r.status_code} {r.json()['rejected'][0]['pointer']}: {r.json()['rejected'][0]['error']}")
+    _say(
+        f"a malformed log (HTTP): {r.status_code} {r.json()['rejected'][0]['pointer']}: {r.json()['rejected'][0]['error']}"
+    )
 
     # 3. database change capture and CRM (plain Kafka client, CloudEvents binary mode)
     producer = AIOKafkaProducer(bootstrap_servers=settings.kafka.bootstrap)
@@ -121,12 +125,20 @@ async def scenario(settings: Settings, router_url: str, live_seconds: float = 0.
                   "columns": [{"name": "id", "type": "UInt64", "nullable": False},
                               {"name": "status", "type": "String", "nullable": False},
                               {"name": "discount", "type": "Decimal(9,2)", "nullable": True}]}  # fmt: skip
-        await producer.send_and_wait(topic, orjson.dumps(schema), key=b"acme/shop.orders",
-                                     headers=ce_headers("schema.altered", "shop.orders", "cdc://shop", 7))
+        await producer.send_and_wait(
+            topic,
+            orjson.dumps(schema),
+            key=b"acme/shop.orders",
+            headers=ce_headers("schema.altered", "shop.orders", "cdc://shop", 7),
+        )
         account = {"system": "crm", "object": "Account", "record_id": "A-1042",
                    "fields": {"name": "Initech", "tier": "gold", "arr": 120000}}  # fmt: skip
-        await producer.send_and_wait(topic, orjson.dumps(account), key=b"acme/A-1042",
-                                     headers=ce_headers("saas.account.updated", "A-1042", "crm://sales", 3))
+        await producer.send_and_wait(
+            topic,
+            orjson.dumps(account),
+            key=b"acme/A-1042",
+            headers=ce_headers("saas.account.updated", "A-1042", "crm://sales", 3),
+        )
         await producer.send_and_wait(topic, os.urandom(64), key=b"poison")
         _say("cdc + crm (Kafka, CloudEvents headers): schema change, account update, and one poison record")
 

@@ -23,8 +23,7 @@ class MissingExtraError(ConfigError):
 
     def __init__(self, module: str, extra: str) -> None:
         super().__init__(
-            f"{module} is not installed; install the '{extra}' extra: "
-            f"pip install 'context-fabric[{extra}]'"
+            f"{module} is not installed; install the '{extra}' extra: pip install 'context-fabric[{extra}]'"
         )
 
 

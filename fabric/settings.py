@@ -57,9 +57,7 @@ class ClickHouseSettings(_Part):
     @classmethod
     def _scheme(cls, v: str) -> str:
         if not v.startswith(("chdb://", "http://", "https://")):
-            raise ValueError(
-                f"clickhouse url must be chdb:///dir (embedded) or http(s)://host:port, got {v!r}"
-            )
+            raise ValueError(f"clickhouse url must be chdb:///dir (embedded) or http(s)://host:port, got {v!r}")
         return v
 
     @property
@@ -91,9 +89,7 @@ class WorkerSettings(_Part):
 class Settings(BaseSettings):
     """Everything the fabric can be told, frozen after it is read."""
 
-    model_config = SettingsConfigDict(
-        env_prefix="FABRIC_", env_nested_delimiter="__", frozen=True, extra="ignore"
-    )
+    model_config = SettingsConfigDict(env_prefix="FABRIC_", env_nested_delimiter="__", frozen=True, extra="ignore")
 
     data_dir: Path = Path(".fabric")
     schemas_dir: Path = REPO_ROOT / "schemas"
@@ -124,11 +120,11 @@ def load_settings(**overrides: Any) -> Settings:
     try:
         base = Settings()
         if nested:
-            parts = {p: getattr(base, p).model_copy(update=v) for p, v in nested.items()}
+            parts = {
+                p: type(getattr(base, p)).model_validate({**getattr(base, p).model_dump(), **v})
+                for p, v in nested.items()
+            }
             base = base.model_copy(update=parts)
-            # re-validate the aliased values (model_copy does not)
-            for p, v in nested.items():
-                type(getattr(base, p)).model_validate(getattr(base, p).model_dump())
         if overrides:
             base = base.model_copy(update=overrides)
         return base

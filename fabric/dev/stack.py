@@ -169,7 +169,10 @@ class Stack:
             argv = [str(binary) if a in ("{tansu}", "{redis}") else a for a in part.argv]
             with part.logfile.open("ab") as log:
                 proc = subprocess.Popen(
-                    argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                    argv,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL,
                     start_new_session=True,
                 )
             self._children[part.name] = proc

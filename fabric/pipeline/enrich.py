@@ -23,9 +23,7 @@ class Enricher:
     def __init__(self) -> None:
         self._last_auto = 0
 
-    def __call__(
-        self, env: Envelope, ct: ContextType, provider: str | None, now: datetime | None = None
-    ) -> Envelope:
+    def __call__(self, env: Envelope, ct: ContextType, provider: str | None, now: datetime | None = None) -> Envelope:
         """Return the envelope with received time, provider, trace id, context type, sequence.
 
         An event without ``time`` takes its received time. One without ``sequence``

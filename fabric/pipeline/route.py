@@ -81,7 +81,7 @@ class Router:
             except InvalidEvent as e:
                 out.dead.append(dlq_record(rec, e, self.dlq))
                 continue
-            except Exception as e:  # noqa: BLE001 - a poison message must never stop the stream
+            except Exception as e:
                 log.exception("unexpected error routing %s[%d]@%d", rec.topic, rec.partition, rec.offset)
                 out.dead.append(dlq_record(rec, InvalidEvent(f"internal error: {type(e).__name__}: {e}"), self.dlq))
                 continue

@@ -15,10 +15,10 @@ from typing import Any
 
 import mode
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.errors import KafkaError
 from prometheus_client import Counter, Histogram
+from redis.exceptions import RedisError
 
 from fabric.errors import InvalidEvent
 from fabric.pipeline.materialize import Change, Materializer, change_from_record
@@ -66,9 +66,7 @@ def producer(settings: Settings) -> AIOKafkaProducer:
 
 async def send_all(prod: AIOKafkaProducer, records: list[OutRecord]) -> None:
     """Queue every record, then wait for all deliveries; raises if any failed."""
-    futures = [
-        await prod.send(r.topic, r.value, key=r.key, headers=r.headers or None) for r in records
-    ]
+    futures = [await prod.send(r.topic, r.value, key=r.key, headers=r.headers or None) for r in records]
     if futures:
         await asyncio.gather(*futures)
 

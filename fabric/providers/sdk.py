@@ -112,7 +112,9 @@ class Provider:
             futures = []
             for e in pending:
                 try:
-                    futures.append(await self._producer.send(self.topic, to_json(e), key=e.key(), headers=self._headers))
+                    futures.append(
+                        await self._producer.send(self.topic, to_json(e), key=e.key(), headers=self._headers)
+                    )
                 except KafkaError as err:
                     futures.append(_failed(err))
             results = await asyncio.gather(*futures, return_exceptions=True)

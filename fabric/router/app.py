@@ -8,9 +8,9 @@ from collections.abc import AsyncIterator
 
 import msgspec
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError
 from aiokafka import AIOKafkaProducer
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, generate_latest
+from redis.exceptions import RedisError
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response

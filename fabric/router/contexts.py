@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 from datetime import UTC, datetime
+from typing import Any
 
 import msgspec
 from starlette.requests import Request
@@ -95,7 +96,8 @@ async def list_contexts(request: Request) -> Response:
     if not 1 <= limit <= 1000:
         raise HTTPProblem(400, "limit must be between 1 and 1000")
     st = state_of(request)
-    subjects = [s.decode() for s in await st.redis.zrevrange(st.keys.recent(tenant, ct.name), 0, limit - 1)]
+    members: Any = await st.redis.zrevrange(st.keys.recent(tenant, ct.name), 0, limit - 1)
+    subjects = [s.decode() for s in members]
     items: list[Context] = []
     if subjects:
         async with st.redis.pipeline(transaction=False) as p:

@@ -14,11 +14,12 @@ import fnmatch
 import logging
 import re
 from dataclasses import dataclass, field
+from typing import Any
 
 import msgspec
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError
 from prometheus_client import Counter, Gauge
+from redis.exceptions import RedisError
 
 from fabric.pipeline.materialize import CacheKeys
 from fabric.router.contexts import freshness
@@ -94,7 +95,7 @@ class ChangeHub:
         sub = Subscriber(tenant, compile_patterns(patterns), asyncio.Queue(self.buffer))
         stream = self.keys.changes(tenant)
         if tenant not in self.tenants:
-            last = await self.redis.xrevrange(stream, count=1)
+            last: Any = await self.redis.xrevrange(stream, count=1)
             self.positions[stream] = last[0][0].decode() if last else "0-0"
             self.tenants[tenant] = set()
         self.tenants[tenant].add(sub)
@@ -116,8 +117,8 @@ class ChangeHub:
                 await asyncio.sleep(self.block_ms / 1000)
                 continue
             try:
-                streams = dict(self.positions)
-                result = await self.redis.xread(streams, count=2000, block=self.block_ms)
+                streams: Any = dict(self.positions)
+                result: Any = await self.redis.xread(streams, count=2000, block=self.block_ms)
             except asyncio.CancelledError:
                 raise
             except RedisError as e:

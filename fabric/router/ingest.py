@@ -141,7 +141,8 @@ async def post_events(request: Request) -> Response:
             await asyncio.wait_for(asyncio.gather(*futures), timeout=st.settings.router.produce_timeout_s)
         except (KafkaError, TimeoutError) as e:
             raise HTTPProblem(
-                503, f"the broker did not acknowledge the events ({type(e).__name__}); retry: "
+                503,
+                f"the broker did not acknowledge the events ({type(e).__name__}); retry: "
                 "a resent event with the same id and sequence is applied once",
                 {"Retry-After": "1"},
             ) from None

@@ -67,9 +67,7 @@ def connect(settings: Settings) -> Any:
             return clickhouse_connect.get_client(dsn=f"chdb://{path.resolve()}")
         except Exception as e:
             if "lock" in str(e).lower():
-                raise BackendUnavailable(
-                    f"the ClickHouse engine directory {path} is owned by another process"
-                ) from e
+                raise BackendUnavailable(f"the ClickHouse engine directory {path} is owned by another process") from e
             raise
     u = urlparse(ch.url)
     try:

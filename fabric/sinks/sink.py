@@ -31,7 +31,14 @@ from starlette.routing import Route
 
 from fabric.errors import InvalidEvent
 from fabric.settings import Settings
-from fabric.sinks.clickhouse import DLQ_COLUMNS, EVENT_COLUMNS, connect, create_tables, insert, run_query
+from fabric.sinks.clickhouse import (
+    DLQ_COLUMNS,
+    EVENT_COLUMNS,
+    connect,
+    create_tables,
+    insert,
+    run_query,
+)
 from fabric.topics.admin import all_topics, dlq_topic, ensure_topics, typed_topics
 from fabric.topics.codecs import decode_typed
 from fabric.topics.registry import Registry
@@ -57,7 +64,7 @@ def dlq_row(rec: Any) -> list[Any]:
     h = {k: v for k, v in rec.headers or ()}
 
     def text(name: str, default: str = "") -> str:
-        return h.get(name, default.encode()).decode(errors="replace")
+        return str(h.get(name, default.encode()).decode(errors="replace"))
 
     failed = text("fabric_failed_at")
     try:
@@ -88,7 +95,7 @@ class Sink:
                 self.client = await asyncio.to_thread(connect, self.settings)
                 await asyncio.to_thread(create_tables, self.client, self.settings)
                 return
-            except Exception as e:  # noqa: BLE001 - keep trying, ClickHouse may come up later
+            except Exception as e:
                 log.warning("sink: ClickHouse not ready (%s); retrying in %.1f s", e, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 10.0)
@@ -101,7 +108,7 @@ class Sink:
                 await asyncio.to_thread(insert, self.client, f"{self.db}.{table}", rows, columns)
                 ROWS.labels(table).inc(len(rows))
                 return
-            except Exception as e:  # noqa: BLE001
+            except Exception as e:
                 FAILURES.labels(table).inc()
                 log.warning("sink: insert of %d rows into %s failed (%s); retry in %.1f s", len(rows), table, e, delay)
                 await asyncio.sleep(delay)
@@ -189,7 +196,7 @@ def query_app(sink: Sink) -> Starlette:
         sql = (await request.body()).decode()
         try:
             cols, rows = await asyncio.to_thread(run_query, sink.client, sql)
-        except Exception as e:  # noqa: BLE001 - report SQL errors to the caller
+        except Exception as e:
             return Response(orjson.dumps({"error": str(e)}), status_code=400, media_type="application/json")
         return Response(
             orjson.dumps({"columns": cols, "rows": rows}, default=_default),

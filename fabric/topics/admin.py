@@ -39,17 +39,13 @@ async def ensure_topics(s: Settings, topics: list[str], timeout: float = 30.0) -
             missing = [t for t in topics if t not in existing]
             if missing:
                 try:
-                    await admin.create_topics(
-                        [NewTopic(t, s.kafka.partitions, 1) for t in missing]
-                    )
+                    await admin.create_topics([NewTopic(t, s.kafka.partitions, 1) for t in missing])
                 except TopicAlreadyExistsError:
                     pass
             return
         except KafkaError as e:
             if asyncio.get_running_loop().time() > deadline:
-                raise BackendUnavailable(
-                    f"could not create topics on {s.kafka.bootstrap}: {e}"
-                ) from e
+                raise BackendUnavailable(f"could not create topics on {s.kafka.bootstrap}: {e}") from e
             await asyncio.sleep(0.5)
         finally:
             await admin.close()

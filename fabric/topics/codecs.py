@@ -70,7 +70,7 @@ def avro_encode(schema: Any, record: dict[str, Any]) -> bytes:
 def _avro_decode(schema: Any, body: bytes, what: str) -> dict[str, Any]:
     try:
         buf = io.BytesIO(body)
-        out: dict[str, Any] = fastavro.schemaless_reader(buf, schema, None)
+        out: dict[str, Any] = fastavro.schemaless_reader(buf, schema, None)  # type: ignore[assignment]
         if buf.tell() != len(body):
             raise InvalidEvent(f"{what}: {len(body) - buf.tell()} trailing bytes after the record")
         return out
@@ -90,10 +90,11 @@ def _unframe(value: bytes, what: str) -> tuple[int, bytes]:
 def _from_avro_record(rec: dict[str, Any], data: bytes) -> Envelope:
     attrs = {k: rec.get(k) for k in ATTRIBUTES if rec.get(k) is not None}
     try:
-        return msgspec.convert(attrs, Envelope, data=msgspec.Raw(data))  # type: ignore[call-arg]
-    except TypeError:
         env = msgspec.convert(attrs, Envelope)
-        return msgspec.structs.replace(env, data=msgspec.Raw(data))
+    except msgspec.ValidationError as e:
+        reason, ptr = pointer_of(e)
+        raise InvalidEvent(reason, ptr) from e
+    return msgspec.structs.replace(env, data=msgspec.Raw(data))
 
 
 def decode_confluent(value: bytes, registry: Registry) -> Envelope:

@@ -65,11 +65,17 @@ class Registry:
                 kind = spec["kind"]
                 if kind not in ("state", "stream"):
                     raise ConfigError(f"context type {name}: kind must be state or stream, got {kind!r}")
-                cts.append(ContextType(
-                    name, kind, spec["topic"], spec["schema"],
-                    int(spec["schema_id"]), int(spec["data_schema_id"]),
-                    float(spec.get("ttl_s", 0)),
-                ))
+                cts.append(
+                    ContextType(
+                        name,
+                        kind,
+                        spec["topic"],
+                        spec["schema"],
+                        int(spec["schema_id"]),
+                        int(spec["data_schema_id"]),
+                        float(spec.get("ttl_s", 0)),
+                    )
+                )
             except (KeyError, TypeError) as e:
                 raise ConfigError(f"context type {name}: missing or bad field {e}") from e
         schemas = Schemas(schemas_dir / "avro", {c.name: c.schema for c in cts})
@@ -81,8 +87,7 @@ class Registry:
             ct = self._cache[event_type]
         except KeyError:
             ct = next(
-                (self.context_types[r.context_type] for r in self.rules
-                 if fnmatch.fnmatchcase(event_type, r.match)),
+                (self.context_types[r.context_type] for r in self.rules if fnmatch.fnmatchcase(event_type, r.match)),
                 None,
             )
             if len(self._cache) < 10_000:

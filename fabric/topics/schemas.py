@@ -159,9 +159,7 @@ def avro_to_msgspec(avro: Any, named: dict[str, Any]) -> Any:
             else:
                 fields.append((f["name"], t))
         fields.sort(key=lambda f: len(f) == 3)  # required fields first
-        struct = msgspec.defstruct(
-            avro["name"], fields, forbid_unknown_fields=True, kw_only=True
-        )
+        struct = msgspec.defstruct(avro["name"], fields, forbid_unknown_fields=True, kw_only=True)
         named[avro["name"]] = struct
         return struct
     if kind == "enum":

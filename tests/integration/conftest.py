@@ -23,7 +23,14 @@ import pytest
 import websockets
 
 from fabric.dev.stack import Stack
-from fabric.settings import ClickHouseSettings, KafkaSettings, RedisSettings, RouterSettings, Settings, WorkerSettings
+from fabric.settings import (
+    ClickHouseSettings,
+    KafkaSettings,
+    RedisSettings,
+    RouterSettings,
+    Settings,
+    WorkerSettings,
+)
 
 T = TypeVar("T")
 ROOT = Path(__file__).resolve().parents[2]
@@ -68,7 +75,9 @@ def stack_settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
     data = tmp_path_factory.mktemp("fabric")
     return Settings(
         data_dir=data,
-        kafka=KafkaSettings(bootstrap=f"127.0.0.1:{free_port()}", topic_prefix=f"t{uuid.uuid4().hex[:8]}", partitions=4),
+        kafka=KafkaSettings(
+            bootstrap=f"127.0.0.1:{free_port()}", topic_prefix=f"t{uuid.uuid4().hex[:8]}", partitions=4
+        ),
         redis=RedisSettings(url=f"redis://127.0.0.1:{free_port()}/0", key_prefix="fabric"),
         clickhouse=ClickHouseSettings(url=f"chdb://{data / 'chdb'}", flush_interval_s=0.3),
         router=RouterSettings(port=free_port()),

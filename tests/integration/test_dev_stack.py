@@ -16,7 +16,9 @@ pytestmark = pytest.mark.integration
 
 
 def fabric(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "fabric", *args], env=env, capture_output=True, text=True, timeout=60, cwd=ROOT)
+    return subprocess.run(
+        [sys.executable, "-m", "fabric", *args], env=env, capture_output=True, text=True, timeout=60, cwd=ROOT
+    )
 
 
 def stack_env(tmp: Path) -> dict[str, str]:

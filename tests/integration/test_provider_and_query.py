@@ -18,7 +18,9 @@ from tests.integration.conftest import ROOT, Fabric, eventually
 pytestmark = pytest.mark.integration
 
 
-async def test_sdk_publishes_validates_locally_and_reports(fabric: Fabric, http: httpx.AsyncClient, tenant: str) -> None:
+async def test_sdk_publishes_validates_locally_and_reports(
+    fabric: Fabric, http: httpx.AsyncClient, tenant: str
+) -> None:
     async with Provider(fabric.settings, source="lowcode://designer", tenant=tenant) as p:
         await p.publish(p.event("page.updated", "home", {"app": "a", "page": "home", "title": "Home"}, sequence=1))
         with pytest.raises(InvalidEvent) as e:
@@ -33,6 +35,7 @@ async def test_sdk_publishes_validates_locally_and_reports(fabric: Fabric, http:
     async def window() -> int:
         r = await http.get("/v1/contexts/LogEntry/api")
         return len(r.json()["window"]) == 50 and r.json()["changes"] == 50 if r.status_code == 200 else 0
+
     await eventually(window)
     body = (await http.get("/v1/contexts/PageDSL/home")).json()
     assert body["sequence"] == 1 and body["event"]["provider"] == "lowcode://designer"

@@ -94,7 +94,9 @@ async def test_kafka_client_with_cloudevents_headers(
     assert pushes[0]["subject"] == "A-1" and pushes[0]["sequence"] == 4
 
 
-async def test_confluent_avro_from_a_kafka_client(fabric: Fabric, http: httpx.AsyncClient, tenant: str, registry: Registry) -> None:
+async def test_confluent_avro_from_a_kafka_client(
+    fabric: Fabric, http: httpx.AsyncClient, tenant: str, registry: Registry
+) -> None:
     from datetime import UTC, datetime
 
     ct = registry["Metric"]
@@ -145,7 +147,9 @@ async def test_batch_with_invalid_events_accepts_the_valid_ones(
     await eventually(lambda: pulled(http, "PageDSL", "c", 1))
     assert (await http.get("/v1/contexts/PageDSL/b")).status_code == 404
 
-    lines = b"\n".join([orjson.dumps(page_event(tenant, "n1", 1)), b"{not json", orjson.dumps(page_event(tenant, "n2", 1))])
+    lines = b"\n".join(
+        [orjson.dumps(page_event(tenant, "n1", 1)), b"{not json", orjson.dumps(page_event(tenant, "n2", 1))]
+    )
     r = await http.post("/v1/events", content=lines, headers={"content-type": "application/x-ndjson"})
     assert r.status_code == 207
     assert r.json()["rejected"][0]["pointer"] == "/1"
@@ -170,7 +174,9 @@ async def test_malformed_events_go_to_dlq_and_clickhouse_while_the_stream_goes_o
     try:
         await producer.send_and_wait(s.topic("ingest"), b"\x89PNG" + marker.encode(), key=f"{tenant}/x".encode())
         await producer.send_and_wait(s.topic("ingest"), orjson.dumps(invalid), key=f"{tenant}/x".encode())
-        await producer.send_and_wait(s.topic("ingest"), orjson.dumps(page_event(tenant, "x", 2, "good")), key=f"{tenant}/x".encode())
+        await producer.send_and_wait(
+            s.topic("ingest"), orjson.dumps(page_event(tenant, "x", 2, "good")), key=f"{tenant}/x".encode()
+        )
     finally:
         await producer.stop()
     body = await eventually(lambda: pulled(http, "PageDSL", "x", 2))
@@ -180,12 +186,14 @@ async def test_malformed_events_go_to_dlq_and_clickhouse_while_the_stream_goes_o
     await consumer.start()
     found: dict[bytes, dict[str, bytes]] = {}
     try:
+
         async def scan() -> bool:
             for recs in (await consumer.getmany(timeout_ms=200)).values():
                 for rec in recs:
                     if marker.encode() in rec.value or invalid["id"].encode() in rec.value:
                         found[rec.value] = dict(rec.headers)
             return len(found) == 2
+
         await eventually(scan)
     finally:
         await consumer.stop()
@@ -195,17 +203,26 @@ async def test_malformed_events_go_to_dlq_and_clickhouse_while_the_stream_goes_o
     assert pointer == b"/data/components/0/id"
 
     def dlq_rows() -> Any:
-        r = fabric.cli("query", f"SELECT reason, pointer FROM fabric.dlq WHERE position(original, '{invalid['id']}') > 0", "--format", "json")
+        r = fabric.cli(
+            "query",
+            f"SELECT reason, pointer FROM fabric.dlq WHERE position(original, '{invalid['id']}') > 0",
+            "--format",
+            "json",
+        )
         assert r.returncode == 0, r.stderr
         return orjson.loads(r.stdout)
+
     rows = await eventually(dlq_rows, timeout=60, interval=0.5)
     assert rows[0]["pointer"] == "/data/components/0/id"
     assert "Expected `str`, got `int`" in rows[0]["reason"]
 
     def event_rows() -> Any:
-        r = fabric.cli("query", f"SELECT subject, sequence FROM fabric.events FINAL WHERE tenant = '{tenant}'", "--format", "json")
+        r = fabric.cli(
+            "query", f"SELECT subject, sequence FROM fabric.events FINAL WHERE tenant = '{tenant}'", "--format", "json"
+        )
         assert r.returncode == 0, r.stderr
         return orjson.loads(r.stdout)
+
     assert await eventually(event_rows, timeout=60, interval=0.5) == [{"subject": "x", "sequence": 2}]
 
 

@@ -15,7 +15,9 @@ from fabric.topics.envelope import make_event, to_json
 from fabric.topics.registry import Registry
 
 
-def record(value: bytes, offset: int = 0, headers: list[tuple[str, bytes]] | None = None) -> ConsumerRecord[bytes, bytes]:
+def record(
+    value: bytes, offset: int = 0, headers: list[tuple[str, bytes]] | None = None
+) -> ConsumerRecord[bytes, bytes]:
     return ConsumerRecord("ctx.ingest", 0, offset, 0, 0, b"k", value, None, len(b"k"), len(value), headers or [])
 
 
@@ -25,9 +27,15 @@ PAGE = {"app": "a", "page": "p", "title": "t"}
 def test_route_splits_good_and_bad_without_stopping(registry: Registry) -> None:
     router = Router(Settings(), registry)
     good = to_json(make_event("page.updated", "p", PAGE, tenant="acme", source="d", sequence=1))
-    log = to_json(make_event("log.entry", "api", {"service": "api", "level": "INFO", "message": "m"}, tenant="acme", source="s"))
-    bad = orjson.dumps({"id": "2", "source": "d", "type": "page.updated", "subject": "p", "tenant": "acme", "data": {"app": 1}})
-    result = router.route([record(good, 0, [("fabric_provider", b"sdk")]), record(b"\x00junk", 1), record(bad, 2), record(log, 3)])
+    log = to_json(
+        make_event("log.entry", "api", {"service": "api", "level": "INFO", "message": "m"}, tenant="acme", source="s")
+    )
+    bad = orjson.dumps(
+        {"id": "2", "source": "d", "type": "page.updated", "subject": "p", "tenant": "acme", "data": {"app": 1}}
+    )
+    result = router.route(
+        [record(good, 0, [("fabric_provider", b"sdk")]), record(b"\x00junk", 1), record(bad, 2), record(log, 3)]
+    )
     assert [o.topic for o in result.ok] == ["ctx.page", "ctx.log"]
     assert result.ok[0].key == b"acme/p"
     ct, rec = decode_typed(result.ok[0].value, registry)

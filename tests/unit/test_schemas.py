@@ -53,7 +53,11 @@ SAMPLES: list[tuple[str, dict[str, Any], bool]] = [
     ("page.updated", {"app": "a", "page": "p", "title": None}, False),
     ("bpmn.deployed", {"process_id": "p", "name": "n", "version": 2, "elements": [{"id": "e", "kind": "task"}]}, True),
     ("bpmn.deployed", {"process_id": "p", "name": "n", "version": "2"}, False),
-    ("schema.altered", {"database": "d", "table": "t", "change": "altered", "columns": [{"name": "c", "type": "Int"}]}, True),
+    (
+        "schema.altered",
+        {"database": "d", "table": "t", "change": "altered", "columns": [{"name": "c", "type": "Int"}]},
+        True,
+    ),
     ("schema.altered", {"database": "d", "table": "t", "change": "renamed"}, False),
     ("log.entry", {"service": "s", "level": "ERROR", "message": "m", "attributes": {"k": 1, "z": None}}, True),
     ("log.entry", {"service": "s", "level": "error", "message": "m"}, False),
@@ -67,7 +71,9 @@ SAMPLES: list[tuple[str, dict[str, Any], bool]] = [
 
 
 @pytest.mark.parametrize(("etype", "data", "valid"), SAMPLES)
-def test_json_schema_and_worker_validation_agree(registry: Registry, etype: str, data: dict[str, Any], valid: bool) -> None:
+def test_json_schema_and_worker_validation_agree(
+    registry: Registry, etype: str, data: dict[str, Any], valid: bool
+) -> None:
     """The HTTP edge (JSON Schema) and the worker (msgspec) accept and refuse the same events."""
     event = {"id": "1", "source": "s", "type": etype, "subject": "x", "tenant": "t", "data": data}
     edge = EdgeValidator(registry, 1 << 20).check(0, dict(event), "t", 100)

@@ -18,7 +18,7 @@ def test_defaults_are_loopback_and_embedded(monkeypatch: pytest.MonkeyPatch) -> 
     assert s.router.port == 8700
     assert s.clickhouse.embedded and s.clickhouse.chdb_path == Path(".fabric/chdb")
     assert s.topic("ingest") == "ctx.ingest"
-    with pytest.raises(Exception):
+    with pytest.raises(ValueError, match="frozen"):
         s.kafka.bootstrap = "x"  # type: ignore[misc]
 
 
@@ -43,7 +43,9 @@ def test_nested_variables_and_short_aliases(monkeypatch: pytest.MonkeyPatch) -> 
         ("FABRIC_ROUTER__PORT", "eighty", "router"),
     ],
 )
-def test_bad_settings_fail_with_a_clear_message(monkeypatch: pytest.MonkeyPatch, var: str, value: str, message: str) -> None:
+def test_bad_settings_fail_with_a_clear_message(
+    monkeypatch: pytest.MonkeyPatch, var: str, value: str, message: str
+) -> None:
     monkeypatch.setenv(var, value)
     with pytest.raises(ConfigError, match=message):
         load_settings()
@@ -66,6 +68,8 @@ def test_registry_refuses_rules_to_unknown_types(tmp_path: Path) -> None:
     (tmp_path / "schemas/registry/event-types.yaml").write_text('- {match: "x.*", context_type: Weather}\n')
     with pytest.raises(ConfigError, match="unknown context type 'Weather'"):
         Registry.load(tmp_path / "schemas")
-    (tmp_path / "schemas/registry/context-types.yaml").write_text("PageDSL: {kind: blob, topic: p, schema: fabric.PageDSL, schema_id: 2, data_schema_id: 12}\n")
+    (tmp_path / "schemas/registry/context-types.yaml").write_text(
+        "PageDSL: {kind: blob, topic: p, schema: fabric.PageDSL, schema_id: 2, data_schema_id: 12}\n"
+    )
     with pytest.raises(ConfigError, match="kind must be state or stream"):
         Registry.load(tmp_path / "schemas")
