@@ -26,14 +26,21 @@ import redis.asyncio as aioredis
 from fabric.settings import Settings
 
 _LUA = """
-local applied = tonumber(redis.call('GET', KEYS[1]) or '-1')
+-- KEYS[1] applied offset of the partition; then 4 keys per change.
+-- ARGV[1] window, ARGV[2] feed retention, ARGV[3] '1' if the offset key may be
+-- missing (a fresh partition or a rebuild), ARGV[4] first offset to push to the
+-- feed (a rebuild re-applies history that subscribers have already been sent).
+local cur = redis.call('GET', KEYS[1])
+if not cur and ARGV[3] == '0' then return -1 end
+local applied = tonumber(cur or '-1')
 local window = tonumber(ARGV[1])
 local retention = ARGV[2]
+local push_from = tonumber(ARGV[4])
 local n = (#KEYS - 1) / 4
 local last = applied
 local changed = 0
 for i = 0, n - 1 do
-  local a = 3 + i * 8
+  local a = 5 + i * 8
   local off = tonumber(ARGV[a + 7])
   if off > applied then
     if off > last then last = off end
@@ -41,8 +48,8 @@ for i = 0, n - 1 do
     local kind, subject, seq, at, v = ARGV[a], ARGV[a+1], ARGV[a+2], ARGV[a+3], ARGV[a+4]
     local apply = true
     if kind == 's' then
-      local cur = redis.call('HGET', ck, 'seq')
-      if cur and tonumber(cur) >= tonumber(seq) then apply = false end
+      local cur_seq = redis.call('HGET', ck, 'seq')
+      if cur_seq and tonumber(cur_seq) >= tonumber(seq) then apply = false end
     end
     if apply then
       if kind == 'w' then
@@ -52,8 +59,10 @@ for i = 0, n - 1 do
       redis.call('HSET', ck, 'seq', seq, 'at', at, 'v', v)
       redis.call('HINCRBY', ck, 'count', 1)
       redis.call('ZADD', rk, at, subject)
-      redis.call('XADD', fk, 'MAXLEN', '~', retention, '*',
-                 'ct', ARGV[a+6], 'type', ARGV[a+5], 'subject', subject, 'seq', seq, 'at', at, 'v', v)
+      if off >= push_from then
+        redis.call('XADD', fk, 'MAXLEN', '~', retention, '*',
+                   'ct', ARGV[a+6], 'type', ARGV[a+5], 'subject', subject, 'seq', seq, 'at', at, 'v', v)
+      end
       changed = changed + 1
     end
   end
@@ -61,6 +70,8 @@ end
 if last > applied then redis.call('SET', KEYS[1], last) end
 return changed
 """
+
+STATE_LOST = -1
 
 
 class CacheKeys:
@@ -83,6 +94,16 @@ class CacheKeys:
 
     def offset(self, topic: str, partition: int) -> str:
         return f"{self.prefix}:offsets:{topic}:{partition}"
+
+    @property
+    def ready(self) -> str:
+        """Set by the materializer once the cache holds everything; gone after a flush."""
+        return f"{self.prefix}:ready"
+
+    @property
+    def rebuilding(self) -> str:
+        """Set (with a short TTL, refreshed) while a materializer replays history."""
+        return f"{self.prefix}:rebuilding"
 
 
 @dataclass(slots=True)
@@ -124,14 +145,26 @@ class Materializer:
         self._script = redis.register_script(_LUA)
         self.chunk = 500
 
-    async def apply(self, topic: str, partition: int, changes: list[Change]) -> int:
-        """Apply one partition's changes in offset order; returns how many changed the cache."""
+    async def applied_offset(self, topic: str, partition: int) -> int | None:
+        """The highest offset of a partition already in the cache, None when unknown."""
+        raw = await self.redis.get(self.keys.offset(topic, partition))
+        return None if raw is None else int(raw)
+
+    async def apply(
+        self, topic: str, partition: int, changes: list[Change], *, allow_missing: bool = False, push_from: int = 0
+    ) -> int:
+        """Apply one partition's changes in offset order; returns how many changed the cache,
+        or ``STATE_LOST`` when the partition's offset key is gone (Redis was flushed or
+        restarted) and ``allow_missing`` is false: nothing was written, replay from the start."""
         total = 0
         k = self.keys
         for i in range(0, len(changes), self.chunk):
             part = changes[i : i + self.chunk]
             keys = [k.offset(topic, partition)]
-            args: list[Any] = [self.settings.redis.stream_window, self.settings.redis.change_retention]
+            args: list[Any] = [
+                self.settings.redis.stream_window, self.settings.redis.change_retention,
+                "1" if allow_missing else "0", push_from,
+            ]  # fmt: skip
             for c in part:
                 keys += [
                     k.ctx(c.tenant, c.ctype, c.subject), k.window(c.tenant, c.ctype, c.subject),
@@ -141,5 +174,9 @@ class Materializer:
                     "s" if c.kind == "state" else "w", c.subject, c.sequence, c.at_ms,
                     c.json, c.type, c.ctype, c.offset,
                 ]  # fmt: skip
-            total += int(await self._script(keys=keys, args=args))
+            n = int(await self._script(keys=keys, args=args))
+            if n == STATE_LOST:
+                return STATE_LOST
+            total += n
+            allow_missing = True  # the first chunk wrote the offset key
         return total

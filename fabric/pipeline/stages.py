@@ -11,17 +11,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Iterable
 from typing import Any
 
 import mode
 import redis.asyncio as aioredis
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import KafkaError
 from prometheus_client import Counter, Histogram
 from redis.exceptions import RedisError
 
 from fabric.errors import InvalidEvent
-from fabric.pipeline.materialize import Change, Materializer, change_from_record
+from fabric.pipeline.materialize import STATE_LOST, Change, Materializer, change_from_record
 from fabric.pipeline.route import OutRecord, Router, dlq_record
 from fabric.settings import Settings
 from fabric.topics.admin import all_topics, dlq_topic, ensure_topics, ingest_topic, typed_topics
@@ -31,6 +32,7 @@ from fabric.topics.registry import Registry
 log = logging.getLogger(__name__)
 
 EVENTS = Counter("fabric_worker_events_total", "Events handled by a stage", ["stage", "outcome"])
+REBUILDS = Counter("fabric_cache_rebuilds_total", "Partitions replayed because the cache lost them")
 BATCH_SECONDS = Histogram(
     "fabric_worker_batch_seconds", "Time to handle one batch", ["stage"],
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
@@ -86,6 +88,9 @@ class Stage(mode.Service):
     async def handle(self, batch: dict[Any, list[Any]]) -> None:
         raise NotImplementedError
 
+    async def tick(self) -> None:
+        """Called between batches; stages override it for periodic work."""
+
     async def on_started(self) -> None:
         self.add_future(self._run())
 
@@ -94,6 +99,7 @@ class Stage(mode.Service):
         wait = self.settings.worker.batch_wait_ms
         while not self.should_stop:
             try:
+                await self.tick()
                 batch = await self.consumer.getmany(
                     timeout_ms=max(wait, 100), max_records=self.settings.worker.batch_max
                 )
@@ -112,16 +118,20 @@ class Stage(mode.Service):
                 await asyncio.sleep(1.0)
 
     async def _rewind(self) -> None:
+        """Go back to the committed offsets; keeps trying, since going on would skip records."""
         assert self.consumer is not None
-        try:
-            for tp in self.consumer.assignment():
-                committed = await self.consumer.committed(tp)
-                if committed is None:
-                    await self.consumer.seek_to_beginning(tp)
-                else:
-                    self.consumer.seek(tp, committed)
-        except KafkaError as e:
-            log.warning("%s: could not rewind: %s", self.stage, e)
+        while not self.should_stop:
+            try:
+                for tp in self.consumer.assignment():
+                    committed = await self.consumer.committed(tp)
+                    if committed is None:
+                        await self.consumer.seek_to_beginning(tp)
+                    else:
+                        self.consumer.seek(tp, committed)
+                return
+            except KafkaError as e:
+                log.warning("%s: could not rewind yet (%s); retrying in 1 s", self.stage, e)
+                await asyncio.sleep(1.0)
 
 
 class RouteStage(Stage):
@@ -153,18 +163,34 @@ class RouteStage(Stage):
 
 
 class MaterializeStage(Stage):
-    """Typed topics -> Redis hot cache and per-tenant change feed."""
+    """Typed topics -> Redis hot cache and per-tenant change feed.
+
+    Redis, not the consumer group, holds the position: each partition's applied
+    offset is written with its changes, and on assignment the consumer seeks just past
+    it. When that offset is gone although the group had consumed the partition, the
+    cache lost its state (flushed, or restarted without persistence): the partition
+    is replayed from the start of the topic, with pushes only for what subscribers
+    have not seen, and ``P:rebuilding`` tells the router to answer 503 or stale.
+    """
 
     stage = "materialize"
+    tick_s = 1.0
 
     async def on_start(self) -> None:
         s = self.settings
         await ensure_topics(s, all_topics(s, self.registry))
         self.redis = aioredis.from_url(s.redis.url)
         self.materializer = Materializer(s, self.redis)
+        self.keys = self.materializer.keys
+        self.fresh: set[TopicPartition] = set()  # may start without an offset key
+        self.push_from: dict[TopicPartition, int] = {}
+        self.rebuild_target: dict[TopicPartition, int] = {}
+        self._next_tick = 0.0
+        self._positioning = asyncio.Lock()  # assignment and the flush check must not interleave
         self.producer = producer(s)
         await self.producer.start()
-        self.consumer = consumer(s, typed_topics(s, self.registry), f"{s.kafka.group}-materialize")
+        self.consumer = consumer(s, [], f"{s.kafka.group}-materialize")
+        self.consumer.subscribe(typed_topics(s, self.registry), listener=_Reposition(self))
         await self.consumer.start()
 
     async def on_stop(self) -> None:
@@ -172,6 +198,66 @@ class MaterializeStage(Stage):
             await self.consumer.stop()
         await self.producer.stop()
         await self.redis.aclose()
+
+    async def position_from_cache(self, tps: Iterable[TopicPartition]) -> None:
+        """Seek partitions to just past what the cache already holds."""
+        assert self.consumer is not None
+        async with self._positioning:
+            await self._position_from_cache(list(tps))
+
+    async def _position_from_cache(self, tps: list[TopicPartition]) -> None:
+        assert self.consumer is not None
+        if not tps:
+            return
+        applied = await self.redis.mget([self.keys.offset(tp.topic, tp.partition) for tp in tps])
+        missing = []
+        for tp, offset in zip(tps, applied, strict=True):
+            if offset is None:
+                missing.append(tp)
+            else:
+                self.consumer.seek(tp, int(offset) + 1)
+                self.fresh.discard(tp)
+        if not missing:
+            return
+        # One request for the group's committed offsets (consumer.committed() asks per partition).
+        committed = await self.consumer._coordinator.fetch_committed_offsets(missing)  # noqa: SLF001
+        lost: dict[TopicPartition, int] = {}
+        fresh = []
+        for tp in missing:
+            meta = committed.get(tp)
+            if meta is None or meta.offset <= 0:  # never consumed: a fresh start
+                fresh.append(tp)
+            else:
+                lost[tp] = meta.offset
+        if fresh:
+            self.fresh.update(fresh)
+            await self.consumer.seek_to_beginning(*fresh)
+        await self.rebuild(lost)
+
+    async def rebuild(self, lost: dict[TopicPartition, int]) -> None:
+        """Replay partitions from the start; ``lost`` maps each to the first offset to push."""
+        assert self.consumer is not None
+        if not lost:
+            return
+        ends = await self.consumer.end_offsets(list(lost))
+        await self.consumer.seek_to_beginning(*lost)
+        for tp, push_from in lost.items():
+            log.warning("materialize: the cache lost %s[%d]; replaying offsets 0..%d", tp.topic, tp.partition, ends[tp])
+            self.fresh.add(tp)
+            self.push_from[tp] = push_from
+            self.rebuild_target[tp] = ends[tp]
+            REBUILDS.inc()
+        await self.redis.set(self.keys.rebuilding, "1", ex=5)
+
+    async def _rewind(self) -> None:
+        assert self.consumer is not None
+        while not self.should_stop:
+            try:
+                await self.position_from_cache(self.consumer.assignment())
+                return
+            except (KafkaError, OSError, RedisError) as e:
+                log.warning("materialize: cannot reposition yet (%s); retrying in 1 s", e)
+                await asyncio.sleep(1.0)
 
     async def handle(self, batch: dict[Any, list[Any]]) -> None:
         dead: list[OutRecord] = []
@@ -182,10 +268,67 @@ class MaterializeStage(Stage):
                     ct, rec = decode_typed(r.value, self.registry)
                     changes.append(change_from_record(ct.name, ct.kind, rec, r.offset))
                 except InvalidEvent as e:
-                    dead.append(dlq_record(r, e, dlq_topic(self.settings)))
-            n = await self.materializer.apply(tp.topic, tp.partition, changes)
+                    if tp not in self.rebuild_target:
+                        dead.append(dlq_record(r, e, dlq_topic(self.settings)))
+            if not changes:
+                continue
+            n = await self.materializer.apply(
+                tp.topic, tp.partition, changes, allow_missing=tp in self.fresh, push_from=self.push_from.get(tp, 0)
+            )
+            if n == STATE_LOST:
+                await self.rebuild({tp: recs[0].offset})
+                continue
+            self.fresh.discard(tp)
             EVENTS.labels("materialize", "changed").inc(n)
             EVENTS.labels("materialize", "unchanged").inc(len(changes) - n)
         if dead:
             await send_all(self.producer, dead)
             EVENTS.labels("materialize", "dlq").inc(len(dead))
+        await self._track_rebuilds()
+
+    async def _track_rebuilds(self) -> None:
+        assert self.consumer is not None
+        for tp, target in list(self.rebuild_target.items()):
+            if await self.consumer.position(tp) >= target:
+                del self.rebuild_target[tp]
+                self.push_from.pop(tp, None)
+                log.warning("materialize: %s[%d] rebuilt", tp.topic, tp.partition)
+        if self.rebuild_target:
+            await self.redis.set(self.keys.rebuilding, "1", ex=5)
+
+    async def tick(self) -> None:
+        """Once a second, even without traffic: notice a flushed cache, mark it ready."""
+        now = asyncio.get_running_loop().time()
+        if now < self._next_tick or self.consumer is None:
+            return
+        self._next_tick = now + self.tick_s
+        await self._track_rebuilds()
+        if self.rebuild_target or await self.redis.exists(self.keys.ready):
+            return
+        async with self._positioning:
+            await self._find_lost()
+
+    async def _find_lost(self) -> None:
+        assert self.consumer is not None
+        lost = {}
+        for tp in self.consumer.assignment():
+            if tp not in self.fresh and await self.materializer.applied_offset(tp.topic, tp.partition) is None:
+                lost[tp] = await self.consumer.position(tp)
+        await self.rebuild(lost)
+        if not self.rebuild_target:
+            await self.redis.set(self.keys.ready, "1")
+            await self.redis.delete(self.keys.rebuilding)
+
+
+class _Reposition(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, stage: MaterializeStage) -> None:
+        self.stage = stage
+
+    async def on_partitions_revoked(self, revoked: Any) -> None:
+        for tp in revoked:
+            self.stage.fresh.discard(tp)
+            self.stage.rebuild_target.pop(tp, None)
+            self.stage.push_from.pop(tp, None)
+
+    async def on_partitions_assigned(self, assigned: Any) -> None:
+        await self.stage.position_from_cache(assigned)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator
@@ -20,7 +21,7 @@ from fabric.pipeline.materialize import CacheKeys
 from fabric.router.contexts import get_context, list_contexts
 from fabric.router.hub import ChangeHub
 from fabric.router.ingest import EdgeValidator, post_events
-from fabric.router.state import HTTPProblem, RouterState, state_of
+from fabric.router.state import HTTPProblem, RouterState, state_of, watch_cache
 from fabric.router.subscribe import subscribe
 from fabric.settings import Settings
 from fabric.topics.admin import ensure_topics, ingest_topic
@@ -59,8 +60,12 @@ async def healthz(request: Request) -> Response:
         redis_ok = True
     except RedisError:
         redis_ok = False
-    body = {"status": "ok" if redis_ok else "degraded", "redis": redis_ok,
-            "redis_ms": round((time.perf_counter() - started) * 1000, 3)}  # fmt: skip
+    body = {
+        "status": "ok" if redis_ok else "degraded",
+        "redis": redis_ok,
+        "redis_ms": round((time.perf_counter() - started) * 1000, 3),
+        "cache_ready": st.cache_ready,
+    }
     return Response(_enc.encode(body), status_code=200 if redis_ok else 503, media_type="application/json")
 
 
@@ -91,10 +96,13 @@ def create_app(settings: Settings) -> Starlette:
         hub = ChangeHub(hub_redis, keys, registry, buffer=settings.router.subscriber_buffer)
         hub.start()
         validator = EdgeValidator(registry, settings.router.max_event_bytes)
-        app.state.fabric = RouterState(settings, registry, redis, keys, producer, hub, validator)
+        state = RouterState(settings, registry, redis, keys, producer, hub, validator)
+        app.state.fabric = state
+        watcher = asyncio.create_task(watch_cache(state))
         try:
             yield
         finally:
+            watcher.cancel()
             await hub.stop()
             await producer.stop()
             await redis.aclose()

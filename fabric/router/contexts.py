@@ -58,12 +58,14 @@ def _context_type(request: Request) -> ContextType:
     return ct
 
 
-def _build(ct: ContextType, subject: str, fields: list[bytes | None], window: list[bytes] | None) -> Context:
+def _build(
+    ct: ContextType, subject: str, fields: list[bytes | None], window: list[bytes] | None, ready: bool = True
+) -> Context:
     seq, at, v, count = fields
     as_of, age, stale = freshness(int(at or 0), ct)
     return Context(
         context_type=ct.name, subject=subject, sequence=int(seq or 0), as_of=as_of, age_ms=age,
-        stale=stale, changes=int(count or 0), event=msgspec.Raw(v or b"null"),
+        stale=stale or not ready, changes=int(count or 0), event=msgspec.Raw(v or b"null"),
         window=[msgspec.Raw(w) for w in window] if window is not None else None,
     )  # fmt: skip
 
@@ -82,8 +84,10 @@ async def get_context(request: Request) -> Response:
     else:
         fields, window = await st.redis.hmget(key, "seq", "at", "v", "count"), None
     if fields[2] is None:
+        if not st.cache_ready:
+            raise HTTPProblem(503, "the context cache is being rebuilt from Kafka; retry shortly", {"Retry-After": "1"})
         raise HTTPProblem(404, f"no {ct.name} context for subject {subject!r}")
-    return Response(_enc.encode(_build(ct, subject, fields, window)), media_type="application/json")
+    return Response(_enc.encode(_build(ct, subject, fields, window, st.cache_ready)), media_type="application/json")
 
 
 async def list_contexts(request: Request) -> Response:
@@ -104,5 +108,5 @@ async def list_contexts(request: Request) -> Response:
             for s in subjects:
                 p.hmget(st.keys.ctx(tenant, ct.name, s), "seq", "at", "v", "count")
             rows = await p.execute()
-        items = [_build(ct, s, f, None) for s, f in zip(subjects, rows, strict=True) if f[2] is not None]
+        items = [_build(ct, s, f, None, st.cache_ready) for s, f in zip(subjects, rows, strict=True) if f[2] is not None]
     return Response(_enc.encode(ContextList(ct.name, items)), media_type="application/json")

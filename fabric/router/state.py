@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import redis.asyncio as aioredis
 from aiokafka import AIOKafkaProducer
+from redis.exceptions import RedisError
 from starlette.requests import HTTPConnection
 
 from fabric.pipeline.materialize import CacheKeys
@@ -41,6 +44,25 @@ class RouterState:
     producer: AIOKafkaProducer
     hub: ChangeHub
     validator: EdgeValidator
+    #: False while the cache is empty after a flush or being rebuilt from Kafka;
+    #: refreshed in the background (see ``watch_cache``), so pulls pay nothing for it.
+    cache_ready: bool = True
+
+
+async def watch_cache(state: RouterState, interval: float = 0.25) -> None:
+    """Keep ``state.cache_ready`` current: the materializer's ready flag is set and no rebuild runs."""
+    log = logging.getLogger(__name__)
+    while True:
+        try:
+            async with state.redis.pipeline(transaction=False) as p:
+                p.exists(state.keys.ready)
+                p.exists(state.keys.rebuilding)
+                ready, rebuilding = await p.execute()
+            state.cache_ready = bool(ready) and not rebuilding
+        except RedisError as e:
+            state.cache_ready = False
+            log.debug("cache watch: %s", e)
+        await asyncio.sleep(interval)
 
 
 def state_of(conn: HTTPConnection) -> RouterState:

@@ -128,7 +128,8 @@ def fabric(stack: Stack, stack_settings: Settings) -> Iterator[Fabric]:
         if dead:
             raise RuntimeError(f"{dead} exited: {(logs / (dead[0] + '.log')).read_text()[-2000:]}")
         try:
-            if httpx.get(url + "/healthz", timeout=1).status_code == 200:
+            r = httpx.get(url + "/healthz", timeout=1)
+            if r.status_code == 200 and r.json()["cache_ready"]:
                 break
         except httpx.HTTPError:
             pass
