@@ -74,7 +74,6 @@ class RouterSettings(_Part):
     host: str = "127.0.0.1"
     port: int = 8700
     max_body_bytes: int = 5 * 1024 * 1024
-    max_event_bytes: int = 1024 * 1024
     subscriber_buffer: int = 1_000
     produce_timeout_s: float = 10.0
 
@@ -92,6 +91,7 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="FABRIC_", env_nested_delimiter="__", frozen=True, extra="ignore")
 
     data_dir: Path = Path(".fabric")
+    max_event_bytes: int = Field(1024 * 1024, description="larger events are refused (HTTP 4xx) or dead-lettered")
     schemas_dir: Path = REPO_ROOT / "schemas"
     kafka: KafkaSettings = KafkaSettings()
     redis: RedisSettings = RedisSettings()

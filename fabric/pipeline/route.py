@@ -41,9 +41,17 @@ class RouteResult:
     dead: list[OutRecord] = field(default_factory=list)
 
 
+#: An original larger than this is cut to it in the DLQ (the size is kept in a header).
+DLQ_KEEP_BYTES = 64 * 1024
+
+
 def dlq_record(rec: ConsumerRecord[bytes, bytes], err: InvalidEvent, dlq: str) -> OutRecord:
     """A DLQ record: the original bytes and headers, plus why and where it came from."""
+    value = rec.value or b""
     headers = list(rec.headers or ())
+    if len(value) > DLQ_KEEP_BYTES:
+        headers.append(("fabric_original_size", str(len(value)).encode()))
+        value = value[:DLQ_KEEP_BYTES]
     headers += [
         ("fabric_error_reason", err.reason.encode()),
         ("fabric_error_pointer", err.pointer.encode()),
@@ -53,7 +61,7 @@ def dlq_record(rec: ConsumerRecord[bytes, bytes], err: InvalidEvent, dlq: str) -
         ("fabric_original_offset", str(rec.offset).encode()),
         ("fabric_failed_at", datetime.now(UTC).isoformat().encode()),
     ]
-    return OutRecord(dlq, rec.key, rec.value or b"", headers)
+    return OutRecord(dlq, rec.key, value, headers)
 
 
 class Router:
@@ -65,6 +73,7 @@ class Router:
         self.dlq = settings.topic("dlq")
         self.topics = {name: settings.topic(ct.topic) for name, ct in registry.context_types.items()}
         self.enrich = Enricher()
+        self.max_bytes = settings.max_event_bytes
 
     def route(self, records: list[ConsumerRecord[bytes, bytes]]) -> RouteResult:
         out = RouteResult()
@@ -73,6 +82,8 @@ class Router:
         for rec in records:
             headers: Any = rec.headers or ()
             try:
+                if rec.value is not None and len(rec.value) > self.max_bytes:
+                    raise InvalidEvent(f"event is {len(rec.value)} bytes, over the limit of {self.max_bytes}")
                 env = decode_ingest(rec.value, headers, registry)
                 ct, data = validate(env, registry)
                 provider = next((v.decode(errors="replace") for k, v in headers if k == PROVIDER_HEADER), None)

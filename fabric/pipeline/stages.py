@@ -61,7 +61,7 @@ def producer(settings: Settings) -> AIOKafkaProducer:
         client_id=settings.kafka.client_id,
         linger_ms=2,
         max_batch_size=512 * 1024,
-        max_request_size=settings.router.max_event_bytes + 64 * 1024,
+        max_request_size=settings.max_event_bytes + 64 * 1024,
         acks="all",
     )
 
@@ -220,7 +220,7 @@ class MaterializeStage(Stage):
         if not missing:
             return
         # One request for the group's committed offsets (consumer.committed() asks per partition).
-        committed = await self.consumer._coordinator.fetch_committed_offsets(missing)  # noqa: SLF001
+        committed = await self.consumer._coordinator.fetch_committed_offsets(missing)
         lost: dict[TopicPartition, int] = {}
         fresh = []
         for tp in missing:

@@ -57,7 +57,7 @@ class Provider:
         self._producer = AIOKafkaProducer(
             bootstrap_servers=settings.kafka.bootstrap, client_id=f"provider-{source}",
             linger_ms=linger_ms, acks="all", request_timeout_ms=int(delivery_timeout_s * 1000),
-            max_request_size=settings.router.max_event_bytes + 64 * 1024,
+            max_request_size=settings.max_event_bytes + 64 * 1024,
         )  # fmt: skip
         self._headers = [(PROVIDER_HEADER, source.encode())]
 

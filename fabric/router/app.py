@@ -95,7 +95,7 @@ def create_app(settings: Settings) -> Starlette:
         keys = CacheKeys(settings.redis.key_prefix)
         hub = ChangeHub(hub_redis, keys, registry, buffer=settings.router.subscriber_buffer)
         hub.start()
-        validator = EdgeValidator(registry, settings.router.max_event_bytes)
+        validator = EdgeValidator(registry, settings.max_event_bytes)
         state = RouterState(settings, registry, redis, keys, producer, hub, validator)
         app.state.fabric = state
         watcher = asyncio.create_task(watch_cache(state))

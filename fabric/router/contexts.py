@@ -108,5 +108,7 @@ async def list_contexts(request: Request) -> Response:
             for s in subjects:
                 p.hmget(st.keys.ctx(tenant, ct.name, s), "seq", "at", "v", "count")
             rows = await p.execute()
-        items = [_build(ct, s, f, None, st.cache_ready) for s, f in zip(subjects, rows, strict=True) if f[2] is not None]
+        items = [
+            _build(ct, s, f, None, st.cache_ready) for s, f in zip(subjects, rows, strict=True) if f[2] is not None
+        ]
     return Response(_enc.encode(ContextList(ct.name, items)), media_type="application/json")

@@ -2,13 +2,16 @@
 
 ``chdb:///dir`` opens the in-process engine (one process owns a directory; it has
 no async client, so calls run in a thread); ``http(s)://host:port`` talks to a
-ClickHouse server. Tables use ReplacingMergeTree keyed by Kafka position, so a batch
-re-inserted after a crash collapses to one row (``FINAL`` sees it as one already).
+ClickHouse server. Tables use ReplacingMergeTree keyed by what identifies a record
+(an event by tenant, type, subject, source and id; a DLQ record by where it came
+from), so a batch re-inserted after a crash, or an event routed twice, collapses to
+one row (``FINAL`` sees it as one already).
 """
 
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlparse
 
@@ -36,13 +39,13 @@ def ddl(db: str) -> list[str]:
             sensitivity LowCardinality(String), correlationid Nullable(String),
             traceparent Nullable(String), provider Nullable(String), data String,
             topic LowCardinality(String), partition UInt32, offset UInt64
-        ) ENGINE = ReplacingMergeTree ORDER BY (topic, partition, offset)""",
+        ) ENGINE = ReplacingMergeTree ORDER BY (tenant, context_type, subject, source, id)""",
         f"""CREATE TABLE IF NOT EXISTS {db}.dlq (
             reason String, pointer String, error_class LowCardinality(String),
             original String, headers String, source_topic String,
             source_partition Int32, source_offset Int64, failed_at DateTime64(6, 'UTC'),
             topic LowCardinality(String), partition UInt32, offset UInt64
-        ) ENGINE = ReplacingMergeTree ORDER BY (topic, partition, offset)""",
+        ) ENGINE = ReplacingMergeTree ORDER BY (source_topic, source_partition, source_offset, topic)""",
     ]
 
 
@@ -94,3 +97,35 @@ def run_query(client: Any, sql: str) -> tuple[list[str], list[list[Any]]]:
 def insert(client: Any, table: str, rows: list[list[Any]], columns: list[str]) -> None:
     with _lock:
         client.insert(table, rows, column_names=columns)
+
+
+def table_answers(client: Any, table: str) -> bool:
+    """True when the engine is up and the table is there (so a failed insert was the rows' fault)."""
+    try:
+        with _lock:
+            client.query(f"SELECT 1 FROM {table} LIMIT 0")
+        return True
+    except Exception:
+        return False
+
+
+class Unavailable(Exception):
+    """The engine or table did not answer; retry the whole batch later."""
+
+
+def insert_isolating(
+    insert_rows: Callable[[list[list[Any]]], None], answers: Callable[[], bool], rows: list[list[Any]]
+) -> list[tuple[list[Any], str]]:
+    """Insert ``rows``; when ClickHouse refuses them while the table answers, split the batch
+    until the refused rows are found. Returns them with ClickHouse's reason; raises
+    ``Unavailable`` when the engine or table is away (retry everything later)."""
+    try:
+        insert_rows(rows)
+        return []
+    except Exception as e:
+        if not answers():
+            raise Unavailable(str(e)) from e
+        if len(rows) == 1:
+            return [(rows[0], f"ClickHouse refused the row: {e}")]
+    mid = len(rows) // 2
+    return insert_isolating(insert_rows, answers, rows[:mid]) + insert_isolating(insert_rows, answers, rows[mid:])

@@ -34,10 +34,13 @@ from fabric.settings import Settings
 from fabric.sinks.clickhouse import (
     DLQ_COLUMNS,
     EVENT_COLUMNS,
+    Unavailable,
     connect,
     create_tables,
     insert,
+    insert_isolating,
     run_query,
+    table_answers,
 )
 from fabric.topics.admin import all_topics, dlq_topic, ensure_topics, typed_topics
 from fabric.topics.codecs import decode_typed
@@ -81,6 +84,21 @@ def dlq_row(rec: Any) -> list[Any]:
     ]  # fmt: skip
 
 
+def unreadable_row(rec: Any, reason: str) -> list[Any]:
+    """A DLQ row for a typed-topic record the sink cannot read (a misbehaving producer)."""
+    now = datetime.now(UTC)
+    return [reason, "", "InvalidEvent", rec.value or b"", "{}", rec.topic, rec.partition, rec.offset, now,
+            rec.topic, rec.partition, rec.offset]  # fmt: skip
+
+
+def refused_row(table: str, row: list[Any], reason: str) -> list[Any]:
+    """A DLQ row for a row ClickHouse refused; the row itself is kept as JSON."""
+    cols = EVENT_COLUMNS if table == "events" else DLQ_COLUMNS
+    original = orjson.dumps(dict(zip(cols, row, strict=False)), default=_default)
+    return [reason, "", "ClickHouseRefused", original, "{}", f"clickhouse.{table}", -1, -1,
+            datetime.now(UTC), f"clickhouse.{table}", 0, 0]  # fmt: skip
+
+
 class Sink:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -101,16 +119,26 @@ class Sink:
                 delay = min(delay * 2, 10.0)
 
     async def _insert(self, table: str, rows: list[list[Any]], columns: list[str]) -> None:
-        """Insert with retries; returns only once the rows are in."""
+        """Insert with retries; returns only once every row is in ClickHouse, or, for rows
+        ClickHouse itself refuses while the table answers, in ``fabric.dlq`` with its reason."""
+        full = f"{self.db}.{table}"
         delay = 0.2
         while True:
             try:
-                await asyncio.to_thread(insert, self.client, f"{self.db}.{table}", rows, columns)
-                ROWS.labels(table).inc(len(rows))
+                refused = await asyncio.to_thread(
+                    insert_isolating,
+                    lambda part: insert(self.client, full, part, columns),
+                    lambda: table_answers(self.client, full),
+                    rows,
+                )
+                ROWS.labels(table).inc(len(rows) - len(refused))
+                if refused:
+                    log.warning("sink: ClickHouse refused %d rows of %s: %s", len(refused), table, refused[0][1])
+                    await self._insert("dlq", [refused_row(table, r, why) for r, why in refused], DLQ_COLUMNS)
                 return
-            except Exception as e:
+            except Unavailable as e:
                 FAILURES.labels(table).inc()
-                log.warning("sink: insert of %d rows into %s failed (%s); retry in %.1f s", len(rows), table, e, delay)
+                log.warning("sink: %s unavailable (%s); retrying %d rows in %.1f s", full, e, len(rows), delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 10.0)
 
@@ -146,7 +174,7 @@ class Sink:
                         try:
                             events.append(event_row(r, self.registry))
                         except (InvalidEvent, KeyError, TypeError) as e:
-                            dead.append(dlq_row(_as_dead(r, f"sink could not read the typed record: {e}")))
+                            dead.append(unreadable_row(r, f"sink could not read the typed record: {e}"))
                 full = len(events) + len(dead) >= s.clickhouse.batch_rows
                 if (events or dead) and (full or loop.time() - last_flush >= s.clickhouse.flush_interval_s):
                     if events:
@@ -166,22 +194,6 @@ class Sink:
                     await self._insert("dlq", dead, DLQ_COLUMNS)
                 await consumer.commit()
             await consumer.stop()
-
-
-class _Dead:
-    def __init__(self, rec: Any, reason: str) -> None:
-        self.value = rec.value
-        self.topic, self.partition, self.offset = rec.topic, rec.partition, rec.offset
-        self.headers = [
-            ("fabric_error_reason", reason.encode()),
-            ("fabric_original_topic", rec.topic.encode()),
-            ("fabric_original_partition", str(rec.partition).encode()),
-            ("fabric_original_offset", str(rec.offset).encode()),
-        ]
-
-
-def _as_dead(rec: Any, reason: str) -> _Dead:
-    return _Dead(rec, reason)
 
 
 # ------------------------------------------------------------------ query server

@@ -150,6 +150,10 @@ def decode_structured(value: bytes) -> Envelope:
         raise InvalidEvent(reason, ptr) from e
     except msgspec.DecodeError as e:
         raise InvalidEvent(f"not valid JSON: {e}", "") from e
+    except RecursionError as e:
+        raise InvalidEvent("JSON is nested too deeply", "") from e
+    except UnicodeDecodeError as e:
+        raise InvalidEvent(f"not valid UTF-8: {e}", "") from e
 
 
 def decode_ingest(value: bytes | None, headers: Headers, registry: Registry) -> Envelope:
@@ -177,6 +181,10 @@ def validate(env: Envelope, registry: Registry) -> tuple[ContextType, Any]:
         raise InvalidEvent(reason, ptr) from e
     except msgspec.DecodeError as e:
         raise InvalidEvent(f"data is not valid JSON: {e}", "/data") from e
+    except RecursionError as e:
+        raise InvalidEvent("data is nested too deeply", "/data") from e
+    except UnicodeDecodeError as e:
+        raise InvalidEvent(f"data is not valid UTF-8: {e}", "/data") from e
     return ct, data
 
 

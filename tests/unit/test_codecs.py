@@ -178,3 +178,37 @@ def test_fastavro_reads_what_the_fabric_writes(registry: Registry) -> None:
     value = codecs.encode_typed(env, ct, data, registry)
     rec = fastavro.schemaless_reader(io.BytesIO(value[5:]), registry.schemas.avro("PageDSL"), None)
     assert rec["data"]["title"] == "Orders"
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        (
+            b'{"id":"1","source":"s","type":"page.x","subject":"p","tenant":"t","data":'
+            + b"[" * 50_000
+            + b"]" * 50_000
+            + b"}",
+            "nested too deeply",
+        ),
+        (b'{"id":"\xff\xfe","source":"s","type":"page.x","subject":"p","tenant":"t"}', "not valid UTF-8"),
+    ],
+)
+def test_deep_nesting_and_bad_utf8_are_invalid_events(registry: Registry, value: bytes, message: str) -> None:
+    with pytest.raises(InvalidEvent, match=message):
+        codecs.validate(codecs.decode_ingest(value, [], registry), registry)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.recursive(
+        st.none() | st.booleans() | st.integers() | st.floats() | st.text(),
+        lambda c: st.lists(c) | st.dictionaries(st.text(), c),
+        max_leaves=30,
+    )
+)
+def test_any_json_as_data_is_accepted_or_refused_cleanly(registry: Registry, data: Any) -> None:
+    env = make_event("page.updated", "p", data, tenant="t", source="s")
+    try:
+        codecs.validate(codecs.decode_ingest(to_json(env), [], registry), registry)
+    except InvalidEvent as e:
+        assert e.pointer.startswith("/data")

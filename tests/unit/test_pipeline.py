@@ -68,3 +68,14 @@ def test_change_from_record_drops_nulls_and_keeps_data(registry: Registry) -> No
     assert c.at_ms == 1767225600000 and c.offset == 42
     assert orjson.loads(c.json) == {"tenant": "t", "type": "page.updated", "subject": "p", "sequence": 3,
                                     "time": "2026-01-01T00:00:00Z", "data": {"title": "x", "route": None}}  # fmt: skip
+
+
+def test_oversized_event_is_dead_lettered_with_a_cut_original(registry: Registry) -> None:
+    router = Router(Settings(max_event_bytes=1000), registry)
+    big = b"{" + b" " * 200_000 + b"}"
+    result = router.route([record(big, 7)])
+    assert not result.ok
+    dead = result.dead[0]
+    h = dict(dead.headers)
+    assert h["fabric_error_reason"] == b"event is 200002 bytes, over the limit of 1000"
+    assert h["fabric_original_size"] == b"200002" and len(dead.value) == 64 * 1024
