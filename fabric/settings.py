@@ -30,6 +30,8 @@ class KafkaSettings(_Part):
     partitions: int = 4
     group: str = "fabric-pipeline"
     client_id: str = "context-fabric"
+    # A restarted worker resumes once the broker has given up on the dead one's session
+    # (on Tansu about twice this). Real Kafka refuses less than group.min.session.timeout.ms.
     session_timeout_ms: int = 6_000
 
 

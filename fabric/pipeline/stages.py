@@ -82,6 +82,7 @@ class Stage(mode.Service):
         self.settings = settings
         self.registry = registry
         self.consumer: AIOKafkaConsumer | None = None
+        self._producer: AIOKafkaProducer | None = None
         self.batches = 0
         super().__init__(**kw)
 
@@ -96,6 +97,9 @@ class Stage(mode.Service):
 
     async def _run(self) -> None:
         assert self.consumer is not None
+        # Joining the group waits for the broker's rebalance; doing it here, not in
+        # on_start, lets every stage of the worker join at the same time.
+        await self.consumer.start()
         wait = self.settings.worker.batch_wait_ms
         while not self.should_stop:
             try:
@@ -143,15 +147,15 @@ class RouteStage(Stage):
         s = self.settings
         await ensure_topics(s, all_topics(s, self.registry))
         self.router = Router(s, self.registry)
-        self.producer = producer(s)
+        self._producer = self.producer = producer(s)
         await self.producer.start()
         self.consumer = consumer(s, [ingest_topic(s)], s.kafka.group)
-        await self.consumer.start()
 
     async def on_stop(self) -> None:
         if self.consumer:
             await self.consumer.stop()
-        await self.producer.stop()
+        if self._producer is not None:
+            await self._producer.stop()
 
     async def handle(self, batch: dict[Any, list[Any]]) -> None:
         records = [r for recs in batch.values() for r in recs]
@@ -175,29 +179,31 @@ class MaterializeStage(Stage):
 
     stage = "materialize"
     tick_s = 1.0
+    _cache: aioredis.Redis | None = None
 
     async def on_start(self) -> None:
         s = self.settings
         await ensure_topics(s, all_topics(s, self.registry))
-        self.redis = aioredis.from_url(s.redis.url)
-        self.materializer = Materializer(s, self.redis)
+        self._cache = self.cache = aioredis.from_url(s.redis.url)
+        self.materializer = Materializer(s, self.cache)
         self.keys = self.materializer.keys
         self.fresh: set[TopicPartition] = set()  # may start without an offset key
         self.push_from: dict[TopicPartition, int] = {}
         self.rebuild_target: dict[TopicPartition, int] = {}
         self._next_tick = 0.0
         self._positioning = asyncio.Lock()  # assignment and the flush check must not interleave
-        self.producer = producer(s)
+        self._producer = self.producer = producer(s)
         await self.producer.start()
         self.consumer = consumer(s, [], f"{s.kafka.group}-materialize")
         self.consumer.subscribe(typed_topics(s, self.registry), listener=_Reposition(self))
-        await self.consumer.start()
 
     async def on_stop(self) -> None:
         if self.consumer:
             await self.consumer.stop()
-        await self.producer.stop()
-        await self.redis.aclose()
+        if self._producer is not None:
+            await self._producer.stop()
+        if self._cache is not None:
+            await self._cache.aclose()
 
     async def position_from_cache(self, tps: Iterable[TopicPartition]) -> None:
         """Seek partitions to just past what the cache already holds."""
@@ -209,7 +215,7 @@ class MaterializeStage(Stage):
         assert self.consumer is not None
         if not tps:
             return
-        applied = await self.redis.mget([self.keys.offset(tp.topic, tp.partition) for tp in tps])
+        applied = await self.cache.mget([self.keys.offset(tp.topic, tp.partition) for tp in tps])
         missing = []
         for tp, offset in zip(tps, applied, strict=True):
             if offset is None:
@@ -247,7 +253,7 @@ class MaterializeStage(Stage):
             self.push_from[tp] = push_from
             self.rebuild_target[tp] = ends[tp]
             REBUILDS.inc()
-        await self.redis.set(self.keys.rebuilding, "1", ex=5)
+        await self.cache.set(self.keys.rebuilding, "1", ex=5)
 
     async def _rewind(self) -> None:
         assert self.consumer is not None
@@ -294,7 +300,7 @@ class MaterializeStage(Stage):
                 self.push_from.pop(tp, None)
                 log.warning("materialize: %s[%d] rebuilt", tp.topic, tp.partition)
         if self.rebuild_target:
-            await self.redis.set(self.keys.rebuilding, "1", ex=5)
+            await self.cache.set(self.keys.rebuilding, "1", ex=5)
 
     async def tick(self) -> None:
         """Once a second, even without traffic: notice a flushed cache, mark it ready."""
@@ -303,7 +309,7 @@ class MaterializeStage(Stage):
             return
         self._next_tick = now + self.tick_s
         await self._track_rebuilds()
-        if self.rebuild_target or await self.redis.exists(self.keys.ready):
+        if self.rebuild_target or await self.cache.exists(self.keys.ready):
             return
         async with self._positioning:
             await self._find_lost()
@@ -316,8 +322,8 @@ class MaterializeStage(Stage):
                 lost[tp] = await self.consumer.position(tp)
         await self.rebuild(lost)
         if not self.rebuild_target:
-            await self.redis.set(self.keys.ready, "1")
-            await self.redis.delete(self.keys.rebuilding)
+            await self.cache.set(self.keys.ready, "1")
+            await self.cache.delete(self.keys.rebuilding)
 
 
 class _Reposition(ConsumerRebalanceListener):  # type: ignore[misc]

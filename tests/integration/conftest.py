@@ -49,6 +49,10 @@ def env_of(s: Settings) -> dict[str, str]:
         "FABRIC_KAFKA__BOOTSTRAP": s.kafka.bootstrap,
         "FABRIC_KAFKA__TOPIC_PREFIX": s.kafka.topic_prefix,
         "FABRIC_REDIS__URL": s.redis.url,
+        "FABRIC_REDIS__KEY_PREFIX": s.redis.key_prefix,
+        "FABRIC_KAFKA__PARTITIONS": str(s.kafka.partitions),
+        "FABRIC_KAFKA__SESSION_TIMEOUT_MS": str(s.kafka.session_timeout_ms),
+        "FABRIC_CLICKHOUSE__FLUSH_INTERVAL_S": str(s.clickhouse.flush_interval_s),
         "FABRIC_CLICKHOUSE__URL": s.clickhouse.url,
         "FABRIC_ROUTER__PORT": str(s.router.port),
         "FABRIC_WORKER__METRICS_PORT": "0",
@@ -76,7 +80,11 @@ def stack_settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
     return Settings(
         data_dir=data,
         kafka=KafkaSettings(
-            bootstrap=f"127.0.0.1:{free_port()}", topic_prefix=f"t{uuid.uuid4().hex[:8]}", partitions=4
+            bootstrap=f"127.0.0.1:{free_port()}",
+            topic_prefix=f"t{uuid.uuid4().hex[:8]}",
+            partitions=4,
+            # fast failover: Tansu lets a restarted member in once the dead one's session ends
+            session_timeout_ms=3000,
         ),
         redis=RedisSettings(url=f"redis://127.0.0.1:{free_port()}/0", key_prefix="fabric"),
         clickhouse=ClickHouseSettings(url=f"chdb://{data / 'chdb'}", flush_interval_s=0.3),
@@ -95,55 +103,114 @@ def stack(stack_settings: Settings) -> Iterator[Stack]:
 
 @dataclass
 class Fabric:
+    """Real ``fabric`` processes (worker, sink, router) for one set of settings."""
+
     settings: Settings
     procs: dict[str, subprocess.Popen[bytes]]
-    url: str
+    extra_env: dict[str, str]
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.settings.router.port}"
 
     @property
     def ws_url(self) -> str:
         return self.url.replace("http", "ws", 1) + "/v1/subscribe"
 
+    @property
+    def logs(self) -> Path:
+        path = self.settings.data_dir / "logs"
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def env(self) -> dict[str, str]:
+        return {**env_of(self.settings), **self.extra_env}
+
+    def start(self, name: str) -> subprocess.Popen[bytes]:
+        with open(self.logs / f"{name}.log", "ab") as log:
+            self.procs[name] = subprocess.Popen(
+                [sys.executable, "-m", "fabric", name], env=self.env(), stdout=log, stderr=subprocess.STDOUT, cwd=ROOT
+            )
+        return self.procs[name]
+
+    def log(self, name: str) -> str:
+        return (self.logs / f"{name}.log").read_text(errors="replace")
+
+    def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
+        p = self.procs[name]
+        p.send_signal(sig)
+        p.wait(30)
+
+    def wait_ready(self, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            dead = [n for n, p in self.procs.items() if p.poll() is not None]
+            if dead:
+                raise RuntimeError(f"{dead} exited: {self.log(dead[0])[-3000:]}")
+            try:
+                r = httpx.get(self.url + "/healthz", timeout=1)
+                if r.status_code == 200 and r.json()["cache_ready"]:
+                    return
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError("router did not become healthy")
+            time.sleep(0.2)
+
+    def stop(self) -> None:
+        for p in self.procs.values():
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        for p in self.procs.values():
+            try:
+                p.wait(20)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+
     def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [sys.executable, "-m", "fabric", *args], env=env_of(self.settings),
-            capture_output=True, text=True, timeout=120, cwd=ROOT,
-        )  # fmt: skip
+            [sys.executable, "-m", "fabric", *args],
+            env=self.env(),
+            capture_output=True,
+            text=True,
+            timeout=120,
+            cwd=ROOT,
+        )
+
+
+def start_fabric(settings: Settings, names: tuple[str, ...] = ("worker", "sink", "router"), **env: str) -> Fabric:
+    fab = Fabric(settings, {}, env)
+    try:
+        for name in names:
+            fab.start(name)
+        if "router" in names:
+            fab.wait_ready()
+    except BaseException:
+        fab.stop()
+        raise
+    return fab
+
+
+def variant(settings: Settings, tmp: Path) -> Settings:
+    """The same broker and Redis with fresh topics, keys, router port and data dir."""
+    tag = uuid.uuid4().hex[:8]
+    return settings.model_copy(
+        update={
+            "data_dir": tmp,
+            "kafka": settings.kafka.model_copy(update={"topic_prefix": f"v{tag}"}),
+            "redis": settings.redis.model_copy(update={"key_prefix": f"fabric{tag}"}),
+            "clickhouse": settings.clickhouse.model_copy(update={"url": f"chdb://{tmp / 'chdb'}"}),
+            "router": settings.router.model_copy(update={"port": free_port()}),
+        }
+    )
 
 
 @pytest.fixture(scope="session")
 def fabric(stack: Stack, stack_settings: Settings) -> Iterator[Fabric]:
-    logs = stack_settings.data_dir / "logs"
-    logs.mkdir(exist_ok=True)
-    procs: dict[str, subprocess.Popen[bytes]] = {}
-    for name in ("worker", "sink", "router"):
-        with open(logs / f"{name}.log", "wb") as log:
-            procs[name] = subprocess.Popen(
-                [sys.executable, "-m", "fabric", name], env=env_of(stack_settings),
-                stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
-            )  # fmt: skip
-    url = f"http://127.0.0.1:{stack_settings.router.port}"
-    deadline = time.monotonic() + 60
-    while True:
-        dead = [n for n, p in procs.items() if p.poll() is not None]
-        if dead:
-            raise RuntimeError(f"{dead} exited: {(logs / (dead[0] + '.log')).read_text()[-2000:]}")
-        try:
-            r = httpx.get(url + "/healthz", timeout=1)
-            if r.status_code == 200 and r.json()["cache_ready"]:
-                break
-        except httpx.HTTPError:
-            pass
-        if time.monotonic() > deadline:
-            raise RuntimeError("router did not become healthy")
-        time.sleep(0.2)
-    yield Fabric(stack_settings, procs, url)
-    for p in procs.values():
-        p.send_signal(signal.SIGTERM)
-    for p in procs.values():
-        try:
-            p.wait(20)
-        except subprocess.TimeoutExpired:
-            p.kill()
+    fab = start_fabric(stack_settings)
+    yield fab
+    fab.stop()
 
 
 @pytest.fixture
