@@ -165,6 +165,9 @@ class Stack:
                     f"cannot start {part.name}: port {part.port} on {part.host} is taken by "
                     "another process (stop it or choose another port in FABRIC_* settings)"
                 )
+            old = self._children.pop(part.name, None)
+            if old is not None:  # a child of ours that died: reap it
+                old.wait()
             binary = tansu_binary() if part.name == "broker" else redis_binary()
             argv = [str(binary) if a in ("{tansu}", "{redis}") else a for a in part.argv]
             with part.logfile.open("ab") as log:

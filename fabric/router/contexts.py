@@ -84,7 +84,8 @@ async def get_context(request: Request) -> Response:
     else:
         fields, window = await st.redis.hmget(key, "seq", "at", "v", "count"), None
     if fields[2] is None:
-        if not st.cache_ready:
+        # a miss may be a flushed cache the background watch has not noticed yet: ask now
+        if not st.cache_ready or not await st.redis.exists(st.keys.ready):
             raise HTTPProblem(503, "the context cache is being rebuilt from Kafka; retry shortly", {"Retry-After": "1"})
         raise HTTPProblem(404, f"no {ct.name} context for subject {subject!r}")
     return Response(_enc.encode(_build(ct, subject, fields, window, st.cache_ready)), media_type="application/json")
