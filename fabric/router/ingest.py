@@ -19,9 +19,10 @@ from aiokafka.errors import KafkaError
 from starlette.requests import Request
 from starlette.responses import Response
 
-from fabric.errors import UnknownEventType
+from fabric.errors import InvalidEvent, UnknownEventType
 from fabric.pipeline.route import PROVIDER_HEADER
 from fabric.router.state import HTTPProblem, state_of, tenant_of
+from fabric.topics.codecs import decode_structured, validate
 from fabric.topics.registry import Registry
 
 
@@ -57,7 +58,11 @@ class EdgeValidator:
         }
 
     def check(self, index: int, event: Any, tenant: str, size: int) -> Rejected | None:
-        """None when the event is valid; fills in the caller's tenant when absent."""
+        """None when the event is valid; fills in the caller's tenant when absent.
+
+        The worker's own decoder (msgspec, fast) decides, so the edge accepts exactly
+        what the worker will; JSON Schema then explains a refusal with a readable
+        message and the JSON pointer of the violation."""
         if size > self.max_event_bytes:
             return Rejected(index, f"/{index}", f"event is {size} bytes, over the limit of {self.max_event_bytes}")
         if not isinstance(event, dict):
@@ -73,10 +78,14 @@ class EdgeValidator:
             ct = self.registry.resolve(etype)
         except UnknownEventType as e:
             return Rejected(index, f"/{index}/type", e.reason, ev_id)
-        error = jsonschema.exceptions.best_match(self.validators[ct.name].iter_errors(event))
-        if error is not None:
-            return Rejected(index, _pointer(index, error.absolute_path), error.message, ev_id)
-        return None
+        try:
+            validate(decode_structured(orjson.dumps(event)), self.registry)
+            return None
+        except InvalidEvent as worker_says:
+            error = jsonschema.exceptions.best_match(self.validators[ct.name].iter_errors(event))
+            if error is not None:
+                return Rejected(index, _pointer(index, error.absolute_path), error.message, ev_id)
+            return Rejected(index, f"/{index}{worker_says.pointer}", worker_says.reason, ev_id)
 
 
 def split_body(body: bytes, content_type: str) -> list[tuple[Any, int] | Rejected]:

@@ -8,7 +8,6 @@ import os
 import signal
 import uuid
 from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx

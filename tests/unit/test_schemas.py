@@ -86,3 +86,11 @@ def test_json_schema_and_worker_validation_agree(
         worker_ok = False
     assert (edge is None) == valid
     assert worker_ok == valid
+
+
+def test_edge_refuses_what_the_worker_would_even_when_json_schema_allows_it(registry: Registry) -> None:
+    """A float with an integral value passes JSON Schema's "integer" but not the worker's decoder."""
+    event = {"id": "1", "source": "s", "type": "page.updated", "subject": "x", "tenant": "t", "sequence": 1.5e29,
+             "data": {"app": "a", "page": "p", "title": "t"}}  # fmt: skip
+    problem = EdgeValidator(registry, 1 << 20).check(3, event, "t", 100)
+    assert problem is not None and problem.pointer == "/3/sequence" and "got `float`" in problem.error
