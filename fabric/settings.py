@@ -28,11 +28,19 @@ class KafkaSettings(_Part):
     bootstrap: str = "127.0.0.1:9092"
     topic_prefix: str = "ctx"
     partitions: int = 4
-    group: str = "fabric-pipeline"
+    group: str = Field("", description="consumer group prefix; default: the topic prefix")
     client_id: str = "context-fabric"
     # A restarted worker resumes once the broker has given up on the dead one's session
     # (on Tansu about twice this). Real Kafka refuses less than group.min.session.timeout.ms.
     session_timeout_ms: int = 6_000
+    # How long the broker may hold a fetch with no data. Tansu answers only when it runs
+    # out, not when data arrives, so this bounds the latency each stage adds.
+    fetch_max_wait_ms: int = 5
+
+    @property
+    def group_prefix(self) -> str:
+        """Consumer groups are named per deployment, so two fabrics on one broker never mix."""
+        return self.group or f"{self.topic_prefix}.fabric"
 
 
 class RedisSettings(_Part):
@@ -76,7 +84,8 @@ class RouterSettings(_Part):
     host: str = "127.0.0.1"
     port: int = 8700
     max_body_bytes: int = 5 * 1024 * 1024
-    subscriber_buffer: int = 1_000
+    subscriber_buffer: int = Field(1_000, description="changes waiting per subscriber before it is lagging")
+    subscriber_buffer_bytes: int = Field(1 << 20, description="bytes waiting per subscriber before it is lagging")
     produce_timeout_s: float = 10.0
 
 

@@ -29,7 +29,8 @@ _LUA = """
 -- KEYS[1] applied offset of the partition; then 4 keys per change.
 -- ARGV[1] window, ARGV[2] feed retention, ARGV[3] '1' if the offset key may be
 -- missing (a fresh partition or a rebuild), ARGV[4] first offset to push to the
--- feed (a rebuild re-applies history that subscribers have already been sent).
+-- feed (a rebuild re-applies history that subscribers have already been sent),
+-- ARGV[5] the batch's last offset (records that were not changes still count as read).
 local cur = redis.call('GET', KEYS[1])
 if not cur and ARGV[3] == '0' then return -1 end
 local applied = tonumber(cur or '-1')
@@ -37,10 +38,10 @@ local window = tonumber(ARGV[1])
 local retention = ARGV[2]
 local push_from = tonumber(ARGV[4])
 local n = (#KEYS - 1) / 4
-local last = applied
+local last = math.max(applied, tonumber(ARGV[5]))
 local changed = 0
 for i = 0, n - 1 do
-  local a = 5 + i * 8
+  local a = 6 + i * 8
   local off = tonumber(ARGV[a + 7])
   if off > applied then
     if off > last then last = off end
@@ -151,19 +152,30 @@ class Materializer:
         return None if raw is None else int(raw)
 
     async def apply(
-        self, topic: str, partition: int, changes: list[Change], *, allow_missing: bool = False, push_from: int = 0
+        self,
+        topic: str,
+        partition: int,
+        changes: list[Change],
+        *,
+        last_offset: int = -1,
+        allow_missing: bool = False,
+        push_from: int = 0,
     ) -> int:
         """Apply one partition's changes in offset order; returns how many changed the cache,
         or ``STATE_LOST`` when the partition's offset key is gone (Redis was flushed or
         restarted) and ``allow_missing`` is false: nothing was written, replay from the start."""
         total = 0
         k = self.keys
-        for i in range(0, len(changes), self.chunk):
+        last_offset = max(last_offset, changes[-1].offset if changes else -1)
+        for i in range(0, max(1, len(changes)), self.chunk):
             part = changes[i : i + self.chunk]
+            # a chunk marks the partition read up to its last change; the final chunk up to
+            # the batch's last record, changes or not
+            part_last = part[-1].offset if i + self.chunk < len(changes) else last_offset
             keys = [k.offset(topic, partition)]
             args: list[Any] = [
                 self.settings.redis.stream_window, self.settings.redis.change_retention,
-                "1" if allow_missing else "0", push_from,
+                "1" if allow_missing else "0", push_from, part_last,
             ]  # fmt: skip
             for c in part:
                 keys += [

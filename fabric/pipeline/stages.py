@@ -49,6 +49,7 @@ def consumer(settings: Settings, topics: list[str], group: str) -> AIOKafkaConsu
         enable_auto_commit=False,
         auto_offset_reset="earliest",
         max_partition_fetch_bytes=4 * 1024 * 1024,
+        fetch_max_wait_ms=k.fetch_max_wait_ms,
         session_timeout_ms=k.session_timeout_ms,
         heartbeat_interval_ms=max(200, k.session_timeout_ms // 5),
         rebalance_timeout_ms=k.session_timeout_ms,
@@ -149,7 +150,7 @@ class RouteStage(Stage):
         self.router = Router(s, self.registry)
         self._producer = self.producer = producer(s)
         await self.producer.start()
-        self.consumer = consumer(s, [ingest_topic(s)], s.kafka.group)
+        self.consumer = consumer(s, [ingest_topic(s)], f"{s.kafka.group_prefix}.route")
 
     async def on_stop(self) -> None:
         if self.consumer:
@@ -194,7 +195,7 @@ class MaterializeStage(Stage):
         self._positioning = asyncio.Lock()  # assignment and the flush check must not interleave
         self._producer = self.producer = producer(s)
         await self.producer.start()
-        self.consumer = consumer(s, [], f"{s.kafka.group}-materialize")
+        self.consumer = consumer(s, [], f"{s.kafka.group_prefix}.materialize")
         self.consumer.subscribe(typed_topics(s, self.registry), listener=_Reposition(self))
 
     async def on_stop(self) -> None:
@@ -276,10 +277,13 @@ class MaterializeStage(Stage):
                 except InvalidEvent as e:
                     if tp not in self.rebuild_target:
                         dead.append(dlq_record(r, e, dlq_topic(self.settings)))
-            if not changes:
-                continue
             n = await self.materializer.apply(
-                tp.topic, tp.partition, changes, allow_missing=tp in self.fresh, push_from=self.push_from.get(tp, 0)
+                tp.topic,
+                tp.partition,
+                changes,
+                last_offset=recs[-1].offset,
+                allow_missing=tp in self.fresh,
+                push_from=self.push_from.get(tp, 0),
             )
             if n == STATE_LOST:
                 await self.rebuild({tp: recs[0].offset})

@@ -93,7 +93,10 @@ def create_app(settings: Settings) -> Starlette:
         )  # fmt: skip
         await producer.start()
         keys = CacheKeys(settings.redis.key_prefix)
-        hub = ChangeHub(hub_redis, keys, registry, buffer=settings.router.subscriber_buffer)
+        hub = ChangeHub(
+            hub_redis, keys, registry,
+            buffer=settings.router.subscriber_buffer, buffer_bytes=settings.router.subscriber_buffer_bytes,
+        )  # fmt: skip
         hub.start()
         validator = EdgeValidator(registry, settings.max_event_bytes)
         state = RouterState(settings, registry, redis, keys, producer, hub, validator)

@@ -13,6 +13,7 @@ import asyncio
 import fnmatch
 import logging
 import re
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -54,19 +55,36 @@ def compile_patterns(patterns: list[str]) -> re.Pattern[str]:
 
 @dataclass(eq=False)
 class Subscriber:
+    """One subscription's bounded buffer: at most ``max_messages`` and ``max_bytes`` waiting."""
+
     tenant: str
     matcher: re.Pattern[str]
-    queue: asyncio.Queue[bytes]
+    max_messages: int = 1000
+    max_bytes: int = 1 << 20
+    pending: deque[bytes] = field(default_factory=deque)
+    pending_bytes: int = 0
     dropped: int = 0
     lagging: bool = False
+    _wake: asyncio.Event = field(default_factory=asyncio.Event)
 
     def offer(self, message: bytes) -> None:
-        try:
-            self.queue.put_nowait(message)
-        except asyncio.QueueFull:
+        if len(self.pending) >= self.max_messages or self.pending_bytes + len(message) > self.max_bytes:
             self.dropped += 1
             self.lagging = True
             DROPPED.inc()
+            return
+        self.pending.append(message)
+        self.pending_bytes += len(message)
+        self._wake.set()
+
+    async def next(self) -> bytes:
+        """The oldest waiting message; waits for one."""
+        while not self.pending:
+            self._wake.clear()
+            await self._wake.wait()
+        message = self.pending.popleft()
+        self.pending_bytes -= len(message)
+        return message
 
 
 @dataclass
@@ -75,6 +93,7 @@ class ChangeHub:
     keys: CacheKeys
     registry: Registry
     buffer: int = 1000
+    buffer_bytes: int = 1 << 20
     block_ms: int = 100
     tenants: dict[str, set[Subscriber]] = field(default_factory=dict)
     positions: dict[str, str] = field(default_factory=dict)
@@ -92,7 +111,7 @@ class ChangeHub:
                 pass
 
     async def subscribe(self, tenant: str, patterns: list[str]) -> Subscriber:
-        sub = Subscriber(tenant, compile_patterns(patterns), asyncio.Queue(self.buffer))
+        sub = Subscriber(tenant, compile_patterns(patterns), self.buffer, self.buffer_bytes)
         stream = self.keys.changes(tenant)
         if tenant not in self.tenants:
             last: Any = await self.redis.xrevrange(stream, count=1)

@@ -41,7 +41,7 @@ async def subscribe(ws: WebSocket) -> None:
     async def pump() -> None:
         reported = 0
         while True:
-            msg = await sub.queue.get()
+            msg = await sub.next()
             if sub.dropped > reported:
                 reported = sub.dropped
                 await ws.send_text(orjson.dumps({"lagging": True, "dropped": sub.dropped}).decode())

@@ -148,7 +148,7 @@ class Sink:
         dlq = dlq_topic(s)
         consumer = AIOKafkaConsumer(
             *typed_topics(s, self.registry), dlq,
-            bootstrap_servers=s.kafka.bootstrap, group_id=f"{s.kafka.group}-sink",
+            bootstrap_servers=s.kafka.bootstrap, group_id=f"{s.kafka.group_prefix}.sink",
             enable_auto_commit=False, auto_offset_reset="earliest",
             session_timeout_ms=s.kafka.session_timeout_ms,
             heartbeat_interval_ms=max(200, s.kafka.session_timeout_ms // 5),
