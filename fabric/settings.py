@@ -110,6 +110,15 @@ class Settings(BaseSettings):
     router: RouterSettings = RouterSettings()
     worker: WorkerSettings = WorkerSettings()
 
+    def to_env(self) -> dict[str, str]:
+        """These settings as ``FABRIC_*`` variables, for a child process to read back."""
+        env = {"FABRIC_DATA_DIR": str(self.data_dir), "FABRIC_SCHEMAS_DIR": str(self.schemas_dir),
+               "FABRIC_MAX_EVENT_BYTES": str(self.max_event_bytes)}  # fmt: skip
+        for part in ("kafka", "redis", "clickhouse", "router", "worker"):
+            for name, value in getattr(self, part).model_dump().items():
+                env[f"FABRIC_{part.upper()}__{name.upper()}"] = str(value)
+        return env
+
     def topic(self, name: str) -> str:
         """Full topic name: ``topic('ingest')`` -> ``ctx.ingest``."""
         return f"{self.kafka.topic_prefix}.{name}"

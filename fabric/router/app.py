@@ -19,6 +19,8 @@ from starlette.routing import Route, WebSocketRoute
 
 from fabric.pipeline.materialize import CacheKeys
 from fabric.router.contexts import get_context, list_contexts
+from fabric.router.fastpath import FastPull
+from fabric.router.fastredis import FastRedis
 from fabric.router.hub import ChangeHub
 from fabric.router.ingest import EdgeValidator, post_events
 from fabric.router.state import HTTPProblem, RouterState, state_of, watch_cache
@@ -77,7 +79,7 @@ async def schema(request: Request) -> Response:
     return Response(_enc.encode(st.registry.schemas.json_schema(name)), media_type="application/schema+json")
 
 
-def create_app(settings: Settings) -> Starlette:
+def create_app(settings: Settings) -> FastPull:
     """Build the router. Redis and Kafka connections open in the lifespan."""
 
     @contextlib.asynccontextmanager
@@ -99,13 +101,15 @@ def create_app(settings: Settings) -> Starlette:
         )  # fmt: skip
         hub.start()
         validator = EdgeValidator(registry, settings.max_event_bytes)
-        state = RouterState(settings, registry, redis, keys, producer, hub, validator)
+        fast = FastRedis(settings.redis.url)
+        state = RouterState(settings, registry, redis, keys, producer, hub, validator, fast)
         app.state.fabric = state
         watcher = asyncio.create_task(watch_cache(state))
         try:
             yield
         finally:
             watcher.cancel()
+            await fast.close()
             await hub.stop()
             await producer.stop()
             await redis.aclose()
@@ -120,11 +124,12 @@ def create_app(settings: Settings) -> Starlette:
         Route("/metrics", metrics, methods=["GET"]),
         Route("/healthz", healthz, methods=["GET"]),
     ]
-    return Starlette(
+    app = Starlette(
         routes=routes,
         lifespan=lifespan,
         exception_handlers={HTTPProblem: problem, RedisError: redis_down},
     )
+    return FastPull(app)
 
 
 def run_router(settings: Settings) -> None:

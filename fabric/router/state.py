@@ -14,6 +14,7 @@ from redis.exceptions import RedisError
 from starlette.requests import HTTPConnection
 
 from fabric.pipeline.materialize import CacheKeys
+from fabric.router.fastredis import FastRedis
 from fabric.settings import Settings
 from fabric.topics.registry import Registry
 
@@ -44,6 +45,7 @@ class RouterState:
     producer: AIOKafkaProducer
     hub: ChangeHub
     validator: EdgeValidator
+    fast: FastRedis
     #: False while the cache is empty after a flush or being rebuilt from Kafka;
     #: refreshed in the background (see ``watch_cache``), so pulls pay nothing for it.
     cache_ready: bool = True
