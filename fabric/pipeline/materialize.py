@@ -136,6 +136,18 @@ def change_from_record(ctype: str, kind: str, rec: dict[str, Any], offset: int) 
     )  # fmt: skip
 
 
+def change_from_headers(ctype: str, kind: str, headers: dict[str, bytes], offset: int) -> Change | None:
+    """The Change the route stage described in headers, or None when they are absent
+    (a record some other producer wrote: decode its Avro instead)."""
+    key = headers.get("fabric_cache_key")
+    body = headers.get("fabric_cache_json")
+    if key is None or body is None:
+        return None
+    seq, at, rest = key.decode().split(" ", 2)
+    tenant, etype, subject = rest.split("/", 2)
+    return Change(tenant, ctype, kind, etype, subject, int(seq), int(at), body, offset)
+
+
 class Materializer:
     """Writes batches of changes to Redis; one script call per partition batch."""
 

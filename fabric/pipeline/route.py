@@ -14,17 +14,21 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+import msgspec
 from aiokafka import ConsumerRecord
 
 from fabric.errors import InvalidEvent
 from fabric.pipeline.enrich import Enricher
 from fabric.settings import Settings
-from fabric.topics.codecs import decode_ingest, encode_typed, validate
+from fabric.topics.codecs import decode_ingest, encode_typed, micros, validate
+from fabric.topics.envelope import ATTRIBUTES, Envelope
 from fabric.topics.registry import Registry
 
 log = logging.getLogger(__name__)
 
 PROVIDER_HEADER = "fabric_provider"
+CACHE_JSON = "fabric_cache_json"
+CACHE_KEY = "fabric_cache_key"
 
 
 @dataclass(slots=True)
@@ -64,6 +68,21 @@ def dlq_record(rec: ConsumerRecord[bytes, bytes], err: InvalidEvent, dlq: str) -
     return OutRecord(dlq, rec.key, value, headers)
 
 
+_json = msgspec.json.Encoder()
+
+
+def cache_headers(env: Envelope) -> list[tuple[str, bytes]]:
+    """What the materializer needs, beside the Avro value, so it need not decode it:
+    the event as the cache serves it (JSON, nulls left out) and its key fields."""
+    event = {k: v for k in ATTRIBUTES if (v := getattr(env, k)) is not None}
+    event["data"] = env.data
+    assert env.time is not None and env.sequence is not None
+    return [
+        (CACHE_JSON, _json.encode(event)),
+        (CACHE_KEY, f"{env.sequence} {micros(env.time) // 1000} {env.tenant}/{env.type}/{env.subject}".encode()),
+    ]
+
+
 class Router:
     """Pure batch logic of the route stage, kept free of I/O so it can be unit-tested."""
 
@@ -96,5 +115,5 @@ class Router:
                 log.exception("unexpected error routing %s[%d]@%d", rec.topic, rec.partition, rec.offset)
                 out.dead.append(dlq_record(rec, InvalidEvent(f"internal error: {type(e).__name__}: {e}"), self.dlq))
                 continue
-            out.ok.append(OutRecord(self.topics[ct.name], env.key(), value))
+            out.ok.append(OutRecord(self.topics[ct.name], env.key(), value, cache_headers(env)))
         return out

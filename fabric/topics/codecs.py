@@ -202,6 +202,10 @@ def encode_typed(env: Envelope, ct: ContextType, data: Any, registry: Registry) 
     """The canonical typed-topic form: Confluent-framed Avro of the typed envelope."""
     rec = msgspec.structs.asdict(env)
     rec["data"] = msgspec.to_builtins(data)
+    # microseconds, not datetimes: fastavro takes them as they are, skipping a conversion
+    rec["time"] = micros(env.time) if env.time else 0
+    if env.receivedtime is not None:
+        rec["receivedtime"] = micros(env.receivedtime)
     return confluent_frame(ct.schema_id, avro_encode(registry.schemas.avro(ct.name), rec))
 
 
