@@ -14,7 +14,7 @@ install: $(STAMP) system-deps
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e ".[embedded,test,dev]"
+	$(BIN)/python -m pip install -q -e ".[embedded,test,dev,bench]"
 	rm -f $(VENV)/.installed-*
 	touch $(STAMP)
 
@@ -39,7 +39,7 @@ test-integration: install
 	$(BIN)/python -m pytest tests/integration -q
 
 bench: install
-	$(BIN)/python -m bench
+	$(BIN)/python -m bench all
 
 lint: install
 	$(BIN)/ruff check fabric tests bench
