@@ -143,7 +143,7 @@ async def drive(
         await asyncio.sleep(max(0.0, min(next_at - time.perf_counter(), 0.001)))
     # let what is in flight finish (counted against its intended time)
     drain_until = time.perf_counter() + 5.0
-    while any(c.sent for c in conns) and time.perf_counter() < drain_until:  # noqa: ASYNC110 - polling is the point
+    while any(c.sent for c in conns) and time.perf_counter() < drain_until:
         await asyncio.sleep(0.005)
     unanswered = sum(len(c.sent) for c in conns)
     for c in conns:
