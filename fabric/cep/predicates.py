@@ -1,0 +1,142 @@
+"""Declarative conditions: MongoDB-style operators on dotted paths, compiled once into closures.
+
+    {"type": "log.entry", "data.level": {"$in": ["ERROR", "FATAL"]}}
+    {"$or": [{"data.value": {"$gt": 500}}, {"data.labels.route": {"$regex": "^/pay"}}]}
+
+Operators: ``$eq $ne $in $nin $gt $gte $lt $lte $regex $exists``, ``$and $or $not``.
+A plain value means ``$eq``; several keys in one mapping must all hold. A missing
+field compares unequal and fails ordering comparisons (as in MongoDB); comparing
+values of different types is False, never an error. No ``eval``: every condition is
+a tree of small functions built when the pattern is loaded.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from fabric.errors import ConfigError
+
+Predicate = Callable[[Mapping[str, Any]], bool]
+MISSING: Any = object()
+
+
+class PatternError(ConfigError):
+    """A pattern is wrong: names the pattern, the field and the problem."""
+
+    def __init__(self, pattern: str, field: str, problem: str) -> None:
+        super().__init__(f"pattern {pattern!r}, {field or 'top level'}: {problem}")
+        self.pattern = pattern
+        self.field = field
+        self.problem = problem
+
+
+def getter(path: str) -> Callable[[Any], Any]:
+    """A function reading a dotted path (``data.labels.route``, ``data.items.0``)."""
+    parts = path.split(".")
+
+    def get(obj: Any) -> Any:
+        for p in parts:
+            if isinstance(obj, Mapping):
+                obj = obj.get(p, MISSING)
+            elif isinstance(obj, list) and p.isdigit() and int(p) < len(obj):
+                obj = obj[int(p)]
+            else:
+                return MISSING
+            if obj is MISSING:
+                return MISSING
+        return obj
+
+    return get
+
+
+def _ordered(op: str, bound: Any) -> Callable[[Any], bool]:
+    def compare(v: Any) -> bool:
+        if v is MISSING or v is None or isinstance(v, bool) != isinstance(bound, bool):
+            return False
+        try:
+            if op == "$gt":
+                return bool(v > bound)
+            if op == "$gte":
+                return bool(v >= bound)
+            if op == "$lt":
+                return bool(v < bound)
+            return bool(v <= bound)
+        except TypeError:
+            return False
+
+    return compare
+
+
+def _value_test(spec: Any, pattern: str, field: str) -> Callable[[Any], bool]:
+    """A test on one field's value: an operator mapping, or a plain value (equality)."""
+    if not (isinstance(spec, Mapping) and spec and all(str(k).startswith("$") for k in spec)):
+        return lambda v: bool(v == spec) if v is not MISSING else False
+    tests: list[Callable[[Any], bool]] = []
+    for op, arg in spec.items():
+        where = f"{field}.{op}"
+        if op == "$eq":
+            tests.append(lambda v, a=arg: v is not MISSING and bool(v == a))
+        elif op == "$ne":
+            tests.append(lambda v, a=arg: v is MISSING or bool(v != a))
+        elif op in ("$in", "$nin"):
+            if not isinstance(arg, list):
+                raise PatternError(pattern, where, f"{op} needs a list, got {type(arg).__name__}")
+            members = list(arg)
+            if op == "$in":
+                tests.append(lambda v, m=members: v is not MISSING and v in m)
+            else:
+                tests.append(lambda v, m=members: v is MISSING or v not in m)
+        elif op in ("$gt", "$gte", "$lt", "$lte"):
+            if not isinstance(arg, (int, float, str)) or isinstance(arg, bool):
+                raise PatternError(pattern, where, f"{op} needs a number or a string, got {arg!r}")
+            tests.append(_ordered(op, arg))
+        elif op == "$regex":
+            try:
+                rx = re.compile(arg)
+            except (re.error, TypeError) as e:
+                raise PatternError(pattern, where, f"not a valid regular expression: {e}") from None
+            tests.append(lambda v, r=rx: isinstance(v, str) and r.search(v) is not None)
+        elif op == "$exists":
+            if not isinstance(arg, bool):
+                raise PatternError(pattern, where, "$exists needs true or false")
+            tests.append(lambda v, want=arg: (v is not MISSING) == want)
+        elif op == "$not":
+            inner = _value_test(arg, pattern, where)
+            tests.append(lambda v, t=inner: not t(v))
+        else:
+            raise PatternError(pattern, where, f"unknown operator {op}")
+    if len(tests) == 1:
+        return tests[0]
+    return lambda v: all(t(v) for t in tests)
+
+
+def compile_predicate(spec: Any, pattern: str = "?", field: str = "where") -> Predicate:
+    """Compile a condition mapping into a function of an event (a dict)."""
+    if spec is None or spec == {}:
+        return lambda ev: True
+    if not isinstance(spec, Mapping):
+        raise PatternError(pattern, field, f"a condition must be a mapping, got {type(spec).__name__}")
+    parts: list[Predicate] = []
+    for key, arg in spec.items():
+        where = f"{field}.{key}"
+        if key in ("$and", "$or"):
+            if not isinstance(arg, list) or not arg:
+                raise PatternError(pattern, where, f"{key} needs a non-empty list of conditions")
+            subs = [compile_predicate(a, pattern, f"{where}[{i}]") for i, a in enumerate(arg)]
+            if key == "$and":
+                parts.append(lambda ev, s=subs: all(p(ev) for p in s))
+            else:
+                parts.append(lambda ev, s=subs: any(p(ev) for p in s))
+        elif key == "$not":
+            inner = compile_predicate(arg, pattern, where)
+            parts.append(lambda ev, p=inner: not p(ev))
+        elif isinstance(key, str) and key.startswith("$"):
+            raise PatternError(pattern, where, f"unknown operator {key} (field names cannot start with $)")
+        else:
+            get, test = getter(str(key)), _value_test(arg, pattern, where)
+            parts.append(lambda ev, g=get, t=test: t(g(ev)))
+    if len(parts) == 1:
+        return parts[0]
+    return lambda ev: all(p(ev) for p in parts)

@@ -1,0 +1,73 @@
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from fabric.cep.predicates import PatternError, compile_predicate, getter
+
+EV: dict[str, Any] = {
+    "type": "log.entry", "tenant": "acme",
+    "data": {"level": "ERROR", "service": "orders-api", "latency": 320.5, "attrs": {"route": "/pay/card"},
+             "tags": ["a", "b"], "none": None},
+}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("spec", "expected"),
+    [
+        ({"type": "log.entry"}, True),
+        ({"type": "log.other"}, False),
+        ({"data.level": {"$eq": "ERROR"}}, True),
+        ({"data.level": {"$ne": "ERROR"}}, False),
+        ({"data.missing": {"$ne": "x"}}, True),
+        ({"data.level": {"$in": ["ERROR", "FATAL"]}}, True),
+        ({"data.level": {"$nin": ["ERROR", "FATAL"]}}, False),
+        ({"data.missing": {"$nin": ["x"]}}, True),
+        ({"data.latency": {"$gt": 300}}, True),
+        ({"data.latency": {"$gte": 320.5}}, True),
+        ({"data.latency": {"$lt": 320.5}}, False),
+        ({"data.latency": {"$lte": 320.5, "$gt": 100}}, True),
+        ({"data.level": {"$gt": 3}}, False),  # different types: False, not an error
+        ({"data.missing": {"$lt": 3}}, False),
+        ({"data.none": {"$lt": 3}}, False),
+        ({"data.attrs.route": {"$regex": "^/pay/"}}, True),
+        ({"data.latency": {"$regex": "3"}}, False),
+        ({"data.attrs.route": {"$exists": True}}, True),
+        ({"data.attrs.nope": {"$exists": False}}, True),
+        ({"data.tags.1": "b"}, True),
+        ({"data.level": {"$not": {"$in": ["INFO"]}}}, True),
+        ({"$and": [{"type": "log.entry"}, {"data.level": "ERROR"}]}, True),
+        ({"$or": [{"type": "x"}, {"data.service": {"$regex": "orders"}}]}, True),
+        ({"$not": {"data.level": "ERROR"}}, False),
+        ({"type": "log.entry", "data.level": "INFO"}, False),
+        ({}, True),
+    ],
+)
+def test_operators(spec: dict[str, Any], expected: bool) -> None:
+    assert compile_predicate(spec)(EV) is expected
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ({"data.level": {"$in": "ERROR"}}, "where.data.level.$in: $in needs a list"),
+        ({"data.x": {"$regex": "("}}, "where.data.x.$regex: not a valid regular expression"),
+        ({"data.x": {"$near": 1}}, "where.data.x.$near: unknown operator $near"),
+        ({"$xor": []}, "unknown operator $xor"),
+        ({"$or": []}, "where.$or: $or needs a non-empty list"),
+        ({"data.x": {"$gt": [1]}}, "$gt needs a number or a string"),
+        ({"data.x": {"$exists": 1}}, "$exists needs true or false"),
+        (["x"], "a condition must be a mapping"),
+    ],
+)
+def test_errors_name_pattern_field_and_problem(spec: Any, message: str) -> None:
+    with pytest.raises(PatternError) as e:
+        compile_predicate(spec, pattern="deploy-burst")
+    assert "pattern 'deploy-burst'" in str(e.value) and message in str(e.value)
+
+
+def test_getter_reads_nested_and_lists() -> None:
+    assert getter("data.attrs.route")(EV) == "/pay/card"
+    assert getter("data.tags.0")(EV) == "a"
+    assert getter("data.tags.9")(EV) is getter("nope")(EV)
