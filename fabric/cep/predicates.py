@@ -69,25 +69,54 @@ def _ordered(op: str, bound: Any) -> Callable[[Any], bool]:
     return compare
 
 
-def _value_test(spec: Any, pattern: str, field: str) -> Callable[[Any], bool]:
+ValueTest = Callable[[Any], bool]
+
+
+def _eq(a: Any) -> ValueTest:
+    return lambda v: v is not MISSING and bool(v == a)
+
+
+def _ne(a: Any) -> ValueTest:
+    return lambda v: v is MISSING or bool(v != a)
+
+
+def _in(members: list[Any], inside: bool) -> ValueTest:
+    if inside:
+        return lambda v: v is not MISSING and v in members
+    return lambda v: v is MISSING or v not in members
+
+
+def _regex(rx: re.Pattern[str]) -> ValueTest:
+    return lambda v: isinstance(v, str) and rx.search(v) is not None
+
+
+def _exists(want: bool) -> ValueTest:
+    return lambda v: (v is not MISSING) == want
+
+
+def _negate(test: ValueTest) -> ValueTest:
+    return lambda v: not test(v)
+
+
+def _all_values(tests: list[ValueTest]) -> ValueTest:
+    return lambda v: all(t(v) for t in tests)
+
+
+def _value_test(spec: Any, pattern: str, field: str) -> ValueTest:
     """A test on one field's value: an operator mapping, or a plain value (equality)."""
     if not (isinstance(spec, Mapping) and spec and all(str(k).startswith("$") for k in spec)):
-        return lambda v: bool(v == spec) if v is not MISSING else False
-    tests: list[Callable[[Any], bool]] = []
+        return _eq(spec)
+    tests: list[ValueTest] = []
     for op, arg in spec.items():
         where = f"{field}.{op}"
         if op == "$eq":
-            tests.append(lambda v, a=arg: v is not MISSING and bool(v == a))
+            tests.append(_eq(arg))
         elif op == "$ne":
-            tests.append(lambda v, a=arg: v is MISSING or bool(v != a))
+            tests.append(_ne(arg))
         elif op in ("$in", "$nin"):
             if not isinstance(arg, list):
                 raise PatternError(pattern, where, f"{op} needs a list, got {type(arg).__name__}")
-            members = list(arg)
-            if op == "$in":
-                tests.append(lambda v, m=members: v is not MISSING and v in m)
-            else:
-                tests.append(lambda v, m=members: v is MISSING or v not in m)
+            tests.append(_in(list(arg), op == "$in"))
         elif op in ("$gt", "$gte", "$lt", "$lte"):
             if not isinstance(arg, (int, float, str)) or isinstance(arg, bool):
                 raise PatternError(pattern, where, f"{op} needs a number or a string, got {arg!r}")
@@ -97,19 +126,32 @@ def _value_test(spec: Any, pattern: str, field: str) -> Callable[[Any], bool]:
                 rx = re.compile(arg)
             except (re.error, TypeError) as e:
                 raise PatternError(pattern, where, f"not a valid regular expression: {e}") from None
-            tests.append(lambda v, r=rx: isinstance(v, str) and r.search(v) is not None)
+            tests.append(_regex(rx))
         elif op == "$exists":
             if not isinstance(arg, bool):
                 raise PatternError(pattern, where, "$exists needs true or false")
-            tests.append(lambda v, want=arg: (v is not MISSING) == want)
+            tests.append(_exists(arg))
         elif op == "$not":
-            inner = _value_test(arg, pattern, where)
-            tests.append(lambda v, t=inner: not t(v))
+            tests.append(_negate(_value_test(arg, pattern, where)))
         else:
             raise PatternError(pattern, where, f"unknown operator {op}")
-    if len(tests) == 1:
-        return tests[0]
-    return lambda v: all(t(v) for t in tests)
+    return tests[0] if len(tests) == 1 else _all_values(tests)
+
+
+def _field(get: Callable[[Any], Any], test: ValueTest) -> Predicate:
+    return lambda ev: test(get(ev))
+
+
+def _all(preds: list[Predicate]) -> Predicate:
+    return lambda ev: all(p(ev) for p in preds)
+
+
+def _any(preds: list[Predicate]) -> Predicate:
+    return lambda ev: any(p(ev) for p in preds)
+
+
+def _not(pred: Predicate) -> Predicate:
+    return lambda ev: not pred(ev)
 
 
 def compile_predicate(spec: Any, pattern: str = "?", field: str = "where") -> Predicate:
@@ -125,18 +167,11 @@ def compile_predicate(spec: Any, pattern: str = "?", field: str = "where") -> Pr
             if not isinstance(arg, list) or not arg:
                 raise PatternError(pattern, where, f"{key} needs a non-empty list of conditions")
             subs = [compile_predicate(a, pattern, f"{where}[{i}]") for i, a in enumerate(arg)]
-            if key == "$and":
-                parts.append(lambda ev, s=subs: all(p(ev) for p in s))
-            else:
-                parts.append(lambda ev, s=subs: any(p(ev) for p in s))
+            parts.append(_all(subs) if key == "$and" else _any(subs))
         elif key == "$not":
-            inner = compile_predicate(arg, pattern, where)
-            parts.append(lambda ev, p=inner: not p(ev))
+            parts.append(_not(compile_predicate(arg, pattern, where)))
         elif isinstance(key, str) and key.startswith("$"):
             raise PatternError(pattern, where, f"unknown operator {key} (field names cannot start with $)")
         else:
-            get, test = getter(str(key)), _value_test(arg, pattern, where)
-            parts.append(lambda ev, g=get, t=test: t(g(ev)))
-    if len(parts) == 1:
-        return parts[0]
-    return lambda ev: all(p(ev) for p in parts)
+            parts.append(_field(getter(str(key)), _value_test(arg, pattern, where)))
+    return parts[0] if len(parts) == 1 else _all(parts)
