@@ -45,11 +45,11 @@ AGGREGATES = ("count", "sum", "avg", "min", "max", "p95")
 WINDOWS = ("tumbling", "hopping", "sliding", "session")
 
 
-def duration_ms(value: Any, pattern: str, where: str) -> int:
-    if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0:
+def duration_ms(value: Any, pattern: str, where: str, allow_zero: bool = False) -> int:
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and (value > 0 or (allow_zero and value == 0)):
         return int(value * 1000)
     m = _DURATION.match(str(value)) if isinstance(value, str) else None
-    if not m or float(m.group(1)) <= 0:
+    if not m or (float(m.group(1)) <= 0 and not allow_zero):
         raise PatternError(pattern, where, f"not a duration: {value!r} (use 250ms, 30s, 5m, 2h)")
     return int(float(m.group(1)) * _UNIT_MS[m.group(2)])
 
@@ -161,8 +161,7 @@ def compile_pattern(spec: Any) -> Pattern:
     time = spec.get("time", "event")
     if time not in ("event", "processing"):
         raise PatternError(name, "time", "must be event or processing")
-    lateness = duration_ms(spec.get("allowed_lateness", "0ms" if time == "processing" else "5s"), name,
-                           "allowed_lateness") if spec.get("allowed_lateness", 1) != 0 else 0  # fmt: skip
+    lateness = duration_ms(spec.get("allowed_lateness", "5s"), name, "allowed_lateness", allow_zero=True)
     kinds = [k for k in ("sequence", "absence", "aggregate") if k in spec]
     if len(kinds) != 1:
         raise PatternError(name, "", "needs exactly one of sequence, absence, aggregate")
@@ -182,7 +181,14 @@ def compile_pattern(spec: Any) -> Pattern:
                 raise PatternError(name, where, "a step must be a mapping")
             _known(st, {"name", "where", "times", "at_least", "optional"}, name, where)
             low, high = _count(st, name, where)
-            steps.append(Step(str(st.get("name", f"step{i}")), compile_predicate(st.get("where"), name, f"{where}.where"), low, high))
+            steps.append(
+                Step(
+                    str(st.get("name", f"step{i}")),
+                    compile_predicate(st.get("where"), name, f"{where}.where"),
+                    low,
+                    high,
+                )
+            )
         if steps[0].min == 0 or steps[-1].min == 0:
             raise PatternError(name, "sequence.steps", "the first and last steps cannot be optional")
         rule = Sequence(tuple(steps), duration_ms(body.get("within"), name, "sequence.within"))

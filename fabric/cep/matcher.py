@@ -1,0 +1,353 @@
+"""The matcher: runs compiled patterns over events in event time and emits composites.
+
+Each pattern keeps its own watermark: the smallest, over the partitions it has seen,
+of the newest event time, minus the pattern's allowed lateness. Events wait in a
+buffer until the watermark passes them and are then applied in time order, so
+out-of-order arrival within the lateness gives the same result as ordered arrival.
+An event older than the watermark is late: it is reported (``Late``), never dropped
+silently. Timers (an absence's deadline, a window's end, a session's gap) fire when
+the watermark passes them. Patterns in processing-time mode use the clock instead.
+
+State is plain dicts per pattern, bounded by ``max_keys`` (oldest keys evicted) and
+purged as the watermark moves past it.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import math
+from collections import OrderedDict, deque
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from fabric.cep.clock import Clock, SystemClock, event_time_ms
+from fabric.cep.patterns import Absence, Aggregate, Pattern, Sequence
+
+MAX_CONTRIBUTORS = 50
+
+
+@dataclass(frozen=True, slots=True)
+class Position:
+    topic: str
+    partition: int
+    offset: int
+
+
+@dataclass(slots=True)
+class Ev:
+    time_ms: int
+    event: Mapping[str, Any]
+    position: Position | None
+
+    def ref(self) -> dict[str, Any]:
+        p = self.position
+        return {"id": self.event.get("id"), "time_ms": self.time_ms,
+                "topic": p.topic if p else None, "partition": p.partition if p else None,
+                "offset": p.offset if p else None}  # fmt: skip
+
+
+@dataclass
+class Composite:
+    pattern: str
+    version: int
+    key: str
+    events: list[dict[str, Any]]
+    first_ms: int
+    last_ms: int
+    aggregates: dict[str, Any] = field(default_factory=dict)
+    confidence: float = 1.0
+
+
+@dataclass
+class Late:
+    pattern: str
+    event_id: Any
+    late_by_ms: int
+    position: Position | None
+
+
+Output = Composite | Late
+
+
+def aggregate(fn: str, values: list[float]) -> float:
+    if fn == "count":
+        return float(len(values))
+    if not values:
+        return math.nan
+    if fn == "sum":
+        return float(sum(values))
+    if fn == "avg":
+        return sum(values) / len(values)
+    if fn == "min":
+        return float(min(values))
+    if fn == "max":
+        return float(max(values))
+    ordered = sorted(values)  # p95, nearest rank
+    return float(ordered[max(0, math.ceil(0.95 * len(ordered)) - 1)])
+
+
+def _contributors(evs: Iterable[Ev]) -> list[dict[str, Any]]:
+    out = [e.ref() for e in evs]
+    return out if len(out) <= MAX_CONTRIBUTORS else out[: MAX_CONTRIBUTORS // 2] + out[-MAX_CONTRIBUTORS // 2 :]
+
+
+class _Bounded(OrderedDict[Any, Any]):
+    def __init__(self, limit: int) -> None:
+        super().__init__()
+        self.limit = limit
+
+    def put(self, key: Any, value: Any) -> None:
+        self[key] = value
+        self.move_to_end(key)
+        while len(self) > self.limit:
+            self.popitem(last=False)
+
+
+@dataclass
+class _Partial:
+    step: int
+    count: int
+    events: list[Ev]
+    first_ms: int
+    matched: set[int]
+
+
+class PatternRun:
+    """One pattern's watermark, buffer and state."""
+
+    def __init__(self, pattern: Pattern) -> None:
+        self.p = pattern
+        self.seen: dict[Any, int] = {}
+        self.watermark = -(2**62)
+        self.buffer: list[tuple[int, int, Ev]] = []
+        self._seq = itertools.count()
+        self.partials = _Bounded(pattern.max_keys)
+        self.pending = _Bounded(pattern.max_keys)  # absence: key -> (deadline, first Ev, token)
+        self.timers: list[tuple[int, int, Any]] = []  # (due, token, key)
+        self.windows = _Bounded(pattern.max_keys)  # (key, start) -> [values, Evs]
+        self.sessions = _Bounded(pattern.max_keys)  # key -> [start, last, values, Evs]
+        self.sliding = _Bounded(pattern.max_keys)  # key -> [deque[(t, v, Ev)], armed]
+
+    # ------------------------------------------------------------------ time
+
+    def offer(self, ev: Ev, now_ms: int) -> list[Output]:
+        if self.p.time == "processing":
+            ev.time_ms = now_ms
+            out = self._apply(ev)
+            return out + self._fire_until(now_ms)
+        if ev.time_ms < self.watermark:
+            return [Late(self.p.name, ev.event.get("id"), self.watermark - ev.time_ms, ev.position)]
+        part = (ev.position.topic, ev.position.partition) if ev.position else None
+        heapq.heappush(self.buffer, (ev.time_ms, next(self._seq), ev))
+        if ev.time_ms > self.seen.get(part, -(2**62)):
+            self.seen[part] = ev.time_ms
+        return self.advance_to(min(self.seen.values()) - self.p.lateness_ms)
+
+    def advance_to(self, watermark: int) -> list[Output]:
+        """Move the watermark forward: apply buffered events up to it, then fire due timers."""
+        if watermark <= self.watermark:
+            return []
+        self.watermark = watermark
+        out: list[Output] = []
+        while self.buffer and self.buffer[0][0] <= watermark:
+            _, _, ev = heapq.heappop(self.buffer)
+            out += self._fire_until(ev.time_ms - 1)  # timers due before this event fire first
+            out += self._apply(ev)
+        return out + self._fire_until(watermark)
+
+    # ----------------------------------------------------------------- rules
+
+    def _apply(self, ev: Ev) -> list[Output]:
+        key = self.p.key(ev.event)
+        if key is None:
+            return []
+        rule = self.p.rule
+        if isinstance(rule, Sequence):
+            return self._sequence(rule, key, ev)
+        if isinstance(rule, Absence):
+            return self._absence(rule, key, ev)
+        return self._aggregate(rule, key, ev)
+
+    def _sequence(self, rule: Sequence, key: str, ev: Ev) -> list[Output]:
+        steps = rule.steps
+        part: _Partial | None = self.partials.get(key)
+        if part is not None and ev.time_ms - part.first_ms > rule.within_ms:
+            del self.partials[key]
+            part = None
+        if part is None:
+            if not steps[0].where(ev.event):
+                return []
+            part = _Partial(0, 1, [ev], ev.time_ms, {0})
+            self.partials.put(key, part)
+            self._schedule(part.first_ms + rule.within_ms, ("expire", key, id(part)))
+        elif not self._advance(steps, part, ev):
+            return []
+        last = len(steps) - 1
+        if part.step == last and part.count >= steps[last].min:
+            del self.partials[key]
+            return [Composite(self.p.name, self.p.version, key, _contributors(part.events), part.first_ms,
+                              ev.time_ms, {"steps": len(part.matched)}, round(len(part.matched) / len(steps), 3))]  # fmt: skip
+        return []
+
+    @staticmethod
+    def _advance(steps: Any, part: _Partial, ev: Ev) -> bool:
+        cur = steps[part.step]
+        if part.count < cur.max and cur.where(ev.event):
+            part.count += 1
+            part.events.append(ev)
+            return True
+        if part.count < cur.min:
+            return False
+        j = part.step + 1
+        while j < len(steps):
+            if steps[j].where(ev.event):
+                part.step, part.count = j, 1
+                part.events.append(ev)
+                part.matched.add(j)
+                return True
+            if steps[j].min > 0:
+                return False
+            j += 1
+        return False
+
+    def _absence(self, rule: Absence, key: str, ev: Ev) -> list[Output]:
+        waiting = self.pending.get(key)
+        if waiting is not None and rule.then_not(ev.event) and waiting[1].time_ms <= ev.time_ms <= waiting[0]:
+            del self.pending[key]
+            waiting = None
+        if waiting is None and rule.first(ev.event):
+            token = next(self._seq)
+            self.pending.put(key, (ev.time_ms + rule.within_ms, ev, token))
+            self._schedule(ev.time_ms + rule.within_ms, ("absence", key, token))
+        return []
+
+    def _aggregate(self, rule: Aggregate, key: str, ev: Ev) -> list[Output]:
+        if not rule.where(ev.event):
+            return []
+        value = rule.value(ev.event)
+        if rule.fn != "count" and (not isinstance(value, (int, float)) or isinstance(value, bool)):
+            return []
+        w, t = rule.window, ev.time_ms
+        if w.kind in ("tumbling", "hopping"):
+            first = (t - w.size_ms) // w.slide_ms * w.slide_ms + w.slide_ms
+            for start in range(first, t + 1, w.slide_ms):
+                if start <= t < start + w.size_ms:
+                    slot = self.windows.get((key, start))
+                    if slot is None:
+                        slot = [[], []]
+                        self.windows.put((key, start), slot)
+                        self._schedule(start + w.size_ms - 1, ("window", (key, start), 0))
+                    slot[0].append(value)
+                    slot[1].append(ev)
+            return []
+        if w.kind == "session":
+            out: list[Output] = []
+            s = self.sessions.get(key)
+            if s is not None and t - s[1] > w.gap_ms:
+                out += self._close(rule, key, s[2], s[3], s[0], s[1] + w.gap_ms)
+                s = None
+            if s is None:
+                s = [t, t, [], []]
+                self.sessions.put(key, s)
+            s[1] = max(s[1], t)
+            s[2].append(value)
+            s[3].append(ev)
+            self._schedule(s[1] + w.gap_ms, ("session", key, s[1]))
+            return out
+        # sliding: evaluated on every event over (t - size, t]; fires when the condition starts to hold
+        slot = self.sliding.get(key)
+        if slot is None:
+            slot = [deque(), False]
+            self.sliding.put(key, slot)
+        q: deque[tuple[int, Any, Ev]] = slot[0]
+        q.append((t, value, ev))
+        while q and q[0][0] <= t - w.size_ms:
+            q.popleft()
+        agg = aggregate(rule.fn, [v for _, v, _ in q])
+        holds = rule.when({"value": agg})
+        fired = holds and not slot[1]
+        slot[1] = holds
+        if not fired:
+            return []
+        return [Composite(self.p.name, self.p.version, key, _contributors(e for _, _, e in q), q[0][0], t,
+                          {rule.fn: agg, "count": len(q), "window_ms": w.size_ms})]  # fmt: skip
+
+    def _close(self, rule: Aggregate, key: str, values: list[Any], evs: list[Ev], start: int, end: int) -> list[Output]:
+        agg = aggregate(rule.fn, values)
+        if not rule.when({"value": agg}):
+            return []
+        return [Composite(self.p.name, self.p.version, key, _contributors(evs), evs[0].time_ms, evs[-1].time_ms,
+                          {rule.fn: agg, "count": len(values), "window_start_ms": start, "window_end_ms": end})]  # fmt: skip
+
+    # ---------------------------------------------------------------- timers
+
+    def _schedule(self, due: int, what: tuple[str, Any, Any]) -> None:
+        heapq.heappush(self.timers, (due, next(self._seq), what))
+
+    def _fire_until(self, until: int) -> list[Output]:
+        out: list[Output] = []
+        while self.timers and self.timers[0][0] <= until:
+            due, _, (kind, key, token) = heapq.heappop(self.timers)
+            if kind == "expire":
+                part = self.partials.get(key)
+                if part is not None and id(part) == token:
+                    del self.partials[key]
+            elif kind == "absence":
+                waiting = self.pending.get(key)
+                if waiting is not None and waiting[2] == token:
+                    del self.pending[key]
+                    first = waiting[1]
+                    out.append(Composite(self.p.name, self.p.version, key, [first.ref()], first.time_ms, due,
+                                         {"missing_for_ms": due - first.time_ms}))  # fmt: skip
+            elif kind == "window":
+                slot = self.windows.pop(key, None)
+                rule = self.p.rule
+                if slot is not None and isinstance(rule, Aggregate):
+                    out += self._close(rule, key[0], slot[0], slot[1], key[1], key[1] + rule.window.size_ms)
+            elif kind == "session":
+                s = self.sessions.get(key)
+                rule = self.p.rule
+                if s is not None and s[1] == token and isinstance(rule, Aggregate):
+                    del self.sessions[key]
+                    out += self._close(rule, key, s[2], s[3], s[0], s[1] + rule.window.gap_ms)
+        return out
+
+    def state_size(self) -> int:
+        return len(self.partials) + len(self.pending) + len(self.windows) + len(self.sessions) + len(self.sliding)
+
+
+class Matcher:
+    """All active patterns. ``process`` one event, ``advance_to`` a watermark when idle."""
+
+    def __init__(self, patterns: Iterable[Pattern] = (), clock: Clock | None = None) -> None:
+        self.clock = clock or SystemClock()
+        self.runs: dict[str, PatternRun] = {p.name: PatternRun(p) for p in patterns}
+
+    def process(
+        self, event: Mapping[str, Any], position: Position | None = None, time_ms: int | None = None
+    ) -> list[Output]:
+        t = event_time_ms(event) if time_ms is None else time_ms
+        now = self.clock.now_ms()
+        out: list[Output] = []
+        for run in self.runs.values():
+            out += run.offer(Ev(t, event, position), now)
+        return out
+
+    def advance_to(self, watermark_ms: int) -> list[Output]:
+        out: list[Output] = []
+        for run in self.runs.values():
+            out += run.advance_to(watermark_ms) if run.p.time == "event" else run._fire_until(self.clock.now_ms())
+        return out
+
+    def replace(self, patterns: Iterable[Pattern]) -> None:
+        """Hot reload: an unchanged pattern (same name and version) keeps its state, a
+        changed or new one starts fresh, a removed one is dropped."""
+        runs = {}
+        for p in patterns:
+            old = self.runs.get(p.name)
+            runs[p.name] = (
+                old if old is not None and old.p.version == p.version and old.p.source == p.source else PatternRun(p)
+            )
+        self.runs = runs

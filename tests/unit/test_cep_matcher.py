@@ -1,0 +1,269 @@
+"""The matcher, per rule and window kind, with exact expected composites."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from fabric.cep.matcher import Matcher, Position
+from fabric.cep.patterns import load_patterns
+from fabric.cep.predicates import PatternError
+from fabric.testing import Late, ManualClock, composites, ev, run_patterns
+
+DEPLOY_BURST = """
+- name: deploy-then-error-burst
+  key: data.service
+  allowed_lateness: 2s
+  sequence:
+    within: 5m
+    steps:
+      - {name: deploy, where: {type: deploy.finished}}
+      - {name: errors, where: {type: log.entry, data.level: ERROR}, at_least: 3}
+"""
+
+
+def ids(c: object) -> list[str]:
+    return [e["id"] for e in c.events]  # type: ignore[attr-defined]
+
+
+def test_sequence_with_at_least_fires_once_per_key() -> None:
+    events = [
+        ev("deploy.finished", 0, id="d1", service="api"),
+        ev("log.entry", 1, id="x1", service="api", level="INFO"),
+        ev("log.entry", 2, id="e1", service="api", level="ERROR"),
+        ev("deploy.finished", 3, id="d2", service="web"),
+        ev("log.entry", 4, id="e2", service="api", level="ERROR"),
+        ev("log.entry", 5, id="w1", service="web", level="ERROR"),
+        ev("log.entry", 6, id="e3", service="api", level="ERROR"),
+        ev("log.entry", 7, id="e4", service="api", level="ERROR"),
+    ]
+    out = composites(run_patterns(DEPLOY_BURST, events, flush_to_ms=60_000))
+    assert [(c.pattern, c.key, ids(c), c.first_ms, c.last_ms) for c in out] == [
+        ("deploy-then-error-burst", "api", ["d1", "e1", "e2", "e3"], 0, 6000)
+    ]
+    assert out[0].confidence == 1.0 and out[0].version == 1
+
+
+def test_sequence_expires_after_within() -> None:
+    events = [ev("deploy.finished", 0, service="api")] + [
+        ev("log.entry", 300 + i, service="api", level="ERROR") for i in range(3)
+    ]
+    assert composites(run_patterns(DEPLOY_BURST, events, flush_to_ms=10**7)) == []
+
+
+def test_exact_times_and_optional_steps() -> None:
+    spec = """
+- name: login-reset-login
+  key: subject
+  allowed_lateness: 0s
+  sequence:
+    within: 1m
+    steps:
+      - {where: {type: auth.failed}, times: 2}
+      - {where: {type: auth.reset}, optional: true}
+      - {where: {type: auth.ok}}
+"""
+    with_reset = [
+        ev("auth.failed", 0, id="a"),
+        ev("auth.failed", 1, id="b"),
+        ev("auth.reset", 2, id="r"),
+        ev("auth.ok", 3, id="o"),
+    ]
+    without = [ev("auth.failed", 10, id="c"), ev("auth.failed", 11, id="d"), ev("auth.ok", 12, id="p")]
+    too_few = [ev("auth.failed", 20, id="e"), ev("auth.ok", 21, id="q")]
+    out = composites(run_patterns(spec, with_reset + without + too_few, flush_to_ms=10**6))
+    assert [(ids(c), c.confidence) for c in out] == [(["a", "b", "r", "o"], 1.0), (["c", "d", "p"], 0.667)]
+
+
+def test_out_of_order_within_lateness_matches_the_ordered_result() -> None:
+    ordered = [ev("deploy.finished", 0, id="d", service="api")] + [
+        ev("log.entry", 1 + i * 0.5, id=f"e{i}", service="api", level="ERROR") for i in range(3)
+    ]
+    shuffled = [ordered[2], ordered[0], ordered[3], ordered[1]]  # all within the 2 s lateness
+    a = composites(run_patterns(DEPLOY_BURST, ordered, flush_to_ms=10**6))
+    b = composites(run_patterns(DEPLOY_BURST, shuffled, flush_to_ms=10**6))
+    assert [ids(c) for c in a] == [ids(c) for c in b] == [["d", "e0", "e1", "e2"]]
+
+
+def test_late_events_are_reported_with_how_late() -> None:
+    out = run_patterns(
+        DEPLOY_BURST, [ev("log.entry", 100, id="new", service="a"), ev("deploy.finished", 90, id="old", service="a")]
+    )
+    late = [o for o in out if isinstance(o, Late)]
+    assert [(x.pattern, x.event_id, x.late_by_ms) for x in late] == [("deploy-then-error-burst", "old", 8000)]
+
+
+def test_per_partition_watermark_waits_for_the_slowest_partition() -> None:
+    p0, p1 = Position("ctx.log", 0, 1), Position("ctx.log", 1, 1)
+    m = Matcher(load_patterns(DEPLOY_BURST), clock=ManualClock())
+    m.process(ev("deploy.finished", 0, id="d", service="api"), p0)
+    m.process(ev("heartbeat", 0, service="api"), p1)
+    m.process(ev("log.entry", 50, service="api", level="ERROR"), p0)
+    # partition 1 is behind: its event at 5 s is not late although partition 0 is at 50 s
+    assert not [
+        o for o in m.process(ev("log.entry", 5, id="p1", service="api", level="ERROR"), p1) if isinstance(o, Late)
+    ]
+    assert m.runs["deploy-then-error-burst"].watermark == 3000  # min(50 s, 5 s) - 2 s lateness
+
+
+HEARTBEAT = """
+- name: missing-heartbeat
+  key: subject
+  allowed_lateness: 0s
+  absence:
+    first: {type: heartbeat}
+    then_not: {type: heartbeat}
+    within: 30s
+"""
+
+
+def test_absence_fires_when_the_watermark_passes_the_deadline() -> None:
+    m = Matcher(load_patterns(HEARTBEAT), clock=ManualClock())
+    assert m.process(ev("heartbeat", 0, subject="db", id="h1")) == []
+    assert m.process(ev("heartbeat", 20, subject="db", id="h2")) == []  # resets the deadline to 50 s
+    assert m.process(ev("other", 45, subject="x")) == []  # watermark 45 s: not yet
+    out = composites(m.process(ev("other", 51, subject="x")))
+    assert [(c.key, ids(c), c.aggregates["missing_for_ms"]) for c in out] == [("db", ["h2"], 30_000)]
+    assert composites(m.advance_to(10**6)) == []  # fired once
+
+
+def test_absence_cancelled_in_time_never_fires() -> None:
+    events = [ev("heartbeat", t, subject="db") for t in range(0, 300, 10)]
+    assert composites(run_patterns(HEARTBEAT, events, flush_to_ms=299_000)) == []
+
+
+def agg(window: str, fn: str = "count", when: str = "{$gte: 3}", field: str = "") -> str:
+    f = f"\n    field: {field}" if field else ""
+    return f"""
+- name: agg
+  key: data.service
+  allowed_lateness: 0s
+  aggregate:
+    where: {{type: log.entry}}{f}
+    fn: {fn}
+    window: {window}
+    when: {when}
+"""
+
+
+def test_tumbling_window_count_threshold() -> None:
+    events = [ev("log.entry", t, service="api", id=f"e{t}") for t in (0, 1, 2, 10, 11, 21, 22, 23, 24)]
+    out = composites(run_patterns(agg("{kind: tumbling, size: 10s}"), events, flush_to_ms=10**6))
+    assert [(c.aggregates["window_start_ms"], c.aggregates["count"]) for c in out] == [(0, 3), (20_000, 4)]
+
+
+def test_hopping_window_overlaps() -> None:
+    events = [ev("log.entry", t, service="api") for t in (4, 6, 8)]
+    out = composites(run_patterns(agg("{kind: hopping, size: 10s, slide: 5s}"), events, flush_to_ms=10**6))
+    assert [(c.aggregates["window_start_ms"], c.aggregates["count"]) for c in out] == [(0, 3)]
+    out = composites(
+        run_patterns(agg("{kind: hopping, size: 10s, slide: 5s}", when="{$gte: 2}"), events, flush_to_ms=10**6)
+    )
+    assert [(c.aggregates["window_start_ms"], c.aggregates["count"]) for c in out] == [(0, 3), (5000, 2)]
+
+
+def test_session_windows_split_on_gaps() -> None:
+    events = [ev("log.entry", t, service="api") for t in (0, 2, 4, 20, 21, 40, 41, 42, 43)]
+    out = composites(run_patterns(agg("{kind: session, gap: 5s}"), events, flush_to_ms=10**6))
+    assert [(c.aggregates["window_start_ms"], c.aggregates["count"], c.aggregates["window_end_ms"]) for c in out] == [
+        (0, 3, 9000), (40_000, 4, 48_000)]  # fmt: skip
+
+
+def test_sliding_p95_fires_on_the_rising_edge() -> None:
+    values = [100, 120, 900, 950, 980, 130, 110, 100, 990, 995]
+    events = [ev("log.entry", i * 60, service="api", ms=v) for i, v in enumerate(values)]
+    spec = agg("{kind: sliding, size: 3m}", fn="p95", field="data.ms", when="{$gt: 800}")
+    out = composites(run_patterns(spec, events, flush_to_ms=10**7))
+    assert [(c.last_ms, c.aggregates["p95"]) for c in out] == [(120_000, 900.0), (480_000, 990.0)]
+
+
+@pytest.mark.parametrize(("fn", "expected"), [("sum", 60.0), ("avg", 20.0), ("min", 10.0), ("max", 30.0)])
+def test_aggregate_functions(fn: str, expected: float) -> None:
+    events = [ev("log.entry", t, service="api", ms=v) for t, v in ((0, 10), (1, 20), (2, 30))]
+    out = composites(
+        run_patterns(
+            agg("{kind: tumbling, size: 10s}", fn=fn, field="data.ms", when="{$gt: 0}"), events, flush_to_ms=10**6
+        )
+    )
+    assert out[0].aggregates[fn] == expected
+
+
+def test_processing_time_mode_uses_the_clock() -> None:
+    spec = HEARTBEAT.replace("allowed_lateness: 0s", "time: processing")
+    clock = ManualClock(1_000_000)
+    m = Matcher(load_patterns(spec), clock=clock)
+    m.process(ev("heartbeat", 0, subject="db"))  # event time ignored
+    clock.advance(29_000)
+    assert composites(m.advance_to(0)) == []
+    clock.advance(2_000)
+    assert [c.key for c in composites(m.advance_to(0))] == ["db"]
+
+
+def test_hot_reload_keeps_unchanged_state_and_resets_changed() -> None:
+    m = Matcher(load_patterns(DEPLOY_BURST + HEARTBEAT), clock=ManualClock())
+    m.process(ev("deploy.finished", 0, service="api"))
+    m.process(ev("heartbeat", 0, subject="db"))
+    m.process(ev("x", 10, subject="y"))
+    kept = m.runs["deploy-then-error-burst"]
+    m.replace(
+        load_patterns(
+            DEPLOY_BURST
+            + HEARTBEAT.replace("within: 30s", "within: 40s").replace("key: subject", "key: subject\n  version: 2")
+        )
+    )
+    assert m.runs["deploy-then-error-burst"] is kept and kept.state_size() == 1
+    assert m.runs["missing-heartbeat"].state_size() == 0 and m.runs["missing-heartbeat"].p.version == 2
+    m.replace(load_patterns(HEARTBEAT))
+    assert list(m.runs) == ["missing-heartbeat"]
+
+
+def test_state_is_bounded_and_purged() -> None:
+    spec = DEPLOY_BURST.replace("key: data.service", "key: data.service\n  max_keys: 100")
+    m = Matcher(load_patterns(spec), clock=ManualClock())
+    for i in range(5000):
+        m.process(ev("deploy.finished", 0, service=f"s{i}"))
+    assert m.runs["deploy-then-error-burst"].state_size() <= 100
+    m.advance_to(10**7)
+    assert m.runs["deploy-then-error-burst"].state_size() == 0
+
+
+def test_many_random_orders_within_lateness_agree() -> None:
+    base = [ev("deploy.finished", 0, id="d", service="api")] + [
+        ev("log.entry", 0.1 * (i + 1), id=f"e{i}", service="api", level="ERROR") for i in range(3)
+    ]
+    rnd = random.Random(3)
+    for _ in range(20):
+        shuffled = base[:]
+        rnd.shuffle(shuffled)
+        assert [ids(c) for c in composites(run_patterns(DEPLOY_BURST, shuffled, flush_to_ms=10**6))] == [
+            ["d", "e0", "e1", "e2"]
+        ]
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ("- {name: X!, sequence: {within: 1m, steps: [{where: {}}]}}", "pattern 'X!', name"),
+        ("- {name: a, sequence: {within: soon, steps: [{where: {}}]}}", "pattern 'a', sequence.within: not a duration"),
+        ("- {name: a, sequence: {within: 1m, steps: []}}", "sequence.steps: needs a non-empty list"),
+        ("- {name: a, sequence: {within: 1m, steps: [{where: {}, times: 2, at_least: 3}]}}", "use times or at_least"),
+        ("- {name: a, sequence: {within: 1m, steps: [{where: {x: {$in: 3}}}]}}", "sequence.steps[0].where.x.$in"),
+        (
+            "- {name: a, aggregate: {fn: median, window: {kind: tumbling, size: 1m}, when: {$gt: 1}}}",
+            "aggregate.fn: must be one of",
+        ),
+        ("- {name: a, aggregate: {fn: count, window: {kind: daily}, when: {$gt: 1}}}", "aggregate.window.kind"),
+        ("- {name: a, aggregate: {fn: sum, window: {kind: tumbling, size: 1m}, when: {$gt: 1}}}", "aggregate.field"),
+        ("- {name: a, absence: {first: {}, within: 1m}, sequence: {}}", "exactly one of"),
+        ("- {name: a, absence: {first: {}, within: 1m}, colour: red}", "pattern 'a', colour: unknown field"),
+        (
+            "- {name: a, absence: {first: {}, within: 1m}}\n- {name: a, absence: {first: {}, within: 1m}}",
+            "defined twice",
+        ),
+    ],
+)
+def test_pattern_errors_name_pattern_field_and_problem(spec: str, message: str) -> None:
+    with pytest.raises(PatternError, match=None) as e:
+        load_patterns(spec)
+    assert message in str(e.value)
