@@ -220,7 +220,8 @@ class PatternRun:
         if waiting is None and rule.first(ev.event):
             token = next(self._seq)
             self.pending.put(key, (ev.time_ms + rule.within_ms, ev, token))
-            self._schedule(ev.time_ms + rule.within_ms, ("absence", key, token))
+            # fires once the watermark is past the deadline: an event at the deadline still counts
+            self._schedule(ev.time_ms + rule.within_ms + 1, ("absence", key, token))
         return []
 
     def _aggregate(self, rule: Aggregate, key: str, ev: Ev) -> list[Output]:
@@ -299,8 +300,8 @@ class PatternRun:
                 if waiting is not None and waiting[2] == token:
                     del self.pending[key]
                     first = waiting[1]
-                    out.append(Composite(self.p.name, self.p.version, key, [first.ref()], first.time_ms, due,
-                                         {"missing_for_ms": due - first.time_ms}))  # fmt: skip
+                    out.append(Composite(self.p.name, self.p.version, key, [first.ref()], first.time_ms, waiting[0],
+                                         {"missing_for_ms": waiting[0] - first.time_ms}))  # fmt: skip
             elif kind == "window":
                 slot = self.windows.pop(key, None)
                 rule = self.p.rule
