@@ -9,7 +9,7 @@ import json
 
 import uvloop
 
-ALL = ["pull", "push", "worker", "ingest"]
+ALL = ["pull", "push", "worker", "ingest", "cep"]
 
 
 def main() -> None:

@@ -14,6 +14,7 @@ purged as the watermark moves past it.
 
 from __future__ import annotations
 
+import bisect
 import heapq
 import itertools
 import math
@@ -24,6 +25,7 @@ from typing import Any
 
 from fabric.cep.clock import Clock, SystemClock, event_time_ms
 from fabric.cep.patterns import Absence, Aggregate, Pattern, Sequence
+from fabric.cep.predicates import Predicate
 
 MAX_CONTRIBUTORS = 50
 
@@ -93,6 +95,56 @@ def _contributors(evs: Iterable[Ev]) -> list[dict[str, Any]]:
     return out if len(out) <= MAX_CONTRIBUTORS else out[: MAX_CONTRIBUTORS // 2] + out[-MAX_CONTRIBUTORS // 2 :]
 
 
+def _relevance(p: Pattern) -> Predicate:
+    rule = p.rule
+    if isinstance(rule, Sequence):
+        preds = [s.where for s in rule.steps]
+        return lambda ev: any(w(ev) for w in preds)
+    if isinstance(rule, Absence):
+        first, then_not = rule.first, rule.then_not
+        return lambda ev: first(ev) or then_not(ev)
+    return rule.where
+
+
+class _Window:
+    """Values of a sliding window kept sorted, so p95/min/max need no sort per event."""
+
+    __slots__ = ("armed", "events", "sorted", "total")
+
+    def __init__(self) -> None:
+        self.events: deque[tuple[int, float, Ev]] = deque()
+        self.sorted: list[float] = []
+        self.total = 0.0
+        self.armed = False
+
+    def add(self, t: int, v: float, ev: Ev) -> None:
+        self.events.append((t, v, ev))
+        bisect.insort(self.sorted, v)
+        self.total += v
+
+    def evict_until(self, t: int) -> None:
+        while self.events and self.events[0][0] <= t:
+            _, v, _ = self.events.popleft()
+            del self.sorted[bisect.bisect_left(self.sorted, v)]
+            self.total -= v
+
+    def value(self, fn: str) -> float:
+        n = len(self.sorted)
+        if fn == "count":
+            return float(n)
+        if not n:
+            return math.nan
+        if fn == "sum":
+            return self.total
+        if fn == "avg":
+            return self.total / n
+        if fn == "min":
+            return self.sorted[0]
+        if fn == "max":
+            return self.sorted[-1]
+        return self.sorted[max(0, math.ceil(0.95 * n) - 1)]
+
+
 class _Bounded(OrderedDict[Any, Any]):
     def __init__(self, limit: int) -> None:
         super().__init__()
@@ -119,6 +171,7 @@ class PatternRun:
 
     def __init__(self, pattern: Pattern) -> None:
         self.p = pattern
+        self.relevant = _relevance(pattern)
         self.seen: dict[Any, int] = {}
         self.watermark = -(2**62)
         self.buffer: list[tuple[int, int, Ev]] = []
@@ -133,17 +186,25 @@ class PatternRun:
     # ------------------------------------------------------------------ time
 
     def offer(self, ev: Ev, now_ms: int) -> list[Output]:
+        """Every event moves time; only events some condition of the pattern accepts are kept."""
+        relevant = self.relevant(ev.event)
         if self.p.time == "processing":
             ev.time_ms = now_ms
-            out = self._apply(ev)
+            out = self._apply(ev) if relevant else []
             return out + self._fire_until(now_ms)
         if ev.time_ms < self.watermark:
+            if not relevant:
+                return []
             return [Late(self.p.name, ev.event.get("id"), self.watermark - ev.time_ms, ev.position)]
+        if relevant:
+            heapq.heappush(self.buffer, (ev.time_ms, next(self._seq), ev))
         part = (ev.position.topic, ev.position.partition) if ev.position else None
-        heapq.heappush(self.buffer, (ev.time_ms, next(self._seq), ev))
         if ev.time_ms > self.seen.get(part, -(2**62)):
             self.seen[part] = ev.time_ms
-        return self.advance_to(min(self.seen.values()) - self.p.lateness_ms)
+            wm = min(self.seen.values()) - self.p.lateness_ms
+            if wm > self.watermark:
+                return self.advance_to(wm)
+        return []
 
     def advance_to(self, watermark: int) -> list[Output]:
         """Move the watermark forward: apply buffered events up to it, then fire due timers."""
@@ -258,20 +319,19 @@ class PatternRun:
             self._schedule(s[1] + w.gap_ms, ("session", key, s[1]))
             return out
         # sliding: evaluated on every event over (t - size, t]; fires when the condition starts to hold
-        slot = self.sliding.get(key)
-        if slot is None:
-            slot = [deque(), False]
-            self.sliding.put(key, slot)
-        q: deque[tuple[int, Any, Ev]] = slot[0]
-        q.append((t, value, ev))
-        while q and q[0][0] <= t - w.size_ms:
-            q.popleft()
-        agg = aggregate(rule.fn, [v for _, v, _ in q])
+        win: _Window | None = self.sliding.get(key)
+        if win is None:
+            win = _Window()
+            self.sliding.put(key, win)
+        win.add(t, float(value) if rule.fn != "count" else 1.0, ev)
+        win.evict_until(t - w.size_ms)
+        agg = win.value(rule.fn)
         holds = rule.when({"value": agg})
-        fired = holds and not slot[1]
-        slot[1] = holds
+        fired = holds and not win.armed
+        win.armed = holds
         if not fired:
             return []
+        q = win.events
         return [Composite(self.p.name, self.p.version, key, _contributors(e for _, _, e in q), q[0][0], t,
                           {rule.fn: agg, "count": len(q), "window_ms": w.size_ms})]  # fmt: skip
 
@@ -290,7 +350,7 @@ class PatternRun:
     def _fire_until(self, until: int) -> list[Output]:
         out: list[Output] = []
         while self.timers and self.timers[0][0] <= until:
-            due, _, (kind, key, token) = heapq.heappop(self.timers)
+            _, _, (kind, key, token) = heapq.heappop(self.timers)
             if kind == "expire":
                 part = self.partials.get(key)
                 if part is not None and id(part) == token:

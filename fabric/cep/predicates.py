@@ -38,7 +38,7 @@ def getter(path: str) -> Callable[[Any], Any]:
 
     def get(obj: Any) -> Any:
         for p in parts:
-            if isinstance(obj, Mapping):
+            if type(obj) is dict or isinstance(obj, Mapping):
                 obj = obj.get(p, MISSING)
             elif isinstance(obj, list) and p.isdigit() and int(p) < len(obj):
                 obj = obj[int(p)]
@@ -48,6 +48,25 @@ def getter(path: str) -> Callable[[Any], Any]:
                 return MISSING
         return obj
 
+    # the common shapes, without the loop (conditions run once per event per pattern)
+    if len(parts) == 1:
+        name = parts[0]
+
+        def get_one(obj: Any) -> Any:
+            return obj.get(name, MISSING) if type(obj) is dict else get(obj)
+
+        return get_one
+    if len(parts) == 2:
+        outer, inner = parts
+
+        def get_two(obj: Any) -> Any:
+            if type(obj) is dict:
+                mid = obj.get(outer, MISSING)
+                if type(mid) is dict:
+                    return mid.get(inner, MISSING)
+            return get(obj)
+
+        return get_two
     return get
 
 
@@ -143,10 +162,16 @@ def _field(get: Callable[[Any], Any], test: ValueTest) -> Predicate:
 
 
 def _all(preds: list[Predicate]) -> Predicate:
+    if len(preds) == 2:
+        a, b = preds
+        return lambda ev: a(ev) and b(ev)
     return lambda ev: all(p(ev) for p in preds)
 
 
 def _any(preds: list[Predicate]) -> Predicate:
+    if len(preds) == 2:
+        a, b = preds
+        return lambda ev: a(ev) or b(ev)
     return lambda ev: any(p(ev) for p in preds)
 
 

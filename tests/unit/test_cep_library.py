@@ -43,7 +43,9 @@ def test_page_edit_collision() -> None:
 
 
 def test_missing_heartbeat() -> None:
-    beats = [ev("metric.sample", t, subject="db-1", tenant="acme", name="heartbeat", value=1.0) for t in range(0, 100, 10)]
+    beats = [
+        ev("metric.sample", t, subject="db-1", tenant="acme", name="heartbeat", value=1.0) for t in range(0, 100, 10)
+    ]
     assert fired(beats, flush_s=150) == []
     assert fired(beats, flush_s=200) == [("missing-heartbeat", "acme|db-1")]
 

@@ -71,3 +71,12 @@ def test_getter_reads_nested_and_lists() -> None:
     assert getter("data.attrs.route")(EV) == "/pay/card"
     assert getter("data.tags.0")(EV) == "a"
     assert getter("data.tags.9")(EV) is getter("nope")(EV)
+
+
+def test_getter_on_other_mappings_and_odd_shapes() -> None:
+    from types import MappingProxyType
+
+    ev = MappingProxyType({"data": MappingProxyType({"level": "ERROR"}), "type": "x"})
+    assert getter("data.level")(ev) == "ERROR" and getter("type")(ev) == "x"
+    assert getter("data.level")({"data": "not a mapping"}) is getter("nope")({})
+    assert getter("data.tags.1.x")({"data": {"tags": [0, {"x": 5}]}}) == 5
