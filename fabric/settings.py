@@ -102,6 +102,9 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="FABRIC_", env_nested_delimiter="__", frozen=True, extra="ignore")
 
     data_dir: Path = Path(".fabric")
+    patterns_file: Path | None = Field(
+        REPO_ROOT / "schemas" / "patterns" / "library.yaml", description="CEP patterns the worker runs; empty: none"
+    )
     max_event_bytes: int = Field(1024 * 1024, description="larger events are refused (HTTP 4xx) or dead-lettered")
     schemas_dir: Path = REPO_ROOT / "schemas"
     kafka: KafkaSettings = KafkaSettings()
@@ -113,7 +116,8 @@ class Settings(BaseSettings):
     def to_env(self) -> dict[str, str]:
         """These settings as ``FABRIC_*`` variables, for a child process to read back."""
         env = {"FABRIC_DATA_DIR": str(self.data_dir), "FABRIC_SCHEMAS_DIR": str(self.schemas_dir),
-               "FABRIC_MAX_EVENT_BYTES": str(self.max_event_bytes)}  # fmt: skip
+               "FABRIC_MAX_EVENT_BYTES": str(self.max_event_bytes),
+               "FABRIC_PATTERNS_FILE": str(self.patterns_file or "")}  # fmt: skip
         for part in ("kafka", "redis", "clickhouse", "router", "worker"):
             for name, value in getattr(self, part).model_dump().items():
                 env[f"FABRIC_{part.upper()}__{name.upper()}"] = str(value)

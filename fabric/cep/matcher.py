@@ -28,6 +28,8 @@ from fabric.cep.patterns import Absence, Aggregate, Pattern, Sequence
 from fabric.cep.predicates import Predicate
 
 MAX_CONTRIBUTORS = 50
+#: A partition that sent nothing for this long (processing time) stops holding the watermark back.
+IDLE_MS = 10_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,7 +174,7 @@ class PatternRun:
     def __init__(self, pattern: Pattern) -> None:
         self.p = pattern
         self.relevant = _relevance(pattern)
-        self.seen: dict[Any, int] = {}
+        self.seen: dict[Any, tuple[int, int]] = {}  # partition -> (newest event time, when heard, clock ms)
         self.watermark = -(2**62)
         self.buffer: list[tuple[int, int, Ev]] = []
         self._seq = itertools.count()
@@ -199,11 +201,16 @@ class PatternRun:
         if relevant:
             heapq.heappush(self.buffer, (ev.time_ms, next(self._seq), ev))
         part = (ev.position.topic, ev.position.partition) if ev.position else None
-        if ev.time_ms > self.seen.get(part, -(2**62)):
-            self.seen[part] = ev.time_ms
-            wm = min(self.seen.values()) - self.p.lateness_ms
+        newest = self.seen.get(part)
+        if newest is None or ev.time_ms > newest[0]:
+            self.seen[part] = (ev.time_ms, now_ms)
+            # the slowest partition holds the watermark back, unless it has gone quiet
+            active = [t for t, heard in self.seen.values() if now_ms - heard <= IDLE_MS]
+            wm = min(active or [ev.time_ms]) - self.p.lateness_ms
             if wm > self.watermark:
                 return self.advance_to(wm)
+        else:
+            self.seen[part] = (newest[0], now_ms)
         return []
 
     def advance_to(self, watermark: int) -> list[Output]:

@@ -109,10 +109,11 @@ class Pattern:
 
 
 def _key_fn(spec: Any, pattern: str) -> Callable[[Mapping[str, Any]], str | None]:
+    """``tenant|<key paths>``: the tenant always leads, so no match ever mixes tenants."""
     paths = [spec] if isinstance(spec, str) else spec
     if not isinstance(paths, list) or not paths or not all(isinstance(p, str) and p for p in paths):
         raise PatternError(pattern, "key", "must be a dotted path or a list of them (tenant, data.service, ...)")
-    getters = [getter(p) for p in paths]
+    getters = [getter(p) for p in ["tenant", *(p for p in paths if p != "tenant")]]
 
     def key(ev: Mapping[str, Any]) -> str | None:
         parts = []

@@ -12,8 +12,8 @@ from fabric.cli.main import settings_of
 
 @click.command(help="Run the pipeline worker (Faust): ingest -> validate -> enrich -> route -> Redis.")
 @click.option(
-    "--stages", default="route,materialize", show_default=True,
-    help="Comma-separated stages this process runs (route, materialize).",
+    "--stages", default="route,materialize,cep", show_default=True,
+    help="Comma-separated stages this process runs (route, materialize, cep; cep needs FABRIC_PATTERNS_FILE).",
 )  # fmt: skip
 @click.pass_context
 def worker(ctx: click.Context, stages: str) -> None:

@@ -38,13 +38,19 @@ def make_app(settings: Settings) -> faust.App:
     )
 
 
-def run_worker(settings: Settings, stages: tuple[str, ...] = ("route", "materialize")) -> None:
+def run_worker(settings: Settings, stages: tuple[str, ...] = ("route", "materialize", "cep")) -> None:
     registry = Registry.load(settings.schemas_dir)
     services: list[Any] = []
     if "route" in stages:
         services.append(RouteStage(settings, registry))
     if "materialize" in stages:
         services.append(MaterializeStage(settings, registry))
+    if "cep" in stages:
+        from fabric.cep.stage import CepStage, load_pattern_file
+
+        patterns = load_pattern_file(settings.patterns_file)
+        if patterns:
+            services.append(CepStage(settings, registry, patterns))
     if settings.worker.metrics_port:
         start_http_server(settings.worker.metrics_port, addr="127.0.0.1")
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())

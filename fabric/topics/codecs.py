@@ -201,7 +201,7 @@ _ONE_MICRO = datetime.resolution
 def encode_typed(env: Envelope, ct: ContextType, data: Any, registry: Registry) -> bytes:
     """The canonical typed-topic form: Confluent-framed Avro of the typed envelope."""
     rec = msgspec.structs.asdict(env)
-    rec["data"] = msgspec.to_builtins(data)
+    rec["data"] = msgspec.to_builtins(data, builtin_types=(datetime,))
     # microseconds, not datetimes: fastavro takes them as they are, skipping a conversion
     rec["time"] = micros(env.time) if env.time else 0
     if env.receivedtime is not None:

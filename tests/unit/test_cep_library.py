@@ -25,7 +25,7 @@ def test_deploy_then_error_burst() -> None:
     events = [ev("deploy.finished", 0, service="orders-api")] + [
         ev("log.entry", 10 + i, service="orders-api", level="ERROR", message="boom") for i in range(5)
     ]
-    assert fired(events) == [("deploy-then-error-burst", "orders-api")]
+    assert fired(events) == [("deploy-then-error-burst", "t|orders-api")]
     assert fired(events[:-1]) == []
 
 
@@ -33,7 +33,7 @@ def test_latency_slo_breach() -> None:
     ok = [ev("metric.sample", i * 10, service="api", name="latency_ms", value=200.0) for i in range(20)]
     slow = [ev("metric.sample", 200 + i * 10, service="api", name="latency_ms", value=900.0) for i in range(5)]
     assert fired(ok) == []
-    assert fired(ok + slow) == [("latency-slo-breach", "api")]
+    assert fired(ok + slow) == [("latency-slo-breach", "t|api")]
 
 
 def test_page_edit_collision() -> None:
@@ -54,4 +54,4 @@ def test_schema_change_then_query_errors() -> None:
     events = [ev("schema.altered", 0, table="orders", change="altered")] + [
         ev("log.entry", 60 + i, service="reports", level="ERROR", table="orders") for i in range(3)
     ]
-    assert fired(events) == [("schema-change-then-query-errors", "orders")]
+    assert fired(events) == [("schema-change-then-query-errors", "t|orders")]

@@ -40,7 +40,7 @@ def test_sequence_with_at_least_fires_once_per_key() -> None:
     ]
     out = composites(run_patterns(DEPLOY_BURST, events, flush_to_ms=60_000))
     assert [(c.pattern, c.key, ids(c), c.first_ms, c.last_ms) for c in out] == [
-        ("deploy-then-error-burst", "api", ["d1", "e1", "e2", "e3"], 0, 6000)
+        ("deploy-then-error-burst", "t|api", ["d1", "e1", "e2", "e3"], 0, 6000)
     ]
     assert out[0].confidence == 1.0 and out[0].version == 1
 
@@ -124,7 +124,7 @@ def test_absence_fires_when_the_watermark_passes_the_deadline() -> None:
     assert m.process(ev("heartbeat", 20, subject="db", id="h2")) == []  # resets the deadline to 50 s
     assert m.process(ev("other", 45, subject="x")) == []  # watermark 45 s: not yet
     out = composites(m.process(ev("other", 51, subject="x")))
-    assert [(c.key, ids(c), c.aggregates["missing_for_ms"]) for c in out] == [("db", ["h2"], 30_000)]
+    assert [(c.key, ids(c), c.aggregates["missing_for_ms"]) for c in out] == [("t|db", ["h2"], 30_000)]
     assert composites(m.advance_to(10**6)) == []  # fired once
 
 
@@ -197,7 +197,7 @@ def test_processing_time_mode_uses_the_clock() -> None:
     clock.advance(29_000)
     assert composites(m.advance_to(0)) == []
     clock.advance(2_000)
-    assert [c.key for c in composites(m.advance_to(0))] == ["db"]
+    assert [c.key for c in composites(m.advance_to(0))] == ["t|db"]
 
 
 def test_hot_reload_keeps_unchanged_state_and_resets_changed() -> None:
@@ -267,3 +267,21 @@ def test_pattern_errors_name_pattern_field_and_problem(spec: str, message: str) 
     with pytest.raises(PatternError, match=None) as e:
         load_patterns(spec)
     assert message in str(e.value)
+
+
+def test_a_quiet_partition_stops_holding_the_watermark_back() -> None:
+    clock = ManualClock(0)
+    m = Matcher(load_patterns(DEPLOY_BURST), clock=clock)
+    m.process(ev("heartbeat", 0, service="x"), Position("ctx.log", 1, 0))
+    m.process(ev("deploy.finished", 100, service="api"), Position("ctx.log", 0, 0))
+    assert m.runs["deploy-then-error-burst"].watermark == -2000  # partition 1 still counts
+    clock.advance(11_000)
+    m.process(ev("log.entry", 101, service="api"), Position("ctx.log", 0, 1))
+    assert m.runs["deploy-then-error-burst"].watermark == 99_000
+
+
+def test_tenants_never_share_a_match() -> None:
+    events = [ev("deploy.finished", 0, service="api", tenant="a")] + [
+        ev("log.entry", 1 + i, service="api", level="ERROR", tenant="b") for i in range(3)
+    ]
+    assert composites(run_patterns(DEPLOY_BURST, events, flush_to_ms=10**6)) == []

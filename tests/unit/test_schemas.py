@@ -13,7 +13,7 @@ from fabric.topics.envelope import Envelope
 from fabric.topics.registry import Registry
 from fabric.topics.schemas import avro_to_json_schema
 
-CONTEXT_TYPES = ["PageDSL", "BPMN", "SQLSchema", "LogEntry", "Metric", "DocChunk", "SaaSRecord"]
+CONTEXT_TYPES = ["PageDSL", "BPMN", "SQLSchema", "LogEntry", "Metric", "DocChunk", "SaaSRecord", "Composite"]
 
 
 def test_every_context_type_has_avro_json_schema_and_msgspec_type(registry: Registry) -> None:
