@@ -85,11 +85,11 @@ async def scenario(settings: Settings, router_url: str, live_seconds: float = 0.
     other_tenant: list[dict[str, Any]] = []
     r1, r2 = asyncio.Event(), asyncio.Event()
     watchers = [
-        asyncio.create_task(_watch(ws_url, TENANT, ["page.*", "schema.*", "saas.*"], pushes, r1)),
+        asyncio.create_task(_watch(ws_url, TENANT, ["page.*", "schema.*", "saas.*", "composite.*"], pushes, r1)),
         asyncio.create_task(_watch(ws_url, "globex", ["*"], other_tenant, r2)),
     ]
     await asyncio.wait_for(asyncio.gather(r1.wait(), r2.wait()), 10)
-    _say("copilot subscribed: tenant acme to page.* schema.* saas.*; tenant globex to *")
+    _say("copilot subscribed: tenant acme to page.* schema.* saas.* composite.*; tenant globex to *")
     http = httpx.AsyncClient(base_url=router_url, headers={"X-Fabric-Tenant": TENANT}, timeout=10)
 
     # 1. the low-code designer saves pages (provider SDK)
@@ -103,8 +103,12 @@ async def scenario(settings: Settings, router_url: str, live_seconds: float = 0.
         report = await designer.publish_many(events)
         _say(f"designer (SDK): saved {len(report.sent)} page versions")
 
-    # 2. services post logs and metrics (HTTP, NDJSON)
-    lines = [log_event(i, "ERROR" if i % 3 == 0 else "INFO", f"GET /orders took {40 + i * 7} ms") for i in range(9)]
+    # 2. services post logs and metrics (HTTP, NDJSON); a deploy goes out first
+    deploy = log_event(0, "INFO", "deployed orders-api v2.4.1")
+    deploy["type"] = "deploy.finished"
+    lines = [deploy] + [
+        log_event(i, "ERROR" if i % 3 == 0 else "INFO", f"GET /orders took {40 + i * 7} ms") for i in range(9)
+    ]
     lines += [metric_event(i, 120.0 + 15 * i) for i in range(6)]
     r = await http.post("/v1/events", content=b"\n".join(orjson.dumps(x) for x in lines),
                         headers={"content-type": "application/x-ndjson"})  # fmt: skip
@@ -157,7 +161,7 @@ async def scenario(settings: Settings, router_url: str, live_seconds: float = 0.
                  f"as_of {body['as_of']}, age {body['age_ms']} ms")  # fmt: skip
         else:
             _say("pull PageDSL/orders-list: not materialized within 30 s (is the worker running?)")
-        for p in pushes[:6]:
+        for p in [p for p in pushes if not p["type"].startswith("composite.")][:6]:
             _say(f"  push -> {p['type']:<22} {p['subject']:<16} seq {p['sequence']}")
         _say(f"tenant globex received {len(other_tenant)} pushes (isolation)")
         counts = {}
@@ -166,11 +170,14 @@ async def scenario(settings: Settings, router_url: str, live_seconds: float = 0.
             counts[ct] = len(r.json()["items"])
         _say("subjects in the cache: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
 
-        # 5. live: a trickle of logs and metrics a person can watch
+        # 5. live: a trickle of logs and metrics a person can watch; now and then latency spikes,
+        # and the CEP patterns report what they see (composite.* pushes)
         started, i = time.monotonic(), 100
         flow: Counter[str] = Counter()
+        shown = 0
         while time.monotonic() - started < live_seconds:
-            burst = [metric_event(i, random.uniform(80, 400))] + [
+            latency = random.uniform(700, 1200) if (i // 10) % 4 == 3 else random.uniform(80, 400)
+            burst = [metric_event(i, latency)] + [
                 log_event(i + k, random.choice(["INFO", "INFO", "WARN", "ERROR"]), "tick") for k in range(3)
             ]
             r = await http.post("/v1/events", content=b"\n".join(orjson.dumps(x) for x in burst),
@@ -180,6 +187,11 @@ async def scenario(settings: Settings, router_url: str, live_seconds: float = 0.
             win = (await http.get("/v1/contexts/Metric/orders-api:latency_p95")).json()
             _say(f"[live] posted {dict(flow)}; latency_p95 now {win['event']['data']['value']:.0f} ms "
                  f"(window {len(win['window'])}), pushes to acme so far: {len(pushes)}")  # fmt: skip
+            found = [p for p in pushes if p["type"].startswith("composite.")]
+            for c in found[shown:]:
+                d = c["event"]["data"]
+                _say(f"  COMPOSITE {c['type']} on {d['key']}: {len(d['events'])} events, {d['aggregates']}")
+            shown = len(found)
             await asyncio.sleep(2)
         return 0 if ok and not other_tenant else 1
     finally:
