@@ -8,6 +8,7 @@ state is in memory for now: a restarted worker starts its partial matches afresh
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from datetime import UTC, datetime
 from pathlib import Path
@@ -15,9 +16,12 @@ from typing import Any
 
 import msgspec
 import orjson
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.errors import KafkaError
 
 from fabric.cep.matcher import Composite, Late, Matcher, Output, Position
-from fabric.cep.patterns import Pattern, load_patterns
+from fabric.cep.patterns import Pattern, compile_pattern, load_patterns
+from fabric.cep.predicates import PatternError
 from fabric.errors import InvalidEvent
 from fabric.pipeline.enrich import new_traceparent
 from fabric.pipeline.route import CACHE_JSON, OutRecord, cache_headers
@@ -68,17 +72,69 @@ class CepStage(Stage):
     def __init__(self, settings: Settings, registry: Registry, patterns: list[Pattern], **kw: Any) -> None:
         super().__init__(settings, registry, **kw)
         self.matcher = Matcher(patterns)
+        self.bundled = {p.name: p.source for p in patterns}
+        self.overrides: dict[str, dict[str, Any] | None] = {}
+        self.patterns_consumer: AIOKafkaConsumer | None = None
 
     async def on_start(self) -> None:
         s = self.settings
-        await ensure_topics(s, [*all_topics(s, self.registry), s.topic("late")])
+        await ensure_topics(s, [*all_topics(s, self.registry), s.topic("late"), s.topic("patterns")])
+        self.patterns_consumer = AIOKafkaConsumer(
+            bootstrap_servers=s.kafka.bootstrap, enable_auto_commit=False, auto_offset_reset="earliest",
+            fetch_max_wait_ms=100,
+        )  # fmt: skip
+        await self.patterns_consumer.start()
+        parts = self.patterns_consumer.partitions_for_topic(s.topic("patterns")) or {0}
+        self.patterns_consumer.assign([TopicPartition(s.topic("patterns"), p) for p in sorted(parts)])
         self.composites_topic = s.topic(self.registry["Composite"].topic)
         self._producer = self.producer = producer(s)
         await self.producer.start()
         sources = [t for t in typed_topics(s, self.registry) if t != self.composites_topic]
         self.consumer = consumer(s, sources, f"{s.kafka.group_prefix}.cep")
 
+    async def on_started(self) -> None:
+        await super().on_started()
+        self.add_future(self._follow_patterns())
+
+    async def _follow_patterns(self) -> None:
+        """Apply pattern changes from the compacted ``ctx.patterns`` topic as they come:
+        key = pattern name, value = its JSON spec, no value = removed."""
+        assert self.patterns_consumer is not None
+        while not self.should_stop:
+            try:
+                batch = await self.patterns_consumer.getmany(timeout_ms=500)
+            except KafkaError as e:
+                log.warning("cep: reading patterns: %s", e)
+                await asyncio.sleep(1)
+                continue
+            changed = False
+            for recs in batch.values():
+                for r in recs:
+                    name = (r.key or b"").decode()
+                    self.overrides[name] = orjson.loads(r.value) if r.value else None
+                    changed = True
+            if changed:
+                self.reload()
+
+    def reload(self) -> None:
+        specs: dict[str, Any] = dict(self.bundled)
+        for name, spec in self.overrides.items():
+            if spec is None:
+                specs.pop(name, None)
+            else:
+                specs[name] = spec
+        patterns = []
+        for name, spec in specs.items():
+            try:
+                patterns.append(compile_pattern(spec))
+            except PatternError as e:
+                log.error("cep: pattern %s not applied: %s", name, e)
+        self.matcher.replace(patterns)
+        log.warning("cep: patterns now %s", ", ".join(f"{p.name} v{p.version}" for p in patterns) or "none")
+
     async def on_stop(self) -> None:
+        if self.patterns_consumer is not None:
+            await self.patterns_consumer.stop()
         if self.consumer:
             await self.consumer.stop()
         if self._producer is not None:

@@ -49,7 +49,7 @@ def main(ctx: click.Context, verbose: bool) -> None:
 
 
 def _register() -> None:
-    from fabric.cli import dev, query, run, serve
+    from fabric.cli import dev, patterns, query, run, serve
 
     main.add_command(dev.dev)
     main.add_command(serve.worker)
@@ -58,6 +58,7 @@ def _register() -> None:
     main.add_command(query.query)
     main.add_command(run.run)
     main.add_command(run.demo)
+    main.add_command(patterns.patterns)
 
 
 _register()

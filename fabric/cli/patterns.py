@@ -1,0 +1,94 @@
+"""``fabric patterns apply FILE | remove NAME | list``: CEP patterns, changed while the worker runs.
+
+Patterns live in the compacted topic ``ctx.patterns`` (key: name, value: the pattern
+as JSON; removing writes a tombstone). Every CEP stage follows the topic and swaps
+patterns without a restart: a changed pattern starts with fresh state, the others
+keep theirs. A file is validated before anything is published."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import click
+import orjson
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+
+from fabric.cep.patterns import load_patterns
+from fabric.cli.main import settings_of
+from fabric.settings import Settings
+from fabric.topics.admin import ensure_topics
+
+
+async def _publish(s: Settings, items: list[tuple[str, bytes | None]]) -> None:
+    await ensure_topics(s, [s.topic("patterns")])
+    p = AIOKafkaProducer(bootstrap_servers=s.kafka.bootstrap, acks="all")
+    await p.start()
+    try:
+        for name, value in items:
+            await p.send_and_wait(s.topic("patterns"), value, key=name.encode())
+    finally:
+        await p.stop()
+
+
+async def current(s: Settings) -> dict[str, Any]:
+    """The patterns applied so far (the topic read to its end, tombstones removing)."""
+    await ensure_topics(s, [s.topic("patterns")])
+    c = AIOKafkaConsumer(bootstrap_servers=s.kafka.bootstrap, enable_auto_commit=False, auto_offset_reset="earliest")
+    await c.start()
+    out: dict[str, Any] = {}
+    try:
+        parts = [
+            TopicPartition(s.topic("patterns"), p) for p in sorted(c.partitions_for_topic(s.topic("patterns")) or {0})
+        ]
+        c.assign(parts)
+        ends = await c.end_offsets(parts)
+        while [tp for tp in parts if await c.position(tp) < ends[tp]]:
+            for recs in (await c.getmany(timeout_ms=500)).values():
+                for r in recs:
+                    name = r.key.decode()
+                    if r.value:
+                        out[name] = orjson.loads(r.value)
+                    else:
+                        out.pop(name, None)
+    finally:
+        await c.stop()
+    return out
+
+
+@click.group(help="Add, change or remove CEP patterns while the worker runs (topic <prefix>.patterns).")
+def patterns() -> None:
+    pass
+
+
+@patterns.command(help="Validate FILE and publish its patterns; --replace also removes the others.")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--replace", is_flag=True, help="Remove applied patterns that FILE does not name.")
+@click.pass_context
+def apply(ctx: click.Context, file: Path, replace: bool) -> None:
+    s = settings_of(ctx)
+    compiled = load_patterns(file.read_text())  # raises PatternError naming pattern and field
+    items: list[tuple[str, bytes | None]] = [(p.name, orjson.dumps(p.source)) for p in compiled]
+    if replace:
+        names = {p.name for p in compiled}
+        items += [(name, None) for name in asyncio.run(current(s)) if name not in names]
+    asyncio.run(_publish(s, items))
+    for name, value in items:
+        click.echo(f"{'applied' if value else 'removed'} {name}")
+
+
+@patterns.command(help="Remove the pattern NAME.")
+@click.argument("name")
+@click.pass_context
+def remove(ctx: click.Context, name: str) -> None:
+    asyncio.run(_publish(settings_of(ctx), [(name, None)]))
+    click.echo(f"removed {name}")
+
+
+@patterns.command(name="list", help="Show the patterns applied through the topic.")
+@click.pass_context
+def list_(ctx: click.Context) -> None:
+    for name, spec in asyncio.run(current(settings_of(ctx))).items():
+        kind = next((k for k in ("sequence", "absence", "aggregate") if k in spec), "?")
+        click.echo(f"{name:<40} v{spec.get('version', 1):<4} {kind}")
