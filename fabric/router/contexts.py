@@ -91,18 +91,54 @@ async def get_context(request: Request) -> Response:
     return Response(_enc.encode(_build(ct, subject, fields, window, st.cache_ready)), media_type="application/json")
 
 
-async def list_contexts(request: Request) -> Response:
-    tenant = tenant_of(request)
-    ct = _context_type(request)
+def _limit(request: Request) -> int:
     try:
         limit = int(request.query_params.get("limit", "20"))
     except ValueError:
         raise HTTPProblem(400, "limit must be an integer") from None
     if not 1 <= limit <= 1000:
         raise HTTPProblem(400, "limit must be between 1 and 1000")
+    return limit
+
+
+async def list_contexts(request: Request) -> Response:
+    tenant = tenant_of(request)
+    ct = _context_type(request)
+    limit = _limit(request)
     st = state_of(request)
     members: Any = await st.redis.zrevrange(st.keys.recent(tenant, ct.name), 0, limit - 1)
-    subjects = [s.decode() for s in members]
+    return await _listing(request, tenant, ct, [s.decode() for s in members])
+
+
+async def list_composites(request: Request) -> Response:
+    """``GET /v1/composites?pattern=&since=&limit=``: the newest composites of the caller's
+    tenant, optionally of one pattern and no older than ``since`` (RFC 3339)."""
+    tenant = tenant_of(request)
+    st = state_of(request)
+    ct = st.registry["Composite"]
+    limit = _limit(request)
+    pattern = request.query_params.get("pattern")
+    since = request.query_params.get("since")
+    low: str | int = "-inf"
+    if since:
+        try:
+            low = int(datetime.fromisoformat(since.replace("Z", "+00:00")).timestamp() * 1000)
+        except ValueError:
+            raise HTTPProblem(400, f"since must be an RFC 3339 time, got {since!r}") from None
+    subjects: list[str] = []
+    offset = 0
+    key = st.keys.recent(tenant, ct.name)
+    while len(subjects) < limit:
+        page: Any = await st.redis.zrevrangebyscore(key, "+inf", low, start=offset, num=500)
+        if not page:
+            break
+        offset += len(page)
+        subjects += [s.decode() for s in page if not pattern or s.decode().startswith(f"{pattern}/")]
+    return await _listing(request, tenant, ct, subjects[:limit])
+
+
+async def _listing(request: Request, tenant: str, ct: ContextType, subjects: list[str]) -> Response:
+    st = state_of(request)
     items: list[Context] = []
     if subjects:
         async with st.redis.pipeline(transaction=False) as p:

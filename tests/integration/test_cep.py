@@ -60,11 +60,21 @@ async def test_deploy_then_error_burst_becomes_a_composite(
                 push["type"] == "composite.deploy-then-error-burst"
                 and push["subject"] == "deploy-then-error-burst/orders-api"
             )
+            listed = (
+                await http.get("/v1/composites", params={"pattern": "deploy-then-error-burst", "since": t0.isoformat()})
+            ).json()
+            assert [i["subject"] for i in listed["items"]] == ["deploy-then-error-burst/orders-api"]
+            later = (t0 + timedelta(hours=1)).isoformat()
+            assert (await http.get("/v1/composites", params={"since": later})).json()["items"] == []
+            assert (await http.get("/v1/composites", params={"pattern": "latency-slo-breach"})).json()["items"] == []
+            assert (await http.get("/v1/composites", params={"since": "yesterday"})).status_code == 400
             # another tenant sees none of it
             other = await http.get(
                 "/v1/contexts/Composite/deploy-then-error-burst/orders-api", headers={"X-Fabric-Tenant": "globex"}
             )
             assert other.status_code == 404
+            listed_other = await http.get("/v1/composites", headers={"X-Fabric-Tenant": "globex"})
+            assert listed_other.json()["items"] == []
 
         def stored() -> list[dict[str, Any]]:
             r = fab.cli(
