@@ -166,6 +166,7 @@ class _Partial:
     events: list[Ev]
     first_ms: int
     matched: set[int]
+    token: int = 0
 
 
 class PatternRun:
@@ -247,9 +248,9 @@ class PatternRun:
         if part is None:
             if not steps[0].where(ev.event):
                 return []
-            part = _Partial(0, 1, [ev], ev.time_ms, {0})
+            part = _Partial(0, 1, [ev], ev.time_ms, {0}, next(self._seq))
             self.partials.put(key, part)
-            self._schedule(part.first_ms + rule.within_ms, ("expire", key, id(part)))
+            self._schedule(part.first_ms + rule.within_ms, ("expire", key, part.token))
         elif not self._advance(steps, part, ev):
             return []
         last = len(steps) - 1
@@ -360,7 +361,7 @@ class PatternRun:
             _, _, (kind, key, token) = heapq.heappop(self.timers)
             if kind == "expire":
                 part = self.partials.get(key)
-                if part is not None and id(part) == token:
+                if part is not None and part.token == token:
                     del self.partials[key]
             elif kind == "absence":
                 waiting = self.pending.get(key)
@@ -382,8 +383,76 @@ class PatternRun:
                     out += self._close(rule, key, s[2], s[3], s[0], s[1] + rule.window.gap_ms)
         return out
 
+    # ------------------------------------------------------------ checkpoint
+
+    def snapshot(self) -> dict[str, Any]:
+        """All state as plain JSON-able data (see ``restore``)."""
+        n = next(self._seq)
+        return {
+            "seq": n,
+            "watermark": self.watermark,
+            "seen": [[_part_out(k), t, heard] for k, (t, heard) in self.seen.items()],
+            "buffer": [[s, _ev_out(e)] for _, s, e in self.buffer],
+            "timers": [[due, s, [kind, _key_out(key), token]] for due, s, (kind, key, token) in self.timers],
+            "partials": [[k, p.step, p.count, [_ev_out(e) for e in p.events], p.first_ms, sorted(p.matched), p.token]
+                         for k, p in self.partials.items()],
+            "pending": [[k, d, _ev_out(e), tok] for k, (d, e, tok) in self.pending.items()],
+            "windows": [[_key_out(k), v[0], [_ev_out(e) for e in v[1]]] for k, v in self.windows.items()],
+            "sessions": [[k, s[0], s[1], s[2], [_ev_out(e) for e in s[3]]] for k, s in self.sessions.items()],
+            "sliding": [[k, w.armed, [[t, v, _ev_out(e)] for t, v, e in w.events]] for k, w in self.sliding.items()],
+        }  # fmt: skip
+
+    def restore(self, snap: dict[str, Any]) -> None:
+        self._seq = itertools.count(int(snap["seq"]))
+        self.watermark = int(snap["watermark"])
+        self.seen = {_part_in(k): (t, heard) for k, t, heard in snap["seen"]}
+        self.buffer = [(e[0], s, _ev_in(e)) for s, e in snap["buffer"]]
+        heapq.heapify(self.buffer)
+        self.timers = [(due, s, (kind, _key_in(key), tok)) for due, s, (kind, key, tok) in snap["timers"]]
+        heapq.heapify(self.timers)
+        for k, step, count, evs, first, matched, tok in snap["partials"]:
+            self.partials.put(k, _Partial(step, count, [_ev_in(e) for e in evs], first, set(matched), tok))
+        for k, d, e, tok in snap["pending"]:
+            self.pending.put(k, (d, _ev_in(e), tok))
+        for k, values, evs in snap["windows"]:
+            self.windows.put(_key_in(k), [values, [_ev_in(e) for e in evs]])
+        for k, start, last, values, evs in snap["sessions"]:
+            self.sessions.put(k, [start, last, values, [_ev_in(e) for e in evs]])
+        for k, armed, items in snap["sliding"]:
+            w = _Window()
+            for t, v, e in items:
+                w.add(t, v, _ev_in(e))
+            w.armed = armed
+            self.sliding.put(k, w)
+
     def state_size(self) -> int:
         return len(self.partials) + len(self.pending) + len(self.windows) + len(self.sessions) + len(self.sliding)
+
+
+def _ev_out(e: Ev) -> list[Any]:
+    p = e.position
+    return [e.time_ms, dict(e.event), [p.topic, p.partition, p.offset] if p else None]
+
+
+def _ev_in(raw: list[Any]) -> Ev:
+    t, event, pos = raw
+    return Ev(t, event, Position(*pos) if pos else None)
+
+
+def _part_out(k: Any) -> list[Any] | None:
+    return list(k) if k is not None else None
+
+
+def _part_in(k: Any) -> Any:
+    return tuple(k) if k is not None else None
+
+
+def _key_out(k: Any) -> Any:
+    return list(k) if isinstance(k, tuple) else k
+
+
+def _key_in(k: Any) -> Any:
+    return tuple(k) if isinstance(k, list) else k
 
 
 class Matcher:
@@ -408,6 +477,25 @@ class Matcher:
         for run in self.runs.values():
             out += run.advance_to(watermark_ms) if run.p.time == "event" else run._fire_until(self.clock.now_ms())
         return out
+
+    def snapshot(self) -> dict[str, Any]:
+        """Every pattern's state, tagged with its version and body so a changed pattern
+        is not restored into."""
+        return {
+            name: {"version": r.p.version, "source": r.p.source, "state": r.snapshot()} for name, r in self.runs.items()
+        }
+
+    def restore(self, snap: Mapping[str, Any]) -> list[str]:
+        """Restore the patterns whose version and body are unchanged; returns their names."""
+        restored = []
+        for name, run in self.runs.items():
+            saved = snap.get(name)
+            if saved and saved["version"] == run.p.version and saved["source"] == run.p.source:
+                fresh = PatternRun(run.p)
+                fresh.restore(saved["state"])
+                self.runs[name] = fresh
+                restored.append(name)
+        return restored
 
     def replace(self, patterns: Iterable[Pattern]) -> None:
         """Hot reload: an unchanged pattern (same name and version) keeps its state, a

@@ -2,8 +2,13 @@
 
 Composites are events like any other: type ``composite.<pattern>``, context type
 ``Composite``, subject ``<pattern>/<key>``, written to the typed topic in the canonical
-form, so the materializer caches and pushes them and the sink stores them. Matcher
-state is in memory for now: a restarted worker starts its partial matches afresh.
+form, so the materializer caches and pushes them and the sink stores them.
+
+Matcher state survives a restart: every second the stage writes a checkpoint — the
+matcher's state and the offsets it covers — to the compacted ``ctx.cep-checkpoints``
+topic, and a starting stage restores it and replays from those offsets. A composite
+fired again by the replay has the same id and sequence, so the cache and ClickHouse
+keep it once.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ from typing import Any
 
 import msgspec
 import orjson
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import KafkaError
 
 from fabric.cep.matcher import Composite, Late, Matcher, Output, Position
@@ -66,6 +71,42 @@ def composite_event(c: Composite, registry: Registry) -> tuple[Any, Any, Any]:
     return env, ct, data
 
 
+async def read_compacted(s: Settings, topic: str) -> dict[str, bytes | None]:
+    """A compacted topic read to its end: the last value per key (None: removed)."""
+    c = AIOKafkaConsumer(bootstrap_servers=s.kafka.bootstrap, enable_auto_commit=False, auto_offset_reset="earliest")
+    await c.start()
+    out: dict[str, bytes | None] = {}
+    try:
+        parts = [TopicPartition(topic, p) for p in sorted(c.partitions_for_topic(topic) or {0})]
+        c.assign(parts)
+        ends = await c.end_offsets(parts)
+        while [tp for tp in parts if await c.position(tp) < ends[tp]]:
+            for recs in (await c.getmany(timeout_ms=500)).values():
+                for r in recs:
+                    out[(r.key or b"").decode()] = r.value or None
+    finally:
+        await c.stop()
+    return out
+
+
+class _FromCheckpoint(ConsumerRebalanceListener):  # type: ignore[misc]
+    """Partitions resume where the checkpoint's state ends, not where the group committed."""
+
+    def __init__(self, stage: CepStage) -> None:
+        self.stage = stage
+
+    async def on_partitions_revoked(self, revoked: Any) -> None:
+        for tp in revoked:
+            self.stage.positions.pop(tp, None)
+
+    async def on_partitions_assigned(self, assigned: Any) -> None:
+        assert self.stage.consumer is not None
+        for tp in assigned:
+            off = self.stage.checkpoint_offsets.get(f"{tp.topic}:{tp.partition}")
+            if off is not None:
+                self.stage.consumer.seek(tp, off)
+
+
 class CepStage(Stage):
     stage = "cep"
 
@@ -75,10 +116,16 @@ class CepStage(Stage):
         self.bundled = {p.name: p.source for p in patterns}
         self.overrides: dict[str, dict[str, Any] | None] = {}
         self.patterns_consumer: AIOKafkaConsumer | None = None
+        self.positions: dict[TopicPartition, int] = {}
+        self.checkpoint_offsets: dict[str, int] = {}
+        self._last_checkpoint = 0.0
 
     async def on_start(self) -> None:
         s = self.settings
-        await ensure_topics(s, [*all_topics(s, self.registry), s.topic("late"), s.topic("patterns")])
+        await ensure_topics(
+            s, [*all_topics(s, self.registry), s.topic("late"), s.topic("patterns"), s.topic("cep-checkpoints")]
+        )
+        self.checkpoint_key = f"{s.kafka.group_prefix}.cep".encode()
         self.patterns_consumer = AIOKafkaConsumer(
             bootstrap_servers=s.kafka.bootstrap, enable_auto_commit=False, auto_offset_reset="earliest",
             fetch_max_wait_ms=100,
@@ -86,11 +133,27 @@ class CepStage(Stage):
         await self.patterns_consumer.start()
         parts = self.patterns_consumer.partitions_for_topic(s.topic("patterns")) or {0}
         self.patterns_consumer.assign([TopicPartition(s.topic("patterns"), p) for p in sorted(parts)])
+        # patterns applied so far, then the state checkpointed for them
+        for name, spec in (await read_compacted(s, s.topic("patterns"))).items():
+            self.overrides[name] = orjson.loads(spec) if spec else None
+        if self.overrides:
+            self.reload()
+        saved = (await read_compacted(s, s.topic("cep-checkpoints"))).get(self.checkpoint_key.decode())
+        if saved:
+            snap = orjson.loads(saved)
+            restored = self.matcher.restore(snap["matcher"])
+            self.checkpoint_offsets = snap["offsets"]
+            log.warning("cep: restored %s from the checkpoint", ", ".join(restored) or "no pattern")
         self.composites_topic = s.topic(self.registry["Composite"].topic)
         self._producer = self.producer = producer(s)
         await self.producer.start()
         sources = [t for t in typed_topics(s, self.registry) if t != self.composites_topic]
-        self.consumer = consumer(s, sources, f"{s.kafka.group_prefix}.cep")
+        self.consumer = consumer(s, [], f"{s.kafka.group_prefix}.cep")
+        self.consumer.subscribe(sources, listener=_FromCheckpoint(self))
+        self.checkpoints = AIOKafkaProducer(
+            bootstrap_servers=s.kafka.bootstrap, acks="all", compression_type="gzip", max_request_size=16 << 20
+        )
+        await self.checkpoints.start()
 
     async def on_started(self) -> None:
         await super().on_started()
@@ -132,7 +195,22 @@ class CepStage(Stage):
         self.matcher.replace(patterns)
         log.warning("cep: patterns now %s", ", ".join(f"{p.name} v{p.version}" for p in patterns) or "none")
 
+    async def checkpoint(self) -> None:
+        """The matcher's state and the offsets it covers, in one record."""
+        offsets = dict(self.checkpoint_offsets)
+        offsets.update({f"{tp.topic}:{tp.partition}": off for tp, off in self.positions.items()})
+        self.checkpoint_offsets = offsets
+        value = orjson.dumps({"offsets": offsets, "matcher": self.matcher.snapshot()}, default=str)
+        await self.checkpoints.send_and_wait(self.settings.topic("cep-checkpoints"), value, key=self.checkpoint_key)
+        self._last_checkpoint = asyncio.get_running_loop().time()
+
     async def on_stop(self) -> None:
+        if self.positions:
+            try:
+                await self.checkpoint()
+            except KafkaError as e:
+                log.warning("cep: last checkpoint not written: %s", e)
+        await self.checkpoints.stop()
         if self.patterns_consumer is not None:
             await self.patterns_consumer.stop()
         if self.consumer:
@@ -158,8 +236,13 @@ class CepStage(Stage):
                 event = self._event(r)
                 if event is not None:
                     outputs += self.matcher.process(event, Position(tp.topic, tp.partition, r.offset))
-        if not outputs:
-            return
+            self.positions[tp] = recs[-1].offset + 1
+        if outputs:
+            await self._emit(outputs)
+        if asyncio.get_running_loop().time() - self._last_checkpoint >= self.settings.worker.checkpoint_every_s:
+            await self.checkpoint()
+
+    async def _emit(self, outputs: list[Output]) -> None:
         records = []
         for o in outputs:
             if isinstance(o, Late):
