@@ -20,6 +20,14 @@ from fabric.topics.admin import ensure_topics
 SUBJECTS = 10_000
 
 
+def cep_seen(text: str) -> float:
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("fabric_worker_events_total{") and 'outcome="seen"' in line and 'stage="cep"' in line
+    )
+
+
 def metric(text: str, stage: str) -> float:
     total = 0.0
     for line in text.splitlines():
@@ -55,27 +63,30 @@ async def follow(progress: Callable[[], Any], n: int, limit_s: float) -> dict[st
             "events_per_s": round(done / elapsed, 1) if elapsed else None, "timeline": points}  # fmt: skip
 
 
-async def fabric_workers(processes: int, n: int, limit_s: float) -> dict[str, Any]:
-    with BenchEnv(f"worker-{processes}") as env:
+async def fabric_workers(processes: int, n: int, limit_s: float, stages: str = "route,materialize") -> dict[str, Any]:
+    """Progress is what every stage this run has completed (the slowest stage)."""
+    with BenchEnv(f"worker-{processes}-{stages.replace(',', '-')}") as env:
         s = env.settings
         await produce(s, n, SUBJECTS)
         ports = [s.worker.metrics_port] + [free_port() for _ in range(processes - 1)]
         for i, port in enumerate(ports):
             env.spawn(
-                [sys.executable, "-m", "fabric", "worker"], f"worker{i}", {"FABRIC_WORKER__METRICS_PORT": str(port)}
+                [sys.executable, "-m", "fabric", "worker", "--stages", stages],
+                f"worker{i}",
+                {"FABRIC_WORKER__METRICS_PORT": str(port)},
             )
         async with httpx.AsyncClient() as c:
 
             async def progress() -> float:
-                total = 0.0
+                done = {"materialize": 0.0, "cep": 0.0}
                 for port in ports:
                     try:
-                        total += metric(
-                            (await c.get(f"http://127.0.0.1:{port}/metrics", timeout=2)).text, "materialize"
-                        )
+                        text = (await c.get(f"http://127.0.0.1:{port}/metrics", timeout=2)).text
                     except httpx.HTTPError:
-                        pass
-                return total
+                        continue
+                    done["materialize"] += metric(text, "materialize")
+                    done["cep"] += cep_seen(text)
+                return min(done.values()) if "cep" in stages else done["materialize"]
 
             return await follow(progress, n, limit_s)
 
@@ -107,6 +118,10 @@ async def run(quick: bool = False) -> dict[str, Any]:
     systems: dict[str, Any] = {}
     plan = [
         ("fabric worker, 1 process", lambda: fabric_workers(1, n, limit)),
+        (
+            "fabric worker, 1 process, with CEP (5 library patterns)",
+            lambda: fabric_workers(1, n, limit, "route,materialize,cep"),
+        ),
         ("fabric worker, 2 processes", lambda: fabric_workers(2, n, limit)),
         ("plain aiokafka getmany->send", lambda: baseline("aiokafka", n, limit)),
         ("bare Faust agent, consume only", lambda: baseline("faust-consume", n, limit)),

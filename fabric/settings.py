@@ -94,7 +94,7 @@ class WorkerSettings(_Part):
     batch_wait_ms: int = 5
     metrics_port: int = Field(8701, description="Prometheus port of the worker; 0 turns it off")
     log_level: str = "info"
-    checkpoint_every_s: float = Field(1.0, description="how often the CEP stage checkpoints its state")
+    checkpoint_every_s: float = Field(5.0, description="how often the CEP stage checkpoints its state")
 
 
 class Settings(BaseSettings):

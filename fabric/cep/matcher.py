@@ -45,6 +45,10 @@ class Ev:
     event: Mapping[str, Any]
     position: Position | None
 
+    def slim(self) -> Ev:
+        """What state keeps of a matched event: enough to name it in a composite."""
+        return Ev(self.time_ms, {"id": self.event.get("id")}, self.position)
+
     def ref(self) -> dict[str, Any]:
         p = self.position
         return {"id": self.event.get("id"), "time_ms": self.time_ms,
@@ -175,6 +179,7 @@ class PatternRun:
     def __init__(self, pattern: Pattern) -> None:
         self.p = pattern
         self.relevant = _relevance(pattern)
+        self.replay_until: dict[tuple[str, int], int] = {}
         self.seen: dict[Any, tuple[int, int]] = {}  # partition -> (newest event time, when heard, clock ms)
         self.watermark = -(2**62)
         self.buffer: list[tuple[int, int, Ev]] = []
@@ -195,6 +200,10 @@ class PatternRun:
             ev.time_ms = now_ms
             out = self._apply(ev) if relevant else []
             return out + self._fire_until(now_ms)
+        if ev.time_ms <= self.watermark and ev.position is not None:
+            done = self.replay_until.get((ev.position.topic, ev.position.partition), -1)
+            if ev.position.offset < done:
+                return []  # replayed after a restore: applied (or reported late) before the checkpoint
         if ev.time_ms < self.watermark:
             if not relevant:
                 return []
@@ -248,7 +257,7 @@ class PatternRun:
         if part is None:
             if not steps[0].where(ev.event):
                 return []
-            part = _Partial(0, 1, [ev], ev.time_ms, {0}, next(self._seq))
+            part = _Partial(0, 1, [ev.slim()], ev.time_ms, {0}, next(self._seq))
             self.partials.put(key, part)
             self._schedule(part.first_ms + rule.within_ms, ("expire", key, part.token))
         elif not self._advance(steps, part, ev):
@@ -265,7 +274,7 @@ class PatternRun:
         cur = steps[part.step]
         if part.count < cur.max and cur.where(ev.event):
             part.count += 1
-            part.events.append(ev)
+            part.events.append(ev.slim())
             return True
         if part.count < cur.min:
             return False
@@ -273,7 +282,7 @@ class PatternRun:
         while j < len(steps):
             if steps[j].where(ev.event):
                 part.step, part.count = j, 1
-                part.events.append(ev)
+                part.events.append(ev.slim())
                 part.matched.add(j)
                 return True
             if steps[j].min > 0:
@@ -288,7 +297,7 @@ class PatternRun:
             waiting = None
         if waiting is None and rule.first(ev.event):
             token = next(self._seq)
-            self.pending.put(key, (ev.time_ms + rule.within_ms, ev, token))
+            self.pending.put(key, (ev.time_ms + rule.within_ms, ev.slim(), token))
             # fires once the watermark is past the deadline: an event at the deadline still counts
             self._schedule(ev.time_ms + rule.within_ms + 1, ("absence", key, token))
         return []
@@ -310,7 +319,7 @@ class PatternRun:
                         self.windows.put((key, start), slot)
                         self._schedule(start + w.size_ms - 1, ("window", (key, start), 0))
                     slot[0].append(value)
-                    slot[1].append(ev)
+                    slot[1].append(ev.slim())
             return []
         if w.kind == "session":
             out: list[Output] = []
@@ -323,7 +332,7 @@ class PatternRun:
                 self.sessions.put(key, s)
             s[1] = max(s[1], t)
             s[2].append(value)
-            s[3].append(ev)
+            s[3].append(ev.slim())
             self._schedule(s[1] + w.gap_ms, ("session", key, s[1]))
             return out
         # sliding: evaluated on every event over (t - size, t]; fires when the condition starts to hold
@@ -331,8 +340,9 @@ class PatternRun:
         if win is None:
             win = _Window()
             self.sliding.put(key, win)
-        win.add(t, float(value) if rule.fn != "count" else 1.0, ev)
+        win.add(t, float(value) if rule.fn != "count" else 1.0, ev.slim())
         win.evict_until(t - w.size_ms)
+        self._schedule(t + w.size_ms, ("slide", key, t))  # forget the key once its window is empty
         agg = win.value(rule.fn)
         holds = rule.when({"value": agg})
         fired = holds and not win.armed
@@ -375,6 +385,10 @@ class PatternRun:
                 rule = self.p.rule
                 if slot is not None and isinstance(rule, Aggregate):
                     out += self._close(rule, key[0], slot[0], slot[1], key[1], key[1] + rule.window.size_ms)
+            elif kind == "slide":
+                win = self.sliding.get(key)
+                if win is not None and win.events and win.events[-1][0] == token:
+                    del self.sliding[key]
             elif kind == "session":
                 s = self.sessions.get(key)
                 rule = self.p.rule
@@ -386,13 +400,13 @@ class PatternRun:
     # ------------------------------------------------------------ checkpoint
 
     def snapshot(self) -> dict[str, Any]:
-        """All state as plain JSON-able data (see ``restore``)."""
+        """State as plain JSON-able data (see ``restore``), without the events still
+        waiting for the watermark: a restart replays those from Kafka."""
         n = next(self._seq)
         return {
             "seq": n,
             "watermark": self.watermark,
             "seen": [[_part_out(k), t, heard] for k, (t, heard) in self.seen.items()],
-            "buffer": [[s, _ev_out(e)] for _, s, e in self.buffer],
             "timers": [[due, s, [kind, _key_out(key), token]] for due, s, (kind, key, token) in self.timers],
             "partials": [[k, p.step, p.count, [_ev_out(e) for e in p.events], p.first_ms, sorted(p.matched), p.token]
                          for k, p in self.partials.items()],
@@ -406,8 +420,6 @@ class PatternRun:
         self._seq = itertools.count(int(snap["seq"]))
         self.watermark = int(snap["watermark"])
         self.seen = {_part_in(k): (t, heard) for k, t, heard in snap["seen"]}
-        self.buffer = [(e[0], s, _ev_in(e)) for s, e in snap["buffer"]]
-        heapq.heapify(self.buffer)
         self.timers = [(due, s, (kind, _key_in(key), tok)) for due, s, (kind, key, tok) in snap["timers"]]
         heapq.heapify(self.timers)
         for k, step, count, evs, first, matched, tok in snap["partials"]:
@@ -485,14 +497,29 @@ class Matcher:
             name: {"version": r.p.version, "source": r.p.source, "state": r.snapshot()} for name, r in self.runs.items()
         }
 
-    def restore(self, snap: Mapping[str, Any]) -> list[str]:
-        """Restore the patterns whose version and body are unchanged; returns their names."""
+    def replay_from(self) -> dict[tuple[str, int], int]:
+        """Per partition, the oldest offset still waiting in a buffer: a restart that
+        restores a snapshot taken now must read again from there."""
+        out: dict[tuple[str, int], int] = {}
+        for run in self.runs.values():
+            for _, _, ev in run.buffer:
+                p = ev.position
+                if p is not None:
+                    key = (p.topic, p.partition)
+                    out[key] = min(out.get(key, p.offset), p.offset)
+        return out
+
+    def restore(self, snap: Mapping[str, Any], processed: Mapping[tuple[str, int], int] | None = None) -> list[str]:
+        """Restore the patterns whose version and body are unchanged; returns their names.
+        ``processed``: per partition, the next offset at snapshot time; replayed events
+        below it that the watermark had passed are not applied twice."""
         restored = []
         for name, run in self.runs.items():
             saved = snap.get(name)
             if saved and saved["version"] == run.p.version and saved["source"] == run.p.source:
                 fresh = PatternRun(run.p)
                 fresh.restore(saved["state"])
+                fresh.replay_until = dict(processed or {})
                 self.runs[name] = fresh
                 restored.append(name)
         return restored

@@ -4,7 +4,7 @@ Composites are events like any other: type ``composite.<pattern>``, context type
 ``Composite``, subject ``<pattern>/<key>``, written to the typed topic in the canonical
 form, so the materializer caches and pushes them and the sink stores them.
 
-Matcher state survives a restart: every second the stage writes a checkpoint — the
+Matcher state survives a restart: every few seconds the stage writes a checkpoint — the
 matcher's state and the offsets it covers — to the compacted ``ctx.cep-checkpoints``
 topic, and a starting stage restores it and replays from those offsets. A composite
 fired again by the replay has the same id and sequence, so the cache and ClickHouse
@@ -118,6 +118,7 @@ class CepStage(Stage):
         self.patterns_consumer: AIOKafkaConsumer | None = None
         self.positions: dict[TopicPartition, int] = {}
         self.checkpoint_offsets: dict[str, int] = {}
+        self.checkpoint_processed: dict[str, int] = {}
         self._last_checkpoint = 0.0
 
     async def on_start(self) -> None:
@@ -141,8 +142,12 @@ class CepStage(Stage):
         saved = (await read_compacted(s, s.topic("cep-checkpoints"))).get(self.checkpoint_key.decode())
         if saved:
             snap = orjson.loads(saved)
-            restored = self.matcher.restore(snap["matcher"])
             self.checkpoint_offsets = snap["offsets"]
+            self.checkpoint_processed = snap["processed"]
+            processed = {
+                (k.rsplit(":", 1)[0], int(k.rsplit(":", 1)[1])): v for k, v in self.checkpoint_processed.items()
+            }
+            restored = self.matcher.restore(snap["matcher"], processed)
             log.warning("cep: restored %s from the checkpoint", ", ".join(restored) or "no pattern")
         self.composites_topic = s.topic(self.registry["Composite"].topic)
         self._producer = self.producer = producer(s)
@@ -196,11 +201,19 @@ class CepStage(Stage):
         log.warning("cep: patterns now %s", ", ".join(f"{p.name} v{p.version}" for p in patterns) or "none")
 
     async def checkpoint(self) -> None:
-        """The matcher's state and the offsets it covers, in one record."""
-        offsets = dict(self.checkpoint_offsets)
-        offsets.update({f"{tp.topic}:{tp.partition}": off for tp, off in self.positions.items()})
+        """The matcher's state, the offsets it has read (``processed``) and those a restart
+        reads again from (``offsets``: events still waiting for the watermark are not in
+        the state), in one record."""
+        processed = dict(self.checkpoint_processed)
+        processed.update({f"{tp.topic}:{tp.partition}": off for tp, off in self.positions.items()})
+        self.checkpoint_processed = processed
+        offsets = dict(processed)
+        for (topic, partition), oldest in self.matcher.replay_from().items():
+            name = f"{topic}:{partition}"
+            offsets[name] = min(offsets.get(name, oldest), oldest)
         self.checkpoint_offsets = offsets
-        value = orjson.dumps({"offsets": offsets, "matcher": self.matcher.snapshot()}, default=str)
+        snap = {"offsets": offsets, "processed": processed, "matcher": self.matcher.snapshot()}
+        value = orjson.dumps(snap, default=str)
         await self.checkpoints.send_and_wait(self.settings.topic("cep-checkpoints"), value, key=self.checkpoint_key)
         self._last_checkpoint = asyncio.get_running_loop().time()
 
@@ -237,6 +250,7 @@ class CepStage(Stage):
                 if event is not None:
                     outputs += self.matcher.process(event, Position(tp.topic, tp.partition, r.offset))
             self.positions[tp] = recs[-1].offset + 1
+            EVENTS.labels("cep", "seen").inc(len(recs))
         if outputs:
             await self._emit(outputs)
         if asyncio.get_running_loop().time() - self._last_checkpoint >= self.settings.worker.checkpoint_every_s:

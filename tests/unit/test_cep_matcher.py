@@ -285,3 +285,15 @@ def test_tenants_never_share_a_match() -> None:
         ev("log.entry", 1 + i, service="api", level="ERROR", tenant="b") for i in range(3)
     ]
     assert composites(run_patterns(DEPLOY_BURST, events, flush_to_ms=10**6)) == []
+
+
+def test_a_million_short_lived_keys_leave_no_state() -> None:
+    spec = agg("{kind: sliding, size: 1s}") + DEPLOY_BURST + HEARTBEAT.replace("within: 30s", "within: 1s")
+    m = Matcher(load_patterns(spec), clock=ManualClock())
+    for i in range(20_000):  # each key lives for one event
+        m.process(ev("log.entry", i * 0.01, service=f"k{i}", subject=f"k{i}"))
+        m.process(ev("deploy.finished", i * 0.01, service=f"k{i}"))
+        m.process(ev("heartbeat", i * 0.01, subject=f"k{i}"))
+    m.advance_to(10**9)
+    assert sum(r.state_size() for r in m.runs.values()) == 0
+    assert all(not r.timers and not r.buffer for r in m.runs.values())
