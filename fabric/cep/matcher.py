@@ -180,6 +180,8 @@ class PatternRun:
         self.p = pattern
         self.relevant = _relevance(pattern)
         self.replay_until: dict[tuple[str, int], int] = {}
+        self._base = -(2**62)  # the smallest newest-time over active partitions
+        self._base_at = -(2**62)
         self.seen: dict[Any, tuple[int, int]] = {}  # partition -> (newest event time, when heard, clock ms)
         self.watermark = -(2**62)
         self.buffer: list[tuple[int, int, Ev]] = []
@@ -197,8 +199,7 @@ class PatternRun:
         """Every event moves time; only events some condition of the pattern accepts are kept."""
         relevant = self.relevant(ev.event)
         if self.p.time == "processing":
-            ev.time_ms = now_ms
-            out = self._apply(ev) if relevant else []
+            out = self._apply(Ev(now_ms, ev.event, ev.position)) if relevant else []
             return out + self._fire_until(now_ms)
         if ev.time_ms <= self.watermark and ev.position is not None:
             done = self.replay_until.get((ev.position.topic, ev.position.partition), -1)
@@ -214,9 +215,13 @@ class PatternRun:
         newest = self.seen.get(part)
         if newest is None or ev.time_ms > newest[0]:
             self.seen[part] = (ev.time_ms, now_ms)
-            # the slowest partition holds the watermark back, unless it has gone quiet
-            active = [t for t, heard in self.seen.values() if now_ms - heard <= IDLE_MS]
-            wm = min(active or [ev.time_ms]) - self.p.lateness_ms
+            # The slowest partition holds the watermark back, unless it has gone quiet. The
+            # minimum only moves when the slowest one advances, or (checked each second) when
+            # one goes quiet; otherwise it is kept.
+            if newest is None or newest[0] <= self._base or now_ms - self._base_at >= 1000:
+                active = [t for t, heard in self.seen.values() if now_ms - heard <= IDLE_MS]
+                self._base, self._base_at = min(active or [ev.time_ms]), now_ms
+            wm = self._base - self.p.lateness_ms
             if wm > self.watermark:
                 return self.advance_to(wm)
         else:
@@ -480,8 +485,9 @@ class Matcher:
         t = event_time_ms(event) if time_ms is None else time_ms
         now = self.clock.now_ms()
         out: list[Output] = []
+        ev = Ev(t, event, position)
         for run in self.runs.values():
-            out += run.offer(Ev(t, event, position), now)
+            out += run.offer(ev, now)
         return out
 
     def advance_to(self, watermark_ms: int) -> list[Output]:
