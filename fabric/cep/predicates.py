@@ -99,14 +99,31 @@ def _ne(a: Any) -> ValueTest:
     return lambda v: v is MISSING or bool(v != a)
 
 
+def _memo(test: ValueTest) -> ValueTest:
+    """Remember the answer per string value: event types, levels and names repeat endlessly."""
+    cache: dict[str, bool] = {}
+
+    def memo(v: Any) -> bool:
+        if type(v) is str:
+            hit = cache.get(v)
+            if hit is None:
+                hit = test(v)
+                if len(cache) < 4096:
+                    cache[v] = hit
+            return hit
+        return test(v)
+
+    return memo
+
+
 def _in(members: list[Any], inside: bool) -> ValueTest:
     if inside:
-        return lambda v: v is not MISSING and v in members
-    return lambda v: v is MISSING or v not in members
+        return _memo(lambda v: v is not MISSING and v in members)
+    return _memo(lambda v: v is MISSING or v not in members)
 
 
 def _regex(rx: re.Pattern[str]) -> ValueTest:
-    return lambda v: isinstance(v, str) and rx.search(v) is not None
+    return _memo(lambda v: isinstance(v, str) and rx.search(v) is not None)
 
 
 def _exists(want: bool) -> ValueTest:
