@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 
 import click
 
@@ -21,6 +22,10 @@ def run(ctx: click.Context, duration: float | None) -> None:
     from fabric.demo import scenario
 
     s = settings_of(ctx)
+    # Ctrl-C and a supervisor's SIGTERM both stop everything this command started, even
+    # when it was launched with SIGINT ignored (as background jobs of a script are).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, _interrupt)
     stack = Stack(s)
     started = [p for p in stack.up() if p.note == "started"]
     for p in stack.status():
@@ -52,6 +57,10 @@ def run(ctx: click.Context, duration: float | None) -> None:
         except Exception as e:
             click.echo(f"(could not read ClickHouse: {e})")
     ctx.exit(code)
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 @click.command(help="Replay the demo scenario against a running fabric (router at FABRIC_ROUTER__PORT).")
