@@ -1,0 +1,64 @@
+"""``fabric run`` (what ``make run`` starts): the scenario plays, composites fire, and a stop
+signal leaves no process behind."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from fabric.settings import ClickHouseSettings, KafkaSettings, RedisSettings, RouterSettings, Settings, WorkerSettings
+from tests.integration.conftest import ROOT, free_port
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0]
+    except (FileNotFoundError, IndexError):
+        return False
+    return state != "Z"
+
+
+def test_fabric_run_plays_the_scenario_and_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
+    s = Settings(
+        data_dir=tmp_path,
+        kafka=KafkaSettings(bootstrap=f"127.0.0.1:{free_port()}", session_timeout_ms=3000),
+        redis=RedisSettings(url=f"redis://127.0.0.1:{free_port()}/0"),
+        clickhouse=ClickHouseSettings(url=f"chdb://{tmp_path / 'chdb'}"),
+        router=RouterSettings(port=free_port()),
+        worker=WorkerSettings(metrics_port=0),
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FABRIC_")} | s.to_env()
+    log = tmp_path / "run.out"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "fabric", "run"], env=env, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT
+        )
+    try:
+        deadline = time.monotonic() + 120
+        while "COMPOSITE composite.deploy-then-error-burst" not in log.read_text():
+            assert proc.poll() is None, log.read_text()
+            assert time.monotonic() < deadline, log.read_text()[-3000:]
+            time.sleep(0.5)
+        text = log.read_text()
+        assert "pull PageDSL/orders-list: sequence 3" in text
+        assert "tenant globex received 0 pushes (isolation)" in text
+        pids = [int(p) for p in re.findall(r"pid (\d+)", text)]
+        assert len(pids) == 5  # broker, redis, worker, sink, router
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    text = log.read_text()
+    assert "stopped: worker, sink, router and the stack" in text
+    assert re.search(r"events in ClickHouse: Composite \d+", text), text[-2000:]
+    assert not [p for p in pids if alive(p)]
