@@ -38,10 +38,11 @@ local window = tonumber(ARGV[1])
 local retention = ARGV[2]
 local push_from = tonumber(ARGV[4])
 local n = (#KEYS - 1) / 4
+local per = 9
 local last = math.max(applied, tonumber(ARGV[5]))
 local changed = 0
 for i = 0, n - 1 do
-  local a = 6 + i * 8
+  local a = 6 + i * per
   local off = tonumber(ARGV[a + 7])
   if off > applied then
     if off > last then last = off end
@@ -51,6 +52,14 @@ for i = 0, n - 1 do
     if kind == 's' then
       local cur_seq = redis.call('HGET', ck, 'seq')
       if cur_seq and tonumber(cur_seq) >= tonumber(seq) then apply = false end
+    elseif ARGV[a+8] ~= '' then
+      -- stream types: an event already in the window (routed twice after a crash) is skipped
+      local idk = wk .. ':ids'
+      if redis.call('ZADD', idk, 'NX', off, ARGV[a+8]) == 0 then
+        apply = false
+      else
+        redis.call('ZREMRANGEBYRANK', idk, 0, -(window + 1))
+      end
     end
     if apply then
       if kind == 'w' then
@@ -120,6 +129,7 @@ class Change:
     at_ms: int
     json: bytes
     offset: int
+    id: str = ""
 
 
 _encoder = msgspec.json.Encoder()
@@ -132,7 +142,7 @@ def change_from_record(ctype: str, kind: str, rec: dict[str, Any], offset: int) 
     return Change(
         tenant=rec["tenant"], ctype=ctype, kind=kind, type=rec["type"], subject=rec["subject"],
         sequence=rec["sequence"], at_ms=int(t.timestamp() * 1000), json=_encoder.encode(event),
-        offset=offset,
+        offset=offset, id=rec.get("id") or "",
     )  # fmt: skip
 
 
@@ -143,9 +153,8 @@ def change_from_headers(ctype: str, kind: str, headers: dict[str, bytes], offset
     body = headers.get("fabric_cache_json")
     if key is None or body is None:
         return None
-    seq, at, rest = key.decode().split(" ", 2)
-    tenant, etype, subject = rest.split("/", 2)
-    return Change(tenant, ctype, kind, etype, subject, int(seq), int(at), body, offset)
+    seq, at, tenant, etype, subject, event_id = msgspec.json.decode(key)
+    return Change(tenant, ctype, kind, etype, subject, int(seq), int(at), body, offset, event_id)
 
 
 class Materializer:
@@ -196,7 +205,7 @@ class Materializer:
                 ]  # fmt: skip
                 args += [
                     "s" if c.kind == "state" else "w", c.subject, c.sequence, c.at_ms,
-                    c.json, c.type, c.ctype, c.offset,
+                    c.json, c.type, c.ctype, c.offset, c.id,
                 ]  # fmt: skip
             n = int(await self._script(keys=keys, args=args))
             if n == STATE_LOST:

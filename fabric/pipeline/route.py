@@ -79,7 +79,7 @@ def cache_headers(env: Envelope) -> list[tuple[str, bytes]]:
     assert env.time is not None and env.sequence is not None
     return [
         (CACHE_JSON, _json.encode(event)),
-        (CACHE_KEY, f"{env.sequence} {micros(env.time) // 1000} {env.tenant}/{env.type}/{env.subject}".encode()),
+        (CACHE_KEY, _json.encode([env.sequence, micros(env.time) // 1000, env.tenant, env.type, env.subject, env.id])),
     ]
 
 

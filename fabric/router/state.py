@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -16,6 +15,7 @@ from starlette.requests import HTTPConnection
 from fabric.pipeline.materialize import CacheKeys
 from fabric.router.fastredis import FastRedis
 from fabric.settings import Settings
+from fabric.topics.codecs import TENANT
 from fabric.topics.registry import Registry
 
 if TYPE_CHECKING:
@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from fabric.router.ingest import EdgeValidator
 
 TENANT_HEADER = "x-fabric-tenant"
-_TENANT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+_TENANT = TENANT
 
 
 class HTTPProblem(Exception):

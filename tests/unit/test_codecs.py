@@ -212,3 +212,11 @@ def test_any_json_as_data_is_accepted_or_refused_cleanly(registry: Registry, dat
         codecs.validate(codecs.decode_ingest(to_json(env), [], registry), registry)
     except InvalidEvent as e:
         assert e.pointer.startswith("/data")
+
+
+@pytest.mark.parametrize("tenant", ["a/b", "{x}", "", "_lead", "x" * 65, "sp ace"])
+def test_a_tenant_that_could_break_keys_is_refused(registry: Registry, tenant: str) -> None:
+    env = make_event("page.updated", "p", PAGE, tenant=tenant, source="s")
+    with pytest.raises(InvalidEvent) as e:
+        codecs.validate(env, registry)
+    assert e.value.pointer == "/tenant"

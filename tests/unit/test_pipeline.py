@@ -79,3 +79,15 @@ def test_oversized_event_is_dead_lettered_with_a_cut_original(registry: Registry
     h = dict(dead.headers)
     assert h["fabric_error_reason"] == b"event is 200002 bytes, over the limit of 1000"
     assert h["fabric_original_size"] == b"200002" and len(dead.value) == 64 * 1024
+
+
+def test_cache_headers_round_trip_awkward_names(registry: Registry) -> None:
+    from fabric.pipeline.materialize import change_from_headers
+    from fabric.pipeline.route import cache_headers
+
+    env = Router(Settings(), registry).enrich(
+        make_event("log.entry", "a/b c", {"service": "s", "level": "INFO", "message": "m"}, tenant="t.1", source="s", id="x/y z"),
+        registry["LogEntry"], None,
+    )  # fmt: skip
+    c = change_from_headers("LogEntry", "stream", dict(cache_headers(env)), 9)
+    assert c is not None and (c.tenant, c.type, c.subject, c.id, c.offset) == ("t.1", "log.entry", "a/b c", "x/y z", 9)
