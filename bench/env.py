@@ -6,7 +6,6 @@ import asyncio
 import json
 import platform
 import shutil
-import socket
 import subprocess
 import time
 from pathlib import Path
@@ -17,17 +16,11 @@ import httpx
 import orjson
 from aiokafka import AIOKafkaProducer
 
-from fabric.dev.procs import Processes
+from fabric.dev.procs import Processes, free_port
 from fabric.dev.stack import Stack
 from fabric.settings import ClickHouseSettings, KafkaSettings, RedisSettings, RouterSettings, Settings, WorkerSettings
 
 RESULTS = Path(__file__).resolve().parent / "results"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class BenchEnv:

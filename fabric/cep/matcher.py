@@ -80,20 +80,25 @@ Output = Composite | Late
 
 
 def aggregate(fn: str, values: list[float]) -> float:
+    return summarize(fn, sorted(values), float(sum(values)))
+
+
+def summarize(fn: str, ordered: list[float], total: float) -> float:
+    """count/sum/avg/min/max/p95 (nearest rank) of values given sorted, with their sum."""
+    n = len(ordered)
     if fn == "count":
-        return float(len(values))
-    if not values:
+        return float(n)
+    if not n:
         return math.nan
     if fn == "sum":
-        return float(sum(values))
+        return total
     if fn == "avg":
-        return sum(values) / len(values)
+        return total / n
     if fn == "min":
-        return float(min(values))
+        return float(ordered[0])
     if fn == "max":
-        return float(max(values))
-    ordered = sorted(values)  # p95, nearest rank
-    return float(ordered[max(0, math.ceil(0.95 * len(ordered)) - 1)])
+        return float(ordered[-1])
+    return float(ordered[max(0, math.ceil(0.95 * n) - 1)])
 
 
 def _contributors(evs: Iterable[Ev]) -> list[dict[str, Any]]:
@@ -135,20 +140,7 @@ class _Window:
             self.total -= v
 
     def value(self, fn: str) -> float:
-        n = len(self.sorted)
-        if fn == "count":
-            return float(n)
-        if not n:
-            return math.nan
-        if fn == "sum":
-            return self.total
-        if fn == "avg":
-            return self.total / n
-        if fn == "min":
-            return self.sorted[0]
-        if fn == "max":
-            return self.sorted[-1]
-        return self.sorted[max(0, math.ceil(0.95 * n) - 1)]
+        return summarize(fn, self.sorted, self.total)
 
 
 class _Bounded(OrderedDict[Any, Any]):

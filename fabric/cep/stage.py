@@ -32,7 +32,7 @@ from fabric.pipeline.enrich import new_traceparent
 from fabric.pipeline.route import CACHE_JSON, OutRecord, cache_headers
 from fabric.pipeline.stages import EVENTS, Stage, consumer, producer, send_all
 from fabric.settings import Settings
-from fabric.topics.admin import all_topics, ensure_topics, typed_topics
+from fabric.topics.admin import all_topics, ensure_topics, read_compacted, typed_topics
 from fabric.topics.codecs import decode_structured, decode_typed, encode_typed, validate
 from fabric.topics.registry import Registry
 
@@ -69,24 +69,6 @@ def composite_event(c: Composite, registry: Registry) -> tuple[Any, Any, Any]:
     now = datetime.now(UTC)
     env = msgspec.structs.replace(env, contexttype=ct.name, provider="cep", receivedtime=now)
     return env, ct, data
-
-
-async def read_compacted(s: Settings, topic: str) -> dict[str, bytes | None]:
-    """A compacted topic read to its end: the last value per key (None: removed)."""
-    c = AIOKafkaConsumer(bootstrap_servers=s.kafka.bootstrap, enable_auto_commit=False, auto_offset_reset="earliest")
-    await c.start()
-    out: dict[str, bytes | None] = {}
-    try:
-        parts = [TopicPartition(topic, p) for p in sorted(c.partitions_for_topic(topic) or {0})]
-        c.assign(parts)
-        ends = await c.end_offsets(parts)
-        while [tp for tp in parts if await c.position(tp) < ends[tp]]:
-            for recs in (await c.getmany(timeout_ms=500)).values():
-                for r in recs:
-                    out[(r.key or b"").decode()] = r.value or None
-    finally:
-        await c.stop()
-    return out
 
 
 class _FromCheckpoint(ConsumerRebalanceListener):  # type: ignore[misc]

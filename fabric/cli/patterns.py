@@ -13,12 +13,12 @@ from typing import Any
 
 import click
 import orjson
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaProducer
 
 from fabric.cep.patterns import load_patterns
 from fabric.cli.main import settings_of
 from fabric.settings import Settings
-from fabric.topics.admin import ensure_topics
+from fabric.topics.admin import ensure_topics, read_compacted
 
 
 async def _publish(s: Settings, items: list[tuple[str, bytes | None]]) -> None:
@@ -33,28 +33,9 @@ async def _publish(s: Settings, items: list[tuple[str, bytes | None]]) -> None:
 
 
 async def current(s: Settings) -> dict[str, Any]:
-    """The patterns applied so far (the topic read to its end, tombstones removing)."""
+    """The patterns applied so far: the topic read to its end, tombstones removing."""
     await ensure_topics(s, [s.topic("patterns")])
-    c = AIOKafkaConsumer(bootstrap_servers=s.kafka.bootstrap, enable_auto_commit=False, auto_offset_reset="earliest")
-    await c.start()
-    out: dict[str, Any] = {}
-    try:
-        parts = [
-            TopicPartition(s.topic("patterns"), p) for p in sorted(c.partitions_for_topic(s.topic("patterns")) or {0})
-        ]
-        c.assign(parts)
-        ends = await c.end_offsets(parts)
-        while [tp for tp in parts if await c.position(tp) < ends[tp]]:
-            for recs in (await c.getmany(timeout_ms=500)).values():
-                for r in recs:
-                    name = r.key.decode()
-                    if r.value:
-                        out[name] = orjson.loads(r.value)
-                    else:
-                        out.pop(name, None)
-    finally:
-        await c.stop()
-    return out
+    return {name: orjson.loads(v) for name, v in (await read_compacted(s, s.topic("patterns"))).items() if v}
 
 
 @click.group(help="Add, change or remove CEP patterns while the worker runs (topic <prefix>.patterns).")

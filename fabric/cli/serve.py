@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-
 import click
 import uvloop
 
@@ -42,7 +40,3 @@ def sink(ctx: click.Context) -> None:
     from fabric.sinks.sink import serve
 
     uvloop.run(serve(settings_of(ctx)))
-
-
-def run_async(coro: object) -> None:
-    asyncio.run(coro)  # type: ignore[arg-type]

@@ -9,6 +9,7 @@ and (with CEP) its tables.
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import logging
 import random
@@ -123,8 +124,9 @@ class Stage(mode.Service):
         self.batches = 0
         super().__init__(**kw)
 
+    @abc.abstractmethod
     async def handle(self, batch: dict[Any, list[Any]]) -> None:
-        raise NotImplementedError
+        """Process one ``getmany`` batch; each stage says what that means."""
 
     async def tick(self) -> None:
         """Called between batches; stages override it for periodic work."""

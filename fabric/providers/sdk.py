@@ -14,7 +14,6 @@ import asyncio
 from dataclasses import dataclass, field
 from typing import Any
 
-import msgspec
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
@@ -134,7 +133,3 @@ def _failed(err: Exception) -> asyncio.Future[Any]:
     fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
     fut.set_exception(err)
     return fut
-
-
-def raw(data: Any) -> msgspec.Raw:
-    return msgspec.Raw(msgspec.json.encode(data))

@@ -18,7 +18,7 @@ from starlette.responses import Response
 from starlette.routing import Route, WebSocketRoute
 
 from fabric.pipeline.materialize import CacheKeys
-from fabric.router.contexts import get_context, list_composites, list_contexts
+from fabric.router.contexts import list_composites, list_contexts
 from fabric.router.fastpath import FastPull
 from fabric.router.fastredis import FastRedis
 from fabric.router.hub import ChangeHub
@@ -116,7 +116,6 @@ def create_app(settings: Settings) -> FastPull:
             await hub_redis.aclose()
 
     routes = [
-        Route("/v1/contexts/{context_type}/{subject:path}", get_context, methods=["GET"]),
         Route("/v1/contexts/{context_type}", list_contexts, methods=["GET"]),
         Route("/v1/schemas/{context_type}", schema, methods=["GET"]),
         Route("/v1/composites", list_composites, methods=["GET"]),

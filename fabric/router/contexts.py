@@ -1,4 +1,5 @@
-"""Pull: ``GET /v1/contexts/{context_type}/{subject}`` and ``GET /v1/contexts/{context_type}``.
+"""Listings: ``GET /v1/contexts/{context_type}`` and ``GET /v1/composites``; the response shape
+of every pull (the single pull itself is answered in ``fastpath``).
 
 The cached event JSON is spliced into the response as raw bytes (``msgspec.Raw``), so
 a pull costs one Redis round trip and no JSON re-encoding of the payload.
@@ -14,7 +15,7 @@ import msgspec
 from starlette.requests import Request
 from starlette.responses import Response
 
-from fabric.router.state import HTTPProblem, state_of, tenant_of
+from fabric.router.state import HTTPProblem, context_type_named, state_of, tenant_of
 from fabric.topics.registry import ContextType
 
 
@@ -50,12 +51,7 @@ def freshness(at_ms: int, ct: ContextType, now_ms: int | None = None) -> tuple[s
 
 
 def _context_type(request: Request) -> ContextType:
-    name = request.path_params["context_type"]
-    ct = state_of(request).registry.context_types.get(name)
-    if ct is None:
-        known = ", ".join(sorted(state_of(request).registry.context_types))
-        raise HTTPProblem(404, f"unknown context type {name!r} (known: {known})")
-    return ct
+    return context_type_named(state_of(request).registry, request.path_params["context_type"])
 
 
 def _build(
@@ -68,27 +64,6 @@ def _build(
         stale=stale or not ready, changes=int(count or 0), event=msgspec.Raw(v or b"null"),
         window=[msgspec.Raw(w) for w in window] if window is not None else None,
     )  # fmt: skip
-
-
-async def get_context(request: Request) -> Response:
-    tenant = tenant_of(request)
-    ct = _context_type(request)
-    subject = request.path_params["subject"]
-    st = state_of(request)
-    key = st.keys.ctx(tenant, ct.name, subject)
-    if ct.kind == "stream":
-        async with st.redis.pipeline(transaction=False) as p:
-            p.hmget(key, "seq", "at", "v", "count")
-            p.lrange(st.keys.window(tenant, ct.name, subject), 0, -1)
-            fields, window = await p.execute()
-    else:
-        fields, window = await st.redis.hmget(key, "seq", "at", "v", "count"), None
-    if fields[2] is None:
-        # a miss may be a flushed cache the background watch has not noticed yet: ask now
-        if not st.cache_ready or not await st.redis.exists(st.keys.ready):
-            raise HTTPProblem(503, "the context cache is being rebuilt from Kafka; retry shortly", {"Retry-After": "1"})
-        raise HTTPProblem(404, f"no {ct.name} context for subject {subject!r}")
-    return Response(_enc.encode(_build(ct, subject, fields, window, st.cache_ready)), media_type="application/json")
 
 
 def _limit(request: Request) -> int:

@@ -1,9 +1,8 @@
 """The pull fast path: ``GET /v1/contexts/{type}/{subject}`` answered below Starlette.
 
-A pull is the request copilots make most, so it skips the middleware and routing
-stack (which costs more than the pull itself) and reads Redis through the
-auto-pipelining client. Everything else, and every pull this path does not
-recognise, goes to the Starlette app unchanged; answers are the same bytes.
+A pull is the request copilots make most, so it is answered here, below the
+middleware and routing stack (which costs more than the pull itself), reading Redis
+through the auto-pipelining client. Everything else goes to the Starlette app.
 """
 
 from __future__ import annotations
@@ -15,7 +14,7 @@ from starlette.applications import Starlette
 
 from fabric.router.contexts import _build
 from fabric.router.fastredis import RedisUnavailable
-from fabric.router.state import _TENANT, RouterState
+from fabric.router.state import HTTPProblem, RouterState, check_tenant, context_type_named
 
 PREFIX = "/v1/contexts/"
 _JSON = [(b"content-type", b"application/json")]
@@ -48,20 +47,14 @@ class FastPull:
             return await self.app(scope, receive, send)
         ctype, sep, subject = path[len(PREFIX) :].partition("/")
         if not sep or not subject:
-            return await self.app(scope, receive, send)  # the list endpoint and odd paths
+            return await self.app(scope, receive, send)  # the list endpoint
         st: RouterState = self.app.state.fabric
-        tenant = None
-        for k, v in scope["headers"]:
-            if k == b"x-fabric-tenant":
-                tenant = v.decode("latin-1")
-                break
-        if not tenant:
-            return await _error(send, 401, "missing X-Fabric-Tenant header")
-        if not _TENANT.match(tenant):
-            return await self.app(scope, receive, send)  # let the app word the 400
-        ct = st.registry.context_types.get(ctype)
-        if ct is None:
-            return await self.app(scope, receive, send)  # let the app list the known types
+        header = next((v.decode("latin-1") for k, v in scope["headers"] if k == b"x-fabric-tenant"), None)
+        try:
+            tenant = check_tenant(header)
+            ct = context_type_named(st.registry, ctype)
+        except HTTPProblem as e:
+            return await _error(send, e.status, e.message)
         key = st.keys.ctx(tenant, ct.name, subject)
         try:
             if ct.kind == "stream":

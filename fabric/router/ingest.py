@@ -58,7 +58,12 @@ class EdgeValidator:
         }
 
     def check(self, index: int, event: Any, tenant: str, size: int) -> Rejected | None:
-        """None when the event is valid; fills in the caller's tenant when absent.
+        """None when the event is valid (see ``accept``)."""
+        outcome = self.accept(index, event, tenant, size)
+        return None if isinstance(outcome, bytes) else outcome
+
+    def accept(self, index: int, event: Any, tenant: str, size: int) -> Rejected | bytes:
+        """The event's JSON to produce when it is valid; fills in the caller's tenant when absent.
 
         The worker's own decoder (msgspec, fast) decides, so the edge accepts exactly
         what the worker will; JSON Schema then explains a refusal with a readable
@@ -78,9 +83,10 @@ class EdgeValidator:
             ct = self.registry.resolve(etype)
         except UnknownEventType as e:
             return Rejected(index, f"/{index}/type", e.reason, ev_id)
+        encoded = orjson.dumps(event)
         try:
-            validate(decode_structured(orjson.dumps(event)), self.registry)
-            return None
+            validate(decode_structured(encoded), self.registry)
+            return encoded
         except InvalidEvent as worker_says:
             error = jsonschema.exceptions.best_match(self.validators[ct.name].iter_errors(event))
             if error is not None:
@@ -137,11 +143,11 @@ async def post_events(request: Request) -> Response:
             rejected.append(item)
             continue
         event, ev_size = item
-        problem = st.validator.check(i, event, tenant, ev_size)
-        if problem:
-            rejected.append(problem)
+        outcome = st.validator.accept(i, event, tenant, ev_size)
+        if isinstance(outcome, Rejected):
+            rejected.append(outcome)
         else:
-            accepted.append((event["id"], f"{tenant}/{event['subject']}".encode(), orjson.dumps(event)))
+            accepted.append((event["id"], f"{tenant}/{event['subject']}".encode(), outcome))
     if accepted:
         topic = st.settings.topic("ingest")
         headers = [(PROVIDER_HEADER, b"http")]

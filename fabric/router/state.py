@@ -16,14 +16,13 @@ from fabric.pipeline.materialize import CacheKeys
 from fabric.router.fastredis import FastRedis
 from fabric.settings import Settings
 from fabric.topics.codecs import TENANT
-from fabric.topics.registry import Registry
+from fabric.topics.registry import ContextType, Registry
 
 if TYPE_CHECKING:
     from fabric.router.hub import ChangeHub
     from fabric.router.ingest import EdgeValidator
 
 TENANT_HEADER = "x-fabric-tenant"
-_TENANT = TENANT
 
 
 class HTTPProblem(Exception):
@@ -74,9 +73,19 @@ def state_of(conn: HTTPConnection) -> RouterState:
 
 def tenant_of(conn: HTTPConnection) -> str:
     """The caller's tenant. For now from ``X-Fabric-Tenant``; bearer tokens replace it later."""
-    tenant = conn.headers.get(TENANT_HEADER)
+    return check_tenant(conn.headers.get(TENANT_HEADER))
+
+
+def check_tenant(tenant: str | None) -> str:
     if not tenant:
         raise HTTPProblem(401, "missing X-Fabric-Tenant header")
-    if not _TENANT.match(tenant):
+    if not TENANT.match(tenant):
         raise HTTPProblem(400, "X-Fabric-Tenant must be 1-64 of A-Z a-z 0-9 _ . - (not starting with _ . -)")
     return tenant
+
+
+def context_type_named(registry: Registry, name: str) -> ContextType:
+    ct = registry.context_types.get(name)
+    if ct is None:
+        raise HTTPProblem(404, f"unknown context type {name!r} (known: {', '.join(sorted(registry.context_types))})")
+    return ct

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 
@@ -49,3 +50,21 @@ async def ensure_topics(s: Settings, topics: list[str], timeout: float = 30.0) -
             await asyncio.sleep(0.5)
         finally:
             await admin.close()
+
+
+async def read_compacted(s: Settings, topic: str) -> dict[str, bytes | None]:
+    """A compacted topic read to its end: the last value per key (None: removed)."""
+    c = AIOKafkaConsumer(bootstrap_servers=s.kafka.bootstrap, enable_auto_commit=False, auto_offset_reset="earliest")
+    await c.start()
+    out: dict[str, bytes | None] = {}
+    try:
+        parts = [TopicPartition(topic, p) for p in sorted(c.partitions_for_topic(topic) or {0})]
+        c.assign(parts)
+        ends = await c.end_offsets(parts)
+        while [tp for tp in parts if await c.position(tp) < ends[tp]]:
+            for recs in (await c.getmany(timeout_ms=500)).values():
+                for r in recs:
+                    out[(r.key or b"").decode()] = r.value or None
+    finally:
+        await c.stop()
+    return out

@@ -5,15 +5,11 @@ processes. Tests share the processes and isolate themselves by tenant and subjec
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
-import socket
 import subprocess
 import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -22,6 +18,7 @@ import orjson
 import pytest
 import websockets
 
+from fabric.dev.procs import Processes, free_port
 from fabric.dev.stack import Stack
 from fabric.settings import (
     ClickHouseSettings,
@@ -34,30 +31,6 @@ from fabric.settings import (
 
 T = TypeVar("T")
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def env_of(s: Settings) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FABRIC_")}
-    env.update({
-        "FABRIC_DATA_DIR": str(s.data_dir),
-        "FABRIC_KAFKA__BOOTSTRAP": s.kafka.bootstrap,
-        "FABRIC_KAFKA__TOPIC_PREFIX": s.kafka.topic_prefix,
-        "FABRIC_REDIS__URL": s.redis.url,
-        "FABRIC_REDIS__KEY_PREFIX": s.redis.key_prefix,
-        "FABRIC_KAFKA__PARTITIONS": str(s.kafka.partitions),
-        "FABRIC_KAFKA__SESSION_TIMEOUT_MS": str(s.kafka.session_timeout_ms),
-        "FABRIC_CLICKHOUSE__FLUSH_INTERVAL_S": str(s.clickhouse.flush_interval_s),
-        "FABRIC_CLICKHOUSE__URL": s.clickhouse.url,
-        "FABRIC_ROUTER__PORT": str(s.router.port),
-        "FABRIC_WORKER__METRICS_PORT": "0",
-    })  # fmt: skip
-    return env
 
 
 async def eventually(fn: Callable[[], Any], timeout: float = 30.0, interval: float = 0.05) -> Any:
@@ -101,72 +74,12 @@ def stack(stack_settings: Settings) -> Iterator[Stack]:
     st.down()
 
 
-@dataclass
-class Fabric:
+class Fabric(Processes):
     """Real ``fabric`` processes (worker, sink, router) for one set of settings."""
-
-    settings: Settings
-    procs: dict[str, subprocess.Popen[bytes]]
-    extra_env: dict[str, str]
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.settings.router.port}"
 
     @property
     def ws_url(self) -> str:
         return self.url.replace("http", "ws", 1) + "/v1/subscribe"
-
-    @property
-    def logs(self) -> Path:
-        path = self.settings.data_dir / "logs"
-        path.mkdir(parents=True, exist_ok=True)
-        return path
-
-    def env(self) -> dict[str, str]:
-        return {**env_of(self.settings), **self.extra_env}
-
-    def start(self, name: str) -> subprocess.Popen[bytes]:
-        with open(self.logs / f"{name}.log", "ab") as log:
-            self.procs[name] = subprocess.Popen(
-                [sys.executable, "-m", "fabric", name], env=self.env(), stdout=log, stderr=subprocess.STDOUT, cwd=ROOT
-            )
-        return self.procs[name]
-
-    def log(self, name: str) -> str:
-        return (self.logs / f"{name}.log").read_text(errors="replace")
-
-    def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
-        p = self.procs[name]
-        p.send_signal(sig)
-        p.wait(30)
-
-    def wait_ready(self, timeout: float = 60) -> None:
-        deadline = time.monotonic() + timeout
-        while True:
-            dead = [n for n, p in self.procs.items() if p.poll() is not None]
-            if dead:
-                raise RuntimeError(f"{dead} exited: {self.log(dead[0])[-3000:]}")
-            try:
-                r = httpx.get(self.url + "/healthz", timeout=1)
-                if r.status_code == 200 and r.json()["cache_ready"]:
-                    return
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError("router did not become healthy")
-            time.sleep(0.2)
-
-    def stop(self) -> None:
-        for p in self.procs.values():
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-        for p in self.procs.values():
-            try:
-                p.wait(20)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
 
     def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
@@ -180,7 +93,7 @@ class Fabric:
 
 
 def start_fabric(settings: Settings, names: tuple[str, ...] = ("worker", "sink", "router"), **env: str) -> Fabric:
-    fab = Fabric(settings, {}, env)
+    fab = Fabric(settings, settings.data_dir / "logs", **env)
     try:
         for name in names:
             fab.start(name)

@@ -12,9 +12,9 @@ import httpx
 import orjson
 import pytest
 
-from fabric.cep.stage import read_compacted
 from fabric.dev.stack import Stack
 from fabric.settings import Settings
+from fabric.topics.admin import read_compacted
 from tests.integration.conftest import eventually, start_fabric, variant
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
