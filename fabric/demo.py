@@ -35,7 +35,7 @@ def _say(line: str) -> None:
 def page(page_id: str, title: str, n: int, author: str) -> dict[str, Any]:
     return {
         "app": "order-desk", "page": page_id, "title": title, "route": f"/{page_id}",
-        "author": author, "entities": ["orders", "customers"],
+        "author": author, "entities": ["orders", "customers"], "services": ["orders-api"],
         "components": [
             {"id": f"c{i}", "kind": kind, "props": {"label": f"{kind} {i}", "rows": 25}, "bindings": ["orders"]}
             for i, kind in enumerate(["table", "form", "chart"][: 1 + n % 3])

@@ -8,6 +8,7 @@ embedded ClickHouse engine, ``http://host:8123`` a ClickHouse server.
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -47,7 +48,8 @@ class RedisSettings(_Part):
     url: str = "redis://127.0.0.1:6379/0"
     key_prefix: str = "fabric"
     stream_window: int = Field(100, description="entries kept per subject for stream types")
-    change_retention: int = Field(10_000, description="changes kept per tenant in the feed")
+    change_retention: int = Field(100_000, description="changes kept per tenant in the feed (resumable push)")
+    change_retention_s: int = Field(86_400, description="and no older than this many seconds")
 
     @field_validator("url")
     @classmethod
@@ -87,6 +89,57 @@ class RouterSettings(_Part):
     subscriber_buffer: int = Field(1_000, description="changes waiting per subscriber before it is lagging")
     subscriber_buffer_bytes: int = Field(1 << 20, description="bytes waiting per subscriber before it is lagging")
     produce_timeout_s: float = 10.0
+    heartbeat_s: float = Field(15.0, description="idle subscriptions get a heartbeat message this often")
+    ws_ping_timeout_s: float = Field(20.0, description="a subscriber that does not answer a ping is dropped")
+    subscriber_hard_limit: int = Field(
+        10_000, description="coalesced subjects waiting for a lagging subscriber before it is disconnected"
+    )
+
+
+class RateLimit(_Part):
+    """A token bucket: ``rate`` requests per second on average, bursts up to ``burst``."""
+
+    rate: float = 2_000.0
+    burst: int = 4_000
+
+
+class SecuritySettings(_Part):
+    """Bearer tokens, access rules, rate limits and audit (docs/security.md)."""
+
+    auth: str = Field("jwt", description="'jwt', or 'off' for benchmarks on loopback (every caller is dev_tenant)")
+    dev_tenant: str = Field("dev", description="the tenant of every caller when auth is off")
+    issuer: str = Field("fabric-dev", description="the 'iss' every token must carry")
+    audience: str = Field("context-fabric", description="the 'aud' every token must carry")
+    jwks_url: str = Field("", description="the issuer's JWKS (production); empty: the local dev key")
+    dev_key_file: Path | None = Field(
+        None, description="the dev issuer's ES256 key; default <data_dir>/keys/dev-es256.pem"
+    )
+    algorithms: tuple[str, ...] = ("ES256", "RS256")
+    leeway_s: int = 5
+    token_cache: int = Field(10_000, description="verified tokens remembered (until they expire)")
+    access_file: Path = Field(REPO_ROOT / "schemas" / "policies" / "access.yaml", description="ABAC rules")
+    injection_file: Path | None = Field(
+        REPO_ROOT / "schemas" / "policies" / "injection.yaml", description="bundled injection policies"
+    )
+    tenant_rate: RateLimit = RateLimit()
+    token_rate: RateLimit = RateLimit(rate=1_000.0, burst=2_000)
+    tenant_rates: dict[str, RateLimit] = Field(default_factory=dict, description="per-tenant overrides")
+    audit_buffer: int = Field(100_000, description="audit records held while Kafka is unreachable")
+
+    @field_validator("dev_key_file", "injection_file", mode="before")
+    @classmethod
+    def _empty_is_none(cls, v: Any) -> Any:
+        return None if v == "" else v
+
+    @field_validator("auth")
+    @classmethod
+    def _auth(cls, v: str) -> str:
+        if v not in ("jwt", "off"):
+            raise ValueError(f"security.auth must be 'jwt' or 'off', got {v!r}")
+        return v
+
+    def rate_for(self, tenant: str) -> RateLimit:
+        return self.tenant_rates.get(tenant, self.tenant_rate)
 
 
 class WorkerSettings(_Part):
@@ -113,16 +166,22 @@ class Settings(BaseSettings):
     clickhouse: ClickHouseSettings = ClickHouseSettings()
     router: RouterSettings = RouterSettings()
     worker: WorkerSettings = WorkerSettings()
+    security: SecuritySettings = SecuritySettings()
 
     def to_env(self) -> dict[str, str]:
         """These settings as ``FABRIC_*`` variables, for a child process to read back."""
         env = {"FABRIC_DATA_DIR": str(self.data_dir), "FABRIC_SCHEMAS_DIR": str(self.schemas_dir),
                "FABRIC_MAX_EVENT_BYTES": str(self.max_event_bytes),
                "FABRIC_PATTERNS_FILE": str(self.patterns_file or "")}  # fmt: skip
-        for part in ("kafka", "redis", "clickhouse", "router", "worker"):
-            for name, value in getattr(self, part).model_dump().items():
-                env[f"FABRIC_{part.upper()}__{name.upper()}"] = str(value)
+        for part in ("kafka", "redis", "clickhouse", "router", "worker", "security"):
+            for name, value in getattr(self, part).model_dump(mode="json").items():
+                text = json.dumps(value) if isinstance(value, dict | list) else str(value if value is not None else "")
+                env[f"FABRIC_{part.upper()}__{name.upper()}"] = text
         return env
+
+    @property
+    def dev_key_file(self) -> Path:
+        return self.security.dev_key_file or self.data_dir / "keys" / "dev-es256.pem"
 
     def topic(self, name: str) -> str:
         """Full topic name: ``topic('ingest')`` -> ``ctx.ingest``."""

@@ -49,7 +49,7 @@ def main(ctx: click.Context, verbose: bool) -> None:
 
 
 def _register() -> None:
-    from fabric.cli import dev, patterns, query, run, serve
+    from fabric.cli import audit, dev, patterns, policies, query, run, serve, token
 
     main.add_command(dev.dev)
     main.add_command(serve.worker)
@@ -59,6 +59,9 @@ def _register() -> None:
     main.add_command(run.run)
     main.add_command(run.demo)
     main.add_command(patterns.patterns)
+    main.add_command(policies.policies)
+    main.add_command(token.token)
+    main.add_command(audit.audit)
 
 
 _register()

@@ -7,10 +7,12 @@ Every applied change is appended to the tenant's change feed (a Redis stream) th
 the router pushes to subscribers.
 
 Redis layout (``P`` = key prefix, ``{T}`` = tenant as a cluster hash tag):
-- ``P:{T}:ctx:<type>:<subject>``  hash: seq, at (event time, ms), v (event JSON), count
-- ``P:{T}:win:<type>:<subject>``  list: recent event JSON, newest first (stream types)
+- ``P:{T}:ctx:<type>:<subject>``  hash: seq, at (event time, ms), v (event JSON), count,
+  sens (sensitivity level digit, see ``LEVELS``)
+- ``P:{T}:win:<type>:<subject>``  list: recent events, newest first (stream types), each
+  its sensitivity digit followed by the event JSON
 - ``P:{T}:recent:<type>``         sorted set: subject by last change time
-- ``P:{T}:changes``               stream: ct, type, subject, seq, v
+- ``P:{T}:changes``               stream: ct, type, subject, seq, at, v, sens
 - ``P:offsets:<topic>:<partition>`` the highest applied offset
 """
 
@@ -24,13 +26,15 @@ import msgspec
 import redis.asyncio as aioredis
 
 from fabric.settings import Settings
+from fabric.topics.envelope import LEVEL
 
 _LUA = """
 -- KEYS[1] applied offset of the partition; then 4 keys per change.
 -- ARGV[1] window, ARGV[2] feed retention, ARGV[3] '1' if the offset key may be
 -- missing (a fresh partition or a rebuild), ARGV[4] first offset to push to the
 -- feed (a rebuild re-applies history that subscribers have already been sent),
--- ARGV[5] the batch's last offset (records that were not changes still count as read).
+-- ARGV[5] the batch's last offset (records that were not changes still count as read),
+-- ARGV[6] feed retention in ms (older changes are trimmed).
 local cur = redis.call('GET', KEYS[1])
 if not cur and ARGV[3] == '0' then return -1 end
 local applied = tonumber(cur or '-1')
@@ -38,16 +42,18 @@ local window = tonumber(ARGV[1])
 local retention = ARGV[2]
 local push_from = tonumber(ARGV[4])
 local n = (#KEYS - 1) / 4
-local per = 9
+local per = 10
 local last = math.max(applied, tonumber(ARGV[5]))
 local changed = 0
+local feeds = {}
 for i = 0, n - 1 do
-  local a = 6 + i * per
+  local a = 7 + i * per
   local off = tonumber(ARGV[a + 7])
   if off > applied then
     if off > last then last = off end
     local ck, wk, rk, fk = KEYS[2 + i*4], KEYS[3 + i*4], KEYS[4 + i*4], KEYS[5 + i*4]
     local kind, subject, seq, at, v = ARGV[a], ARGV[a+1], ARGV[a+2], ARGV[a+3], ARGV[a+4]
+    local sens = ARGV[a+9]
     local apply = true
     if kind == 's' then
       local cur_seq = redis.call('HGET', ck, 'seq')
@@ -63,19 +69,26 @@ for i = 0, n - 1 do
     end
     if apply then
       if kind == 'w' then
-        redis.call('LPUSH', wk, v)
+        redis.call('LPUSH', wk, sens .. v)
         redis.call('LTRIM', wk, 0, window - 1)
       end
-      redis.call('HSET', ck, 'seq', seq, 'at', at, 'v', v)
+      redis.call('HSET', ck, 'seq', seq, 'at', at, 'v', v, 'sens', sens)
       redis.call('HINCRBY', ck, 'count', 1)
       redis.call('ZADD', rk, at, subject)
       if off >= push_from then
         redis.call('XADD', fk, 'MAXLEN', '~', retention, '*',
-                   'ct', ARGV[a+6], 'type', ARGV[a+5], 'subject', subject, 'seq', seq, 'at', at, 'v', v)
+                   'ct', ARGV[a+6], 'type', ARGV[a+5], 'subject', subject, 'seq', seq, 'at', at, 'v', v,
+                   'sens', sens)
+        feeds[fk] = true
       end
       changed = changed + 1
     end
   end
+end
+if next(feeds) then
+  local t = redis.call('TIME')
+  local oldest = tonumber(t[1]) * 1000 - tonumber(ARGV[6])
+  for fk in pairs(feeds) do redis.call('XTRIM', fk, 'MINID', '~', oldest) end
 end
 if last > applied then redis.call('SET', KEYS[1], last) end
 return changed
@@ -106,6 +119,11 @@ class CacheKeys:
         return f"{self.prefix}:offsets:{topic}:{partition}"
 
     @property
+    def watermarks(self) -> str:
+        """Hash: ``<topic>:<partition>`` -> "complete_ms,reported_ms,caught_up" (see MaterializeStage)."""
+        return f"{self.prefix}:watermarks"
+
+    @property
     def ready(self) -> str:
         """Set by the materializer once the cache holds everything; gone after a flush."""
         return f"{self.prefix}:ready"
@@ -130,6 +148,7 @@ class Change:
     json: bytes
     offset: int
     id: str = ""
+    level: int = 1  # sensitivity, an index into LEVELS (1: internal)
 
 
 _encoder = msgspec.json.Encoder()
@@ -142,7 +161,7 @@ def change_from_record(ctype: str, kind: str, rec: dict[str, Any], offset: int) 
     return Change(
         tenant=rec["tenant"], ctype=ctype, kind=kind, type=rec["type"], subject=rec["subject"],
         sequence=rec["sequence"], at_ms=int(t.timestamp() * 1000), json=_encoder.encode(event),
-        offset=offset, id=rec.get("id") or "",
+        offset=offset, id=rec.get("id") or "", level=LEVEL.get(rec.get("sensitivity") or "internal", 1),
     )  # fmt: skip
 
 
@@ -153,8 +172,9 @@ def change_from_headers(ctype: str, kind: str, headers: dict[str, bytes], offset
     body = headers.get("fabric_cache_json")
     if key is None or body is None:
         return None
-    seq, at, tenant, etype, subject, event_id = msgspec.json.decode(key)
-    return Change(tenant, ctype, kind, etype, subject, int(seq), int(at), body, offset, event_id)
+    seq, at, tenant, etype, subject, event_id, *rest = msgspec.json.decode(key)
+    level = int(rest[0]) if rest else 1
+    return Change(tenant, ctype, kind, etype, subject, int(seq), int(at), body, offset, event_id, level)
 
 
 class Materializer:
@@ -197,6 +217,7 @@ class Materializer:
             args: list[Any] = [
                 self.settings.redis.stream_window, self.settings.redis.change_retention,
                 "1" if allow_missing else "0", push_from, part_last,
+                self.settings.redis.change_retention_s * 1000,
             ]  # fmt: skip
             for c in part:
                 keys += [
@@ -205,7 +226,7 @@ class Materializer:
                 ]  # fmt: skip
                 args += [
                     "s" if c.kind == "state" else "w", c.subject, c.sequence, c.at_ms,
-                    c.json, c.type, c.ctype, c.offset, c.id,
+                    c.json, c.type, c.ctype, c.offset, c.id, c.level,
                 ]  # fmt: skip
             n = int(await self._script(keys=keys, args=args))
             if n == STATE_LOST:

@@ -21,7 +21,7 @@ from fabric.errors import InvalidEvent
 from fabric.pipeline.enrich import Enricher
 from fabric.settings import Settings
 from fabric.topics.codecs import decode_ingest, encode_typed, micros, validate
-from fabric.topics.envelope import ATTRIBUTES, Envelope
+from fabric.topics.envelope import ATTRIBUTES, LEVEL, Envelope
 from fabric.topics.registry import Registry
 
 log = logging.getLogger(__name__)
@@ -79,7 +79,20 @@ def cache_headers(env: Envelope) -> list[tuple[str, bytes]]:
     assert env.time is not None and env.sequence is not None
     return [
         (CACHE_JSON, _json.encode(event)),
-        (CACHE_KEY, _json.encode([env.sequence, micros(env.time) // 1000, env.tenant, env.type, env.subject, env.id])),
+        (
+            CACHE_KEY,
+            _json.encode(
+                [
+                    env.sequence,
+                    micros(env.time) // 1000,
+                    env.tenant,
+                    env.type,
+                    env.subject,
+                    env.id,
+                    LEVEL[env.sensitivity],
+                ]
+            ),
+        ),
     ]
 
 

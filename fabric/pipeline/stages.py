@@ -13,6 +13,7 @@ import abc
 import asyncio
 import logging
 import random
+import time
 from collections.abc import Iterable
 from typing import Any
 
@@ -230,6 +231,8 @@ class MaterializeStage(Stage):
         self.push_from: dict[TopicPartition, int] = {}
         self.rebuild_target: dict[TopicPartition, int] = {}
         self._next_tick = 0.0
+        self._next_watermark = 0.0
+        self.applied_ts: dict[TopicPartition, int] = {}  # Kafka timestamp of the last applied record
         self._positioning = asyncio.Lock()  # assignment and the flush check must not interleave
         self._producer = self.producer = producer(s)
         await self.producer.start()
@@ -332,6 +335,7 @@ class MaterializeStage(Stage):
                 await self.rebuild({tp: recs[0].offset})
                 continue
             self.fresh.discard(tp)
+            self.applied_ts[tp] = recs[-1].timestamp
             EVENTS.labels("materialize", "changed").inc(n)
             EVENTS.labels("materialize", "unchanged").inc(len(changes) - n)
         if dead:
@@ -350,9 +354,15 @@ class MaterializeStage(Stage):
             await self.cache.set(self.keys.rebuilding, "1", ex=5)
 
     async def tick(self) -> None:
-        """Once a second, even without traffic: notice a flushed cache, mark it ready."""
+        """Four times a second, the watermarks; once a second, even without traffic: notice a
+        flushed cache, mark it ready."""
         now = asyncio.get_running_loop().time()
-        if now < self._next_tick or self.consumer is None:
+        if self.consumer is None:
+            return
+        if now >= self._next_watermark:
+            self._next_watermark = now + 0.25
+            await self._report_watermarks()
+        if now < self._next_tick:
             return
         self._next_tick = now + self.tick_s
         await self._track_rebuilds()
@@ -360,6 +370,21 @@ class MaterializeStage(Stage):
             return
         async with self._positioning:
             await self._find_lost()
+
+    async def _report_watermarks(self) -> None:
+        """Per partition, up to when the cache is known complete (``P:watermarks``): "now" while
+        the consumer has read all there is, else the produce time of the last applied record.
+        The router turns this into each pull's ``watermark_lag_ms``."""
+        assert self.consumer is not None
+        now_ms = int(time.time() * 1000)
+        fields = {}
+        for tp in self.consumer.assignment():
+            high = self.consumer.highwater(tp)
+            caught_up = high is not None and await self.consumer.position(tp) >= high
+            complete = now_ms if caught_up else self.applied_ts.get(tp, 0)
+            fields[f"{tp.topic}:{tp.partition}"] = f"{complete},{now_ms},{int(caught_up)}"
+        if fields:
+            await self.cache.hset(self.keys.watermarks, mapping=fields)  # type: ignore[arg-type]
 
     async def _find_lost(self) -> None:
         assert self.consumer is not None

@@ -17,14 +17,22 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route, WebSocketRoute
 
+from fabric.assembly.store import PolicyStore, follow, load_published
+from fabric.errors import ConfigError
 from fabric.pipeline.materialize import CacheKeys
+from fabric.router.assemble import Assembler, assemble, get_policy, list_policies, put_policy
 from fabric.router.contexts import list_composites, list_contexts
 from fabric.router.fastpath import FastPull
 from fabric.router.fastredis import FastRedis
+from fabric.router.gate import Gate
 from fabric.router.hub import ChangeHub
 from fabric.router.ingest import EdgeValidator, post_events
 from fabric.router.state import HTTPProblem, RouterState, state_of, watch_cache
 from fabric.router.subscribe import subscribe
+from fabric.security.access import AccessRules
+from fabric.security.audit import AuditLog
+from fabric.security.ratelimit import RateLimiter
+from fabric.security.tokens import TokenVerifier, dev_jwks
 from fabric.settings import Settings
 from fabric.topics.admin import ensure_topics, ingest_topic
 from fabric.topics.registry import Registry
@@ -79,13 +87,34 @@ async def schema(request: Request) -> Response:
     return Response(_enc.encode(st.registry.schemas.json_schema(name)), media_type="application/schema+json")
 
 
+async def open_gate(settings: Settings, registry: Registry, fast: FastRedis, producer: AIOKafkaProducer) -> Gate:
+    sec = settings.security
+    if sec.auth == "off" and settings.router.host not in ("127.0.0.1", "localhost", "::1"):
+        raise ConfigError("security.auth=off is for benchmarks on loopback only; the router listens on "
+                          f"{settings.router.host}")  # fmt: skip
+    verifier = TokenVerifier(settings)
+    await verifier.start()
+    rules = AccessRules.load(sec.access_file, list(registry.context_types))
+    limiter = RateLimiter(fast, settings.redis.key_prefix, sec)
+    audit = AuditLog(producer, settings.topic("audit"), sec.audit_buffer)
+    return Gate(settings, verifier, rules, limiter, audit)
+
+
+async def jwks(request: Request) -> Response:
+    """The dev issuer's public key, so other services (and MCP clients) can verify dev tokens."""
+    st = state_of(request)
+    if st.settings.security.jwks_url:
+        raise HTTPProblem(404, f"tokens are issued by {st.settings.security.issuer}; see its JWKS")
+    return Response(_enc.encode(dev_jwks(st.settings)), media_type="application/json")
+
+
 def create_app(settings: Settings) -> FastPull:
     """Build the router. Redis and Kafka connections open in the lifespan."""
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         registry = Registry.load(settings.schemas_dir)
-        await ensure_topics(settings, [ingest_topic(settings)])
+        await ensure_topics(settings, [ingest_topic(settings), settings.topic("audit"), settings.topic("policies")])
         redis = aioredis.from_url(settings.redis.url, max_connections=256)
         hub_redis = aioredis.from_url(settings.redis.url)
         producer = AIOKafkaProducer(
@@ -95,20 +124,31 @@ def create_app(settings: Settings) -> FastPull:
         )  # fmt: skip
         await producer.start()
         keys = CacheKeys(settings.redis.key_prefix)
+        fast = FastRedis(settings.redis.url)
+        gate = await open_gate(settings, registry, fast, producer)
         hub = ChangeHub(
             hub_redis, keys, registry,
+            visible=lambda who, ct, level: who.can_read(ct) and gate.denied_by(who, ct, level) is None,
             buffer=settings.router.subscriber_buffer, buffer_bytes=settings.router.subscriber_buffer_bytes,
+            hard_limit=settings.router.subscriber_hard_limit,
         )  # fmt: skip
         hub.start()
         validator = EdgeValidator(registry, settings.max_event_bytes)
-        fast = FastRedis(settings.redis.url)
-        state = RouterState(settings, registry, redis, keys, producer, hub, validator, fast)
+        store = PolicyStore.bundled(settings.security.injection_file)
+        await load_published(settings, store)
+        state = RouterState(settings, registry, redis, keys, producer, hub, validator, fast, gate, None)  # type: ignore[arg-type]
+        state.assembler = Assembler(state, store)
         app.state.fabric = state
-        watcher = asyncio.create_task(watch_cache(state))
+        tasks = [asyncio.create_task(watch_cache(state)), asyncio.create_task(follow(settings, store))]
+        gate.audit.start()
         try:
             yield
         finally:
-            watcher.cancel()
+            for t in tasks:
+                t.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await t
+            await gate.audit.stop()
             await fast.close()
             await hub.stop()
             await producer.stop()
@@ -117,6 +157,11 @@ def create_app(settings: Settings) -> FastPull:
 
     routes = [
         Route("/v1/contexts/{context_type}", list_contexts, methods=["GET"]),
+        Route("/v1/assemble", assemble, methods=["POST"]),
+        Route("/v1/policies", list_policies, methods=["GET"]),
+        Route("/v1/policies/{name}", get_policy, methods=["GET"]),
+        Route("/v1/policies/{name}", put_policy, methods=["PUT"]),
+        Route("/.well-known/jwks.json", jwks, methods=["GET"]),
         Route("/v1/schemas/{context_type}", schema, methods=["GET"]),
         Route("/v1/composites", list_composites, methods=["GET"]),
         Route("/v1/events", post_events, methods=["POST"]),
@@ -138,5 +183,6 @@ def run_router(settings: Settings) -> None:
     uvicorn.run(
         create_app(settings), host=settings.router.host, port=settings.router.port,
         loop="uvloop", http="httptools", ws="websockets-sansio", log_level="warning",
+        ws_ping_interval=settings.router.heartbeat_s, ws_ping_timeout=settings.router.ws_ping_timeout_s,
         access_log=False, lifespan="on",
     )  # fmt: skip

@@ -2,7 +2,9 @@
 of every pull (the single pull itself is answered in ``fastpath``).
 
 The cached event JSON is spliced into the response as raw bytes (``msgspec.Raw``), so
-a pull costs one Redis round trip and no JSON re-encoding of the payload.
+a pull costs one Redis round trip and no JSON re-encoding of the payload. Contexts the
+caller's roles do not clear (access rules on sensitivity) are left out of listings
+and windows, as if they were not there.
 """
 
 from __future__ import annotations
@@ -15,7 +17,9 @@ import msgspec
 from starlette.requests import Request
 from starlette.responses import Response
 
-from fabric.router.state import HTTPProblem, context_type_named, state_of, tenant_of
+from fabric.router.state import HTTPProblem, RouterState, caller, context_type_named, state_of
+from fabric.security.tokens import Principal
+from fabric.topics.envelope import LEVELS
 from fabric.topics.registry import ContextType
 
 
@@ -26,6 +30,8 @@ class Context(msgspec.Struct):
     as_of: str
     age_ms: int
     stale: bool
+    watermark_lag_ms: int
+    sensitivity: str
     changes: int
     event: msgspec.Raw
     window: list[msgspec.Raw] | None = None
@@ -39,30 +45,37 @@ class ContextList(msgspec.Struct):
 _enc = msgspec.json.Encoder()
 
 
-def _iso(ms: int) -> str:
+def iso(ms: int) -> str:
     return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def freshness(at_ms: int, ct: ContextType, now_ms: int | None = None) -> tuple[str, int, bool]:
-    """(as_of, age_ms, stale) of a context whose event time is ``at_ms``."""
+    """(as_of, age_ms, stale) of a context whose event time is ``at_ms``: stale once older
+    than the context type's ``ttl_s``."""
     now_ms = int(time.time() * 1000) if now_ms is None else now_ms
     age = max(0, now_ms - at_ms)
-    return _iso(at_ms), age, bool(ct.ttl_s) and age > ct.ttl_s * 1000
+    return iso(at_ms), age, bool(ct.ttl_s) and age > ct.ttl_s * 1000
 
 
-def _context_type(request: Request) -> ContextType:
-    return context_type_named(state_of(request).registry, request.path_params["context_type"])
-
-
-def _build(
-    ct: ContextType, subject: str, fields: list[bytes | None], window: list[bytes] | None, ready: bool = True
-) -> Context:
-    seq, at, v, count = fields
+def build_context(
+    st: RouterState, who: Principal, ct: ContextType, subject: str, fields: list[bytes | None],
+    window: list[bytes] | None,
+) -> Context:  # fmt: skip
+    """A pull's answer from the cache hash (seq, at, v, count, sens) and, for stream
+    types, the window, less the entries the caller may not see."""
+    seq, at, v, count, sens = fields
     as_of, age, stale = freshness(int(at or 0), ct)
+    level = int(sens or 1)
+    items = None
+    if window is not None:
+        gate = st.gate
+        items = [
+            msgspec.Raw(w[1:]) for w in window if gate.denied_by(who, ct.name, w[0] - 48) is None
+        ]  # the first byte is the entry's sensitivity digit
     return Context(
         context_type=ct.name, subject=subject, sequence=int(seq or 0), as_of=as_of, age_ms=age,
-        stale=stale or not ready, changes=int(count or 0), event=msgspec.Raw(v or b"null"),
-        window=[msgspec.Raw(w) for w in window] if window is not None else None,
+        stale=stale or not st.cache_ready, watermark_lag_ms=st.watermark_lag_ms(ct), sensitivity=LEVELS[level],
+        changes=int(count or 0), event=msgspec.Raw(v or b"null"), window=items,
     )  # fmt: skip
 
 
@@ -77,22 +90,28 @@ def _limit(request: Request) -> int:
 
 
 async def list_contexts(request: Request) -> Response:
-    tenant = tenant_of(request)
-    ct = _context_type(request)
-    limit = _limit(request)
     st = state_of(request)
-    members: Any = await st.redis.zrevrange(st.keys.recent(tenant, ct.name), 0, limit - 1)
-    return await _listing(request, tenant, ct, [s.decode() for s in members])
+    name = request.path_params["context_type"]
+    who, trace = await caller(request, "context.list", name)
+    ct = context_type_named(st.registry, name)
+    st.gate.require_read(who, ct.name, "context.list", ct.name, trace)
+    limit = _limit(request)
+    members: Any = await st.redis.zrevrange(st.keys.recent(who.tenant, ct.name), 0, limit - 1)
+    items = await fetch(st, who, ct, [s.decode() for s in members])
+    st.gate.allow(who, "context.list", ct.name, trace, f"{len(items)} items")
+    return Response(_enc.encode(ContextList(ct.name, items)), media_type="application/json")
 
 
 async def list_composites(request: Request) -> Response:
     """``GET /v1/composites?pattern=&since=&limit=``: the newest composites of the caller's
     tenant, optionally of one pattern and no older than ``since`` (RFC 3339)."""
-    tenant = tenant_of(request)
     st = state_of(request)
-    ct = st.registry["Composite"]
-    limit = _limit(request)
     pattern = request.query_params.get("pattern")
+    resource = f"Composite/{pattern or '*'}"
+    who, trace = await caller(request, "composites.list", resource)
+    ct = st.registry["Composite"]
+    st.gate.require_read(who, ct.name, "composites.list", resource, trace)
+    limit = _limit(request)
     since = request.query_params.get("since")
     low: str | int = "-inf"
     if since:
@@ -100,27 +119,37 @@ async def list_composites(request: Request) -> Response:
             low = int(datetime.fromisoformat(since.replace("Z", "+00:00")).timestamp() * 1000)
         except ValueError:
             raise HTTPProblem(400, f"since must be an RFC 3339 time, got {since!r}") from None
+    items = await recent_composites(st, who, pattern, low, limit)
+    st.gate.allow(who, "composites.list", resource, trace, f"{len(items)} items")
+    return Response(_enc.encode(ContextList(ct.name, items)), media_type="application/json")
+
+
+async def recent_composites(
+    st: RouterState, who: Principal, pattern: str | None, since_ms: str | int, limit: int
+) -> list[Context]:
+    ct = st.registry["Composite"]
     subjects: list[str] = []
     offset = 0
-    key = st.keys.recent(tenant, ct.name)
+    key = st.keys.recent(who.tenant, ct.name)
     while len(subjects) < limit:
-        page: Any = await st.redis.zrevrangebyscore(key, "+inf", low, start=offset, num=500)
+        page: Any = await st.redis.zrevrangebyscore(key, "+inf", since_ms, start=offset, num=500)
         if not page:
             break
         offset += len(page)
         subjects += [s.decode() for s in page if not pattern or s.decode().startswith(f"{pattern}/")]
-    return await _listing(request, tenant, ct, subjects[:limit])
+    return await fetch(st, who, ct, subjects[:limit])
 
 
-async def _listing(request: Request, tenant: str, ct: ContextType, subjects: list[str]) -> Response:
-    st = state_of(request)
-    items: list[Context] = []
-    if subjects:
-        async with st.redis.pipeline(transaction=False) as p:
-            for s in subjects:
-                p.hmget(st.keys.ctx(tenant, ct.name, s), "seq", "at", "v", "count")
-            rows = await p.execute()
-        items = [
-            _build(ct, s, f, None, st.cache_ready) for s, f in zip(subjects, rows, strict=True) if f[2] is not None
-        ]
-    return Response(_enc.encode(ContextList(ct.name, items)), media_type="application/json")
+async def fetch(st: RouterState, who: Principal, ct: ContextType, subjects: list[str]) -> list[Context]:
+    """The contexts of these subjects in the caller's tenant that exist and the caller may see."""
+    if not subjects:
+        return []
+    async with st.redis.pipeline(transaction=False) as p:
+        for s in subjects:
+            p.hmget(st.keys.ctx(who.tenant, ct.name, s), "seq", "at", "v", "count", "sens")
+        rows = await p.execute()
+    return [
+        build_context(st, who, ct, s, f, None)
+        for s, f in zip(subjects, rows, strict=True)
+        if f[2] is not None and st.gate.denied_by(who, ct.name, int(f[4] or 1)) is None
+    ]

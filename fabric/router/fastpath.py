@@ -2,21 +2,27 @@
 
 A pull is the request copilots make most, so it is answered here, below the
 middleware and routing stack (which costs more than the pull itself), reading Redis
-through the auto-pipelining client. Everything else goes to the Starlette app.
+through the auto-pipelining client. The rate-limit script and the read go out in
+one write, so a pull is one Redis round trip with the gateway on. Everything else
+goes to the Starlette app.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+import hiredis
 import msgspec
 from starlette.applications import Starlette
 
-from fabric.router.contexts import _build
+from fabric.router.contexts import build_context
 from fabric.router.fastredis import RedisUnavailable
-from fabric.router.state import HTTPProblem, RouterState, check_tenant, context_type_named
+from fabric.router.state import HTTPProblem, RouterState, context_type_named
+from fabric.security.audit import trace_id_of
+from fabric.security.ratelimit import RateLimited, raise_if_limited
 
 PREFIX = "/v1/contexts/"
+ACTION = "context.read"
 _JSON = [(b"content-type", b"application/json")]
 _enc = msgspec.json.Encoder()
 
@@ -31,8 +37,19 @@ async def _answer(send: Any, status: int, body: bytes, extra: list[tuple[bytes, 
     await send({"type": "http.response.body", "body": body})
 
 
-async def _error(send: Any, status: int, message: str, retry: bool = False) -> None:
-    await _answer(send, status, _enc.encode({"error": message}), [(b"retry-after", b"1")] if retry else None)
+async def _error(send: Any, status: int, message: str, headers: dict[str, str] | None = None) -> None:
+    extra = [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()]
+    await _answer(send, status, _enc.encode({"error": message}), extra)
+
+
+def _headers(scope: Scope) -> tuple[str | None, str | None]:
+    auth = trace = None
+    for k, v in scope["headers"]:
+        if k == b"authorization":
+            auth = v.decode("latin-1")
+        elif k == b"traceparent":
+            trace = v.decode("latin-1")
+    return auth, trace
 
 
 class FastPull:
@@ -48,26 +65,51 @@ class FastPull:
         ctype, sep, subject = path[len(PREFIX) :].partition("/")
         if not sep or not subject:
             return await self.app(scope, receive, send)  # the list endpoint
-        st: RouterState = self.app.state.fabric
-        header = next((v.decode("latin-1") for k, v in scope["headers"] if k == b"x-fabric-tenant"), None)
         try:
-            tenant = check_tenant(header)
-            ct = context_type_named(st.registry, ctype)
+            await self._pull(scope, send, ctype, subject)
         except HTTPProblem as e:
-            return await _error(send, e.status, e.message)
-        key = st.keys.ctx(tenant, ct.name, subject)
+            await _error(send, e.status, e.message, e.headers)
+
+    async def _pull(self, scope: Scope, send: Any, ctype: str, subject: str) -> None:
+        st: RouterState = self.app.state.fabric
+        gate = st.gate
+        resource = f"{ctype}/{subject}"
+        auth, traceparent = _headers(scope)
+        trace = trace_id_of(traceparent)
+        who = await gate.authenticate(auth, ACTION, resource, trace)
+        ct = context_type_named(st.registry, ctype)
+        gate.require_read(who, ct.name, ACTION, resource, trace)
+        key = st.keys.ctx(who.tenant, ct.name, subject)
+        commands: list[tuple[Any, ...]] = [("HMGET", key, "seq", "at", "v", "count", "sens")]
+        if ct.kind == "stream":
+            commands.append(("LRANGE", st.keys.window(who.tenant, ct.name, subject), 0, -1))
+        if gate.enabled:
+            commands.append(gate.limiter.command(who))
         try:
-            if ct.kind == "stream":
-                fields, window = await st.fast.many(
-                    ("HMGET", key, "seq", "at", "v", "count"),
-                    ("LRANGE", st.keys.window(tenant, ct.name, subject), 0, -1),
-                )
-            else:
-                fields, window = await st.fast.execute("HMGET", key, "seq", "at", "v", "count"), None
+            try:
+                replies = await st.fast.many(*commands)
+            except hiredis.ReplyError as e:
+                if not str(e).startswith("NOSCRIPT"):
+                    raise
+                await gate.limiter.load()
+                replies = await st.fast.many(*commands)
+            if gate.enabled:
+                raise_if_limited(replies[-1])
+            fields = replies[0]
             if fields[2] is None:
                 if not st.cache_ready or not await st.fast.execute("EXISTS", st.keys.ready):
-                    return await _error(send, 503, "the context cache is being rebuilt from Kafka; retry shortly", True)
-                return await _error(send, 404, f"no {ct.name} context for subject {subject!r}")
+                    raise HTTPProblem(503, "the context cache is being rebuilt from Kafka; retry shortly",
+                                      {"Retry-After": "1"})  # fmt: skip
+                gate.allow(who, ACTION, resource, trace, "404 not found")
+                raise HTTPProblem(404, f"no {ct.name} context for subject {subject!r}")
         except RedisUnavailable as e:
-            return await _error(send, 503, f"the context cache is unavailable: {e}", True)
-        await _answer(send, 200, _enc.encode(_build(ct, subject, fields, window, st.cache_ready)))
+            raise HTTPProblem(503, f"the context cache is unavailable: {e}", {"Retry-After": "1"}) from None
+        except RateLimited as e:
+            raise gate.limited(who, ACTION, resource, trace, e) from None
+        level = int(fields[4] or 1)
+        rule = gate.denied_by(who, ct.name, level)
+        if rule is not None:
+            raise gate.forbid(who, ACTION, resource, trace, f"access rule {rule!r} denies this context")
+        context = build_context(st, who, ct, subject, fields, replies[1] if ct.kind == "stream" else None)
+        gate.allow(who, ACTION, resource, trace)
+        await _answer(send, 200, _enc.encode(context))

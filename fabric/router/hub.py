@@ -1,10 +1,21 @@
 """The change hub: one reader of the per-tenant change feeds, fanning out to subscribers.
 
-One blocking ``XREAD`` covers the feed of every tenant that has a subscriber. A new
-tenant's feed is read from the position it had when its first subscriber arrived,
-so nothing between subscribing and the next read is lost. Each subscriber has a
-bounded queue: when it is full the subscriber is marked lagging and the change is
-dropped for it alone; the others never wait for it.
+One blocking ``XREAD`` covers the feed of every tenant that has a live subscriber.
+Each change is encoded once and offered to the subscribers whose patterns, scopes
+and access rules let them see it.
+
+Resuming: every push carries the feed entry id as its ``resume`` token. A subscriber
+that comes back with one first reads the feed from there (``XRANGE``, waiting for
+the client as it goes), then joins the live fan-out at exactly the position the hub
+has read to, with no await in between, so the seam has neither gap nor duplicate.
+The feed keeps ``redis.change_retention`` changes per tenant, at most
+``redis.change_retention_s`` old; a token older than that gets a ``gap`` notice.
+
+Slow subscribers: each has a bounded queue. When it overflows the subscriber turns
+lagging: its waiting changes are coalesced to the latest per subject (a reader who
+is behind wants the current state, not every step) and it is told so. Past
+``subscriber_hard_limit`` subjects waiting it is disconnected with the reason. The
+hub never waits for a subscriber, so the others are unaffected.
 """
 
 from __future__ import annotations
@@ -13,7 +24,7 @@ import asyncio
 import fnmatch
 import logging
 import re
-from collections import deque
+from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,12 +35,15 @@ from redis.exceptions import RedisError
 
 from fabric.pipeline.materialize import CacheKeys
 from fabric.router.contexts import freshness
+from fabric.security.tokens import Principal
+from fabric.topics.envelope import LEVELS
 from fabric.topics.registry import Registry
 
 log = logging.getLogger(__name__)
 
 PUSHED = Counter("fabric_push_messages_total", "Changes queued to subscribers")
-DROPPED = Counter("fabric_push_dropped_total", "Changes dropped for lagging subscribers")
+COALESCED = Counter("fabric_push_coalesced_total", "Changes replaced by a newer one for a lagging subscriber")
+DISCONNECTED = Counter("fabric_push_disconnected_total", "Subscribers disconnected for falling too far behind")
 SUBSCRIBERS = Gauge("fabric_subscribers", "Open subscriptions")
 
 
@@ -41,11 +55,18 @@ class Push(msgspec.Struct):
     as_of: str
     age_ms: int
     stale: bool
+    sensitivity: str
     resume: str
     event: msgspec.Raw
 
 
 _enc = msgspec.json.Encoder()
+ENTRY_ID = re.compile(r"^\d{1,20}-\d{1,20}$")
+
+
+def entry_key(entry_id: str) -> tuple[int, int]:
+    ms, _, seq = entry_id.partition("-")
+    return int(ms), int(seq)
 
 
 def compile_patterns(patterns: list[str]) -> re.Pattern[str]:
@@ -53,38 +74,101 @@ def compile_patterns(patterns: list[str]) -> re.Pattern[str]:
     return re.compile("|".join(f"(?:{fnmatch.translate(p)})" for p in patterns))
 
 
+class SubscriberClosed(Exception):
+    """The hub gave up on a subscriber; the message says why."""
+
+
 @dataclass(eq=False)
 class Subscriber:
-    """One subscription's bounded buffer: at most ``max_messages`` and ``max_bytes`` waiting."""
+    """One subscription: what it may see, and its bounded buffer."""
 
-    tenant: str
+    who: Principal
     matcher: re.Pattern[str]
+    #: (context type, sensitivity level) -> may see it; filled by the hub
+    visible: dict[tuple[str, int], bool] = field(default_factory=dict)
     max_messages: int = 1000
     max_bytes: int = 1 << 20
-    pending: deque[bytes] = field(default_factory=deque)
+    hard_limit: int = 10_000
+    pending: deque[tuple[tuple[str, str], bytes]] = field(default_factory=deque)
     pending_bytes: int = 0
-    dropped: int = 0
+    #: while lagging: subject -> its latest change, oldest first
+    coalesced: OrderedDict[tuple[str, str], bytes] | None = None
+    replaced: int = 0
     lagging: bool = False
+    closed: str | None = None
+    delivered: int = 0
+    _types: dict[str, bool] = field(default_factory=dict)
     _wake: asyncio.Event = field(default_factory=asyncio.Event)
 
-    def offer(self, message: bytes) -> None:
-        if len(self.pending) >= self.max_messages or self.pending_bytes + len(message) > self.max_bytes:
-            self.dropped += 1
-            self.lagging = True
-            DROPPED.inc()
+    @property
+    def tenant(self) -> str:
+        return self.who.tenant
+
+    def wants(self, etype: str) -> bool:
+        ok = self._types.get(etype)
+        if ok is None:
+            ok = self._types[etype] = self.matcher.match(etype) is not None
+        return ok
+
+    @property
+    def full(self) -> bool:
+        return len(self.pending) >= self.max_messages or self.pending_bytes >= self.max_bytes
+
+    def offer(self, key: tuple[str, str], message: bytes) -> None:
+        if self.closed:
             return
-        self.pending.append(message)
-        self.pending_bytes += len(message)
+        if self.coalesced is None:
+            if not self.full:
+                self.pending.append((key, message))
+                self.pending_bytes += len(message)
+                self._wake.set()
+                return
+            self.lagging = True
+            self.coalesced = OrderedDict()
+            while self.pending:
+                self._coalesce(*self.pending.popleft())
+            self.pending_bytes = 0
+        self._coalesce(key, message)
+        if len(self.coalesced) > self.hard_limit:
+            self.closed = f"too far behind: more than {self.hard_limit} subjects with changes waiting"
+            self.coalesced.clear()
+            DISCONNECTED.inc()
         self._wake.set()
 
-    async def next(self) -> bytes:
-        """The oldest waiting message; waits for one."""
-        while not self.pending:
+    def _coalesce(self, key: tuple[str, str], message: bytes) -> None:
+        assert self.coalesced is not None
+        if key in self.coalesced:
+            self.replaced += 1
+            COALESCED.inc()
+            self.coalesced.move_to_end(key)
+        self.coalesced[key] = message
+
+    async def room(self) -> None:
+        """Wait until the buffer has room (catching up goes at the client's pace)."""
+        while self.full and not self.closed:
             self._wake.clear()
             await self._wake.wait()
-        message = self.pending.popleft()
-        self.pending_bytes -= len(message)
-        return message
+
+    async def next(self) -> bytes:
+        """The oldest waiting message; waits for one. Raises SubscriberClosed."""
+        while True:
+            if self.closed:
+                raise SubscriberClosed(self.closed)
+            if self.pending:
+                _, message = self.pending.popleft()
+                self.pending_bytes -= len(message)
+                self._wake.set()  # room for a catching-up reader
+                self.delivered += 1
+                return message
+            if self.coalesced:
+                _, message = self.coalesced.popitem(last=False)
+                if not self.coalesced:
+                    self.coalesced = None  # caught up: back to the plain queue
+                self.delivered += 1
+                return message
+            self.coalesced = None
+            self._wake.clear()
+            await self._wake.wait()
 
 
 @dataclass
@@ -92,8 +176,11 @@ class ChangeHub:
     redis: aioredis.Redis
     keys: CacheKeys
     registry: Registry
+    #: (subscriber, context type, level) -> may the subscriber see it
+    visible: Any = None
     buffer: int = 1000
     buffer_bytes: int = 1 << 20
+    hard_limit: int = 10_000
     block_ms: int = 100
     tenants: dict[str, set[Subscriber]] = field(default_factory=dict)
     positions: dict[str, str] = field(default_factory=dict)
@@ -110,16 +197,63 @@ class ChangeHub:
             except asyncio.CancelledError:
                 pass
 
-    async def subscribe(self, tenant: str, patterns: list[str]) -> Subscriber:
-        sub = Subscriber(tenant, compile_patterns(patterns), self.buffer, self.buffer_bytes)
-        stream = self.keys.changes(tenant)
-        if tenant not in self.tenants:
+    def subscriber(self, who: Principal, patterns: list[str]) -> Subscriber:
+        return Subscriber(
+            who, compile_patterns(patterns), max_messages=self.buffer, max_bytes=self.buffer_bytes,
+            hard_limit=self.hard_limit,
+        )  # fmt: skip
+
+    async def join(self, sub: Subscriber) -> None:
+        """Live changes from now on."""
+        stream = self.keys.changes(sub.tenant)
+        if sub.tenant not in self.tenants:
             last: Any = await self.redis.xrevrange(stream, count=1)
-            self.positions[stream] = last[0][0].decode() if last else "0-0"
-            self.tenants[tenant] = set()
-        self.tenants[tenant].add(sub)
+            if sub.tenant not in self.tenants:  # nobody else started reading it meanwhile
+                self.positions[stream] = last[0][0].decode() if last else "0-0"
+                self.tenants[sub.tenant] = set()
+        self._add(sub)
+
+    def _add(self, sub: Subscriber) -> None:
+        self.tenants.setdefault(sub.tenant, set()).add(sub)
         SUBSCRIBERS.inc()
-        return sub
+
+    async def resume(self, sub: Subscriber, token: str) -> str | None:
+        """Every change after ``token``, then live ones. Returns a notice when changes after
+        the token are no longer kept (the client should re-pull what it cares about)."""
+        stream = self.keys.changes(sub.tenant)
+        gap = None
+        try:
+            info: Any = await self.redis.xinfo_stream(stream)
+            deleted = info.get("max-deleted-entry-id") or b"0-0"
+            deleted = deleted.decode() if isinstance(deleted, bytes) else str(deleted)
+            if entry_key(token) < entry_key(deleted):
+                gap = f"changes after {token} up to {deleted} are past the retention window and were not kept"
+        except RedisError:
+            pass  # no feed yet: nothing was missed
+        last = token
+        while True:
+            target = self.positions.get(stream)
+            if target is not None and entry_key(last) >= entry_key(target):
+                self._add(sub)
+                return gap
+            entries: Any = await self.redis.xrange(stream, f"({last}", target or "+", count=500)
+            if not entries:
+                if target is None and stream not in self.positions:
+                    # nobody reads this tenant yet: start the hub at what we have read
+                    self.positions[stream] = last
+                    self._add(sub)
+                    return gap
+                if target is not None:
+                    last = target  # the rest was trimmed meanwhile
+                continue
+            for entry_id, f in entries:
+                await sub.room()
+                if sub.closed:
+                    return gap
+                message = self._message(sub.tenant, entry_id, f, [sub])
+                if message is not None:
+                    sub.offer(*message)
+                last = entry_id.decode()
 
     def unsubscribe(self, sub: Subscriber) -> None:
         subs = self.tenants.get(sub.tenant)
@@ -149,26 +283,40 @@ class ChangeHub:
                 if name not in self.positions:
                     continue  # the last subscriber of that tenant left meanwhile
                 tenant = name.split("{", 1)[1].split("}", 1)[0]
-                self._fan_out(tenant, entries)
+                subs = self.tenants.get(tenant)
+                if subs:
+                    for entry_id, f in entries:
+                        self._message(tenant, entry_id, f, subs)
                 self.positions[name] = entries[-1][0].decode()
 
-    def _fan_out(self, tenant: str, entries: list[tuple[bytes, dict[bytes, bytes]]]) -> None:
-        subs = self.tenants.get(tenant)
-        if not subs:
-            return
-        for entry_id, f in entries:
-            etype = f[b"type"].decode()
-            targets = [s for s in subs if s.matcher.match(etype)]
-            if not targets:
-                continue
-            ct = self.registry.context_types.get(f[b"ct"].decode())
-            if ct is None:
-                continue
-            as_of, age, stale = freshness(int(f[b"at"]), ct)
-            msg = _enc.encode(
-                Push(ct.name, etype, f[b"subject"].decode(), int(f[b"seq"]), as_of, age, stale,
-                     entry_id.decode(), msgspec.Raw(f[b"v"]))
-            )  # fmt: skip
+    def _message(
+        self, tenant: str, entry_id: bytes, f: dict[bytes, bytes], subs: set[Subscriber] | list[Subscriber]
+    ) -> tuple[tuple[str, str], bytes] | None:
+        """Offer one feed entry to the subscribers that may see it; returns it (key, message)."""
+        etype = f[b"type"].decode()
+        ct_name = f[b"ct"].decode()
+        level = int(f.get(b"sens") or 1)
+        targets = [s for s in subs if s.wants(etype) and self._visible(s, ct_name, level)]
+        if not targets:
+            return None
+        ct = self.registry.context_types.get(ct_name)
+        if ct is None:
+            return None
+        subject = f[b"subject"].decode()
+        as_of, age, stale = freshness(int(f[b"at"]), ct)
+        msg = _enc.encode(
+            Push(ct.name, etype, subject, int(f[b"seq"]), as_of, age, stale, LEVELS[level],
+                 entry_id.decode(), msgspec.Raw(f[b"v"]))
+        )  # fmt: skip
+        key = (ct.name, subject)
+        if isinstance(subs, set):
             for s in targets:
-                s.offer(msg)
+                s.offer(key, msg)
             PUSHED.inc(len(targets))
+        return key, msg
+
+    def _visible(self, sub: Subscriber, ct: str, level: int) -> bool:
+        ok = sub.visible.get((ct, level))
+        if ok is None:
+            ok = sub.visible[ct, level] = self.visible(sub.who, ct, level) if self.visible else True
+        return ok

@@ -21,7 +21,7 @@ from starlette.responses import Response
 
 from fabric.errors import InvalidEvent, UnknownEventType
 from fabric.pipeline.route import PROVIDER_HEADER
-from fabric.router.state import HTTPProblem, state_of, tenant_of
+from fabric.router.state import HTTPProblem, caller, state_of
 from fabric.topics.codecs import decode_structured, validate
 from fabric.topics.registry import Registry
 
@@ -122,8 +122,10 @@ def split_body(body: bytes, content_type: str) -> list[tuple[Any, int] | Rejecte
 
 
 async def post_events(request: Request) -> Response:
-    tenant = tenant_of(request)
     st = state_of(request)
+    who, trace = await caller(request, "events.write", "events")
+    st.gate.require(who, "events:write", "events.write", "events", trace)
+    tenant = who.tenant
     limit = st.settings.router.max_body_bytes
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > limit:
@@ -162,5 +164,6 @@ async def post_events(request: Request) -> Response:
                 {"Retry-After": "1"},
             ) from None
     status = 202 if not rejected else (207 if accepted else 400)
+    st.gate.allow(who, "events.write", "events", trace, f"{status} {len(accepted)} accepted, {len(rejected)} rejected")
     result = IngestResult([a[0] for a in accepted], rejected)
     return Response(msgspec.json.encode(result), status_code=status, media_type="application/json")

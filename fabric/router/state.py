@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import redis.asyncio as aioredis
@@ -15,14 +16,14 @@ from starlette.requests import HTTPConnection
 from fabric.pipeline.materialize import CacheKeys
 from fabric.router.fastredis import FastRedis
 from fabric.settings import Settings
-from fabric.topics.codecs import TENANT
 from fabric.topics.registry import ContextType, Registry
 
 if TYPE_CHECKING:
+    from fabric.router.assemble import Assembler
+    from fabric.router.gate import Gate
     from fabric.router.hub import ChangeHub
     from fabric.router.ingest import EdgeValidator
-
-TENANT_HEADER = "x-fabric-tenant"
+    from fabric.security.tokens import Principal
 
 
 class HTTPProblem(Exception):
@@ -45,9 +46,28 @@ class RouterState:
     hub: ChangeHub
     validator: EdgeValidator
     fast: FastRedis
+    gate: Gate
+    assembler: Assembler
     #: False while the cache is empty after a flush or being rebuilt from Kafka;
     #: refreshed in the background (see ``watch_cache``), so pulls pay nothing for it.
     cache_ready: bool = True
+    #: typed topic -> per partition (complete_ms, reported_ms, caught_up), see ``watermark_lag_ms``
+    watermarks: dict[str, list[tuple[int, int, bool]]] = field(default_factory=dict)
+
+    def watermark_lag_ms(self, ct: ContextType, now_ms: int | None = None) -> int:
+        """How far behind the cache of this context type may be: 0 while the materializer has
+        read everything (and said so within 3 s); else the time since the last change it has
+        certainly applied, or since it last reported."""
+        parts = self.watermarks.get(self.settings.topic(ct.topic))
+        if not parts:
+            return 0
+        now_ms = int(time.time() * 1000) if now_ms is None else now_ms
+        lag = 0
+        for complete, reported, caught_up in parts:
+            if caught_up and now_ms - reported < 3000:
+                continue
+            lag = max(lag, now_ms - (reported if caught_up else complete))
+        return lag
 
 
 async def watch_cache(state: RouterState, interval: float = 0.25) -> None:
@@ -58,12 +78,23 @@ async def watch_cache(state: RouterState, interval: float = 0.25) -> None:
             async with state.redis.pipeline(transaction=False) as p:
                 p.exists(state.keys.ready)
                 p.exists(state.keys.rebuilding)
-                ready, rebuilding = await p.execute()
+                p.hgetall(state.keys.watermarks)
+                ready, rebuilding, marks = await p.execute()
             state.cache_ready = bool(ready) and not rebuilding
+            state.watermarks = parse_watermarks(marks)
         except RedisError as e:
             state.cache_ready = False
             log.debug("cache watch: %s", e)
         await asyncio.sleep(interval)
+
+
+def parse_watermarks(marks: dict[bytes, bytes]) -> dict[str, list[tuple[int, int, bool]]]:
+    out: dict[str, list[tuple[int, int, bool]]] = {}
+    for k, v in marks.items():
+        topic = k.decode().rpartition(":")[0]
+        complete, reported, caught_up = v.decode().split(",")
+        out.setdefault(topic, []).append((int(complete), int(reported), caught_up == "1"))
+    return out
 
 
 def state_of(conn: HTTPConnection) -> RouterState:
@@ -71,17 +102,11 @@ def state_of(conn: HTTPConnection) -> RouterState:
     return state
 
 
-def tenant_of(conn: HTTPConnection) -> str:
-    """The caller's tenant. For now from ``X-Fabric-Tenant``; bearer tokens replace it later."""
-    return check_tenant(conn.headers.get(TENANT_HEADER))
-
-
-def check_tenant(tenant: str | None) -> str:
-    if not tenant:
-        raise HTTPProblem(401, "missing X-Fabric-Tenant header")
-    if not TENANT.match(tenant):
-        raise HTTPProblem(400, "X-Fabric-Tenant must be 1-64 of A-Z a-z 0-9 _ . - (not starting with _ . -)")
-    return tenant
+async def caller(conn: HTTPConnection, action: str, resource: str) -> tuple[Principal, str]:
+    """The verified, rate-limited caller of a request and its trace id (see ``Gate``)."""
+    return await state_of(conn).gate.admit(
+        conn.headers.get("authorization"), conn.headers.get("traceparent"), action, resource
+    )
 
 
 def context_type_named(registry: Registry, name: str) -> ContextType:

@@ -1,59 +1,124 @@
 """``WS /v1/subscribe``: push every change of the caller's tenant matching its patterns.
 
-Protocol: the client sends ``{"subscribe": ["page.*", ...]}``; the server answers
-``{"subscribed": [...]}`` and then sends one message per change (see ``hub.Push``).
-A client that falls behind receives ``{"lagging": true, "dropped": n}``.
+Protocol (docs/serving.md):
+- the client connects with ``Authorization: Bearer <token>`` and sends
+  ``{"subscribe": ["page.*", ...], "resume": "<token from a push>"?}``;
+- a bad token is refused in the handshake with HTTP 401 (429 when rate limited); a
+  bad first message gets an ``error`` and close code 4400;
+- the server answers ``{"subscribed": [...], "tenant": ...}``, then, when resuming past the retention window,
+  ``{"gap": "..."}``;
+- then one message per change (``hub.Push``: the event, its freshness and a
+  ``resume`` token); ``{"lagging": true, "coalesced": n}`` when the client fell behind
+  and changes were coalesced to the latest per subject; ``{"heartbeat": time}`` when
+  idle for ``router.heartbeat_s``; ``{"error": ..., "disconnected": true}`` and close
+  code 4008 when it fell too far behind.
+
+Changes the token's scopes or the access rules do not let the caller see are not sent.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
+from typing import Any
 
 import orjson
+from starlette.responses import Response
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from fabric.router.state import HTTPProblem, state_of, tenant_of
+from fabric.router.contexts import iso
+from fabric.router.hub import ENTRY_ID, SubscriberClosed
+from fabric.router.state import HTTPProblem, caller, state_of
+
+USAGE = '{"error":"first message must be {\\"subscribe\\": [\\"page.*\\", ...], \\"resume\\": \\"<token>\\"?}"}'
+CLOSE_CODES = {401: 4401, 403: 4403, 429: 4429}
+
+
+def _request(text: str) -> tuple[list[str], str | None]:
+    request: Any = orjson.loads(text)
+    patterns = request["subscribe"]
+    if not isinstance(patterns, list) or not patterns or not all(isinstance(p, str) and p for p in patterns):
+        raise ValueError
+    resume = request.get("resume")
+    if resume is not None and (not isinstance(resume, str) or not ENTRY_ID.match(resume)):
+        raise ValueError
+    return patterns, resume
 
 
 async def subscribe(ws: WebSocket) -> None:
+    st = state_of(ws)
     try:
-        tenant = tenant_of(ws)
+        who, trace = await caller(ws, "push.subscribe", "subscribe")
     except HTTPProblem as e:
-        await ws.close(code=4401 if e.status == 401 else 4400, reason=e.message)
+        # a real HTTP answer (401/403/429 with its headers) where the server can send one
+        if "websocket.http.response" in ws.scope.get("extensions", {}):
+            body = orjson.dumps({"error": e.message})
+            await ws.send_denial_response(
+                Response(body, status_code=e.status, headers=e.headers, media_type="application/json")
+            )
+        else:
+            await ws.close(code=CLOSE_CODES.get(e.status, 4400), reason=e.message[:120])
         return
     await ws.accept()
     try:
-        request = orjson.loads(await ws.receive_text())
-        patterns = request["subscribe"]
-        if not isinstance(patterns, list) or not patterns or not all(isinstance(p, str) and p for p in patterns):
-            raise ValueError
+        patterns, resume = _request(await ws.receive_text())
     except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
-        await ws.send_text('{"error":"first message must be {\\"subscribe\\": [\\"page.*\\", ...]}"}')
+        await ws.send_text(USAGE)
         await ws.close(code=4400)
         return
     except WebSocketDisconnect:
         return
-    hub = state_of(ws).hub
-    sub = await hub.subscribe(tenant, patterns)
-    await ws.send_text(orjson.dumps({"subscribed": patterns, "tenant": tenant}).decode())
+    hub = st.hub
+    resource = " ".join(patterns)
+    sub = hub.subscriber(who, patterns)
+    await ws.send_text(orjson.dumps({"subscribed": patterns, "tenant": who.tenant}).decode())
+    st.gate.allow(who, "push.subscribe", resource, trace, f"resume {resume}" if resume else "")
+    heartbeat = st.settings.router.heartbeat_s
 
     async def pump() -> None:
+        if resume:
+            gap = await hub.resume(sub, resume)
+            if gap:
+                await ws.send_text(orjson.dumps({"gap": gap}).decode())
+        else:
+            await hub.join(sub)
         reported = 0
         while True:
-            msg = await sub.next()
-            if sub.dropped > reported:
-                reported = sub.dropped
-                await ws.send_text(orjson.dumps({"lagging": True, "dropped": sub.dropped}).decode())
+            try:
+                msg = await asyncio.wait_for(sub.next(), heartbeat)
+            except TimeoutError:
+                await ws.send_text(orjson.dumps({"heartbeat": iso(int(time.time() * 1000))}).decode())
+                continue
+            if sub.replaced > reported:
+                reported = sub.replaced
+                await ws.send_text(orjson.dumps({"lagging": True, "coalesced": sub.replaced}).decode())
             await ws.send_text(msg.decode())
 
-    sender = asyncio.create_task(pump())
-    try:
+    async def run_pump() -> None:
+        try:
+            await pump()
+        except SubscriberClosed as e:
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(2):  # the client may not be reading at all
+                    await ws.send_text(orjson.dumps({"error": str(e), "disconnected": True}).decode())
+                    await ws.close(code=4008, reason="subscriber too slow")
+
+    async def read_until_closed() -> None:
         while True:  # the client may only close; any message from it is ignored
             if (await ws.receive())["type"] == "websocket.disconnect":
-                break
+                return
+
+    tasks = [asyncio.create_task(run_pump()), asyncio.create_task(read_until_closed())]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
     finally:
-        sender.cancel()
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await sender
+        for t in tasks:
+            t.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await t
         hub.unsubscribe(sub)
+        st.gate.allow(
+            who, "push.end", resource, trace,
+            f"{sub.delivered} delivered, {sub.replaced} coalesced" + (f"; {sub.closed}" if sub.closed else ""),
+        )  # fmt: skip

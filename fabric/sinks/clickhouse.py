@@ -23,6 +23,9 @@ EVENT_COLUMNS = [
     "sequence", "sensitivity", "correlationid", "traceparent", "provider", "data",
     "topic", "partition", "offset",
 ]  # fmt: skip
+AUDIT_COLUMNS = [
+    "time", "tenant", "subject", "action", "resource", "decision", "reason", "trace_id", "origin", "seq",
+]  # fmt: skip
 DLQ_COLUMNS = [
     "reason", "pointer", "error_class", "original", "headers", "source_topic",
     "source_partition", "source_offset", "failed_at", "topic", "partition", "offset",
@@ -46,6 +49,11 @@ def ddl(db: str) -> list[str]:
             source_partition Int32, source_offset Int64, failed_at DateTime64(6, 'UTC'),
             topic LowCardinality(String), partition UInt32, offset UInt64
         ) ENGINE = ReplacingMergeTree ORDER BY (source_topic, source_partition, source_offset, topic)""",
+        f"""CREATE TABLE IF NOT EXISTS {db}.audit (
+            time DateTime64(3, 'UTC'), tenant String, subject String, action LowCardinality(String),
+            resource String, decision LowCardinality(String), reason String, trace_id String,
+            origin String, seq UInt64
+        ) ENGINE = ReplacingMergeTree ORDER BY (tenant, time, origin, seq)""",
     ]
 
 

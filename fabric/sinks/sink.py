@@ -32,6 +32,7 @@ from starlette.routing import Route
 from fabric.errors import InvalidEvent
 from fabric.settings import Settings
 from fabric.sinks.clickhouse import (
+    AUDIT_COLUMNS,
     DLQ_COLUMNS,
     EVENT_COLUMNS,
     Unavailable,
@@ -91,6 +92,19 @@ def unreadable_row(rec: Any, reason: str) -> list[Any]:
             rec.topic, rec.partition, rec.offset]  # fmt: skip
 
 
+def audit_rows(rec: Any) -> list[list[Any]]:
+    """The audit records of one ``ctx.audit`` message (NDJSON, see ``fabric.security.audit``)."""
+    rows = []
+    for line in (rec.value or b"").splitlines():
+        a = orjson.loads(line)
+        rows.append([
+            datetime.fromtimestamp(a["time_ms"] / 1000, UTC), a["tenant"], a.get("subject", ""), a["action"],
+            a.get("resource", ""), a["decision"], a.get("reason", ""), a.get("trace_id", ""),
+            a.get("origin", ""), a.get("seq", 0),
+        ])  # fmt: skip
+    return rows
+
+
 def refused_row(table: str, row: list[Any], reason: str) -> list[Any]:
     """A DLQ row for a row ClickHouse refused; the row itself is kept as JSON."""
     cols = EVENT_COLUMNS if table == "events" else DLQ_COLUMNS
@@ -145,9 +159,10 @@ class Sink:
     async def run(self, stop: asyncio.Event) -> None:
         s = self.settings
         await ensure_topics(s, all_topics(s, self.registry))
-        dlq = dlq_topic(s)
+        dlq, audit = dlq_topic(s), s.topic("audit")
+        await ensure_topics(s, [audit])
         consumer = AIOKafkaConsumer(
-            *typed_topics(s, self.registry), dlq,
+            *typed_topics(s, self.registry), dlq, audit,
             bootstrap_servers=s.kafka.bootstrap, group_id=f"{s.kafka.group_prefix}.sink",
             enable_auto_commit=False, auto_offset_reset="earliest",
             session_timeout_ms=s.kafka.session_timeout_ms,
@@ -156,6 +171,7 @@ class Sink:
         await consumer.start()
         events: list[list[Any]] = []
         dead: list[list[Any]] = []
+        trail: list[list[Any]] = []
         loop = asyncio.get_running_loop()
         last_flush = loop.time()
         try:
@@ -171,29 +187,39 @@ class Sink:
                         if tp.topic == dlq:
                             dead.append(dlq_row(r))
                             continue
+                        if tp.topic == audit:
+                            try:
+                                trail += audit_rows(r)
+                            except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+                                dead.append(unreadable_row(r, f"sink could not read the audit record: {e}"))
+                            continue
                         try:
                             events.append(event_row(r, self.registry))
                         except (InvalidEvent, KeyError, TypeError) as e:
                             dead.append(unreadable_row(r, f"sink could not read the typed record: {e}"))
-                full = len(events) + len(dead) >= s.clickhouse.batch_rows
-                if (events or dead) and (full or loop.time() - last_flush >= s.clickhouse.flush_interval_s):
-                    if events:
-                        await self._insert("events", events, EVENT_COLUMNS)
-                    if dead:
-                        await self._insert("dlq", dead, DLQ_COLUMNS)
+                waiting = len(events) + len(dead) + len(trail)
+                if waiting and (
+                    waiting >= s.clickhouse.batch_rows or loop.time() - last_flush >= s.clickhouse.flush_interval_s
+                ):
+                    await self._flush(events, dead, trail)
                     await consumer.commit()
-                    events, dead = [], []
+                    events, dead, trail = [], [], []
                     last_flush = loop.time()
-                elif not events and not dead:
+                elif not waiting:
                     last_flush = loop.time()
         finally:
-            if events or dead:
-                if events:
-                    await self._insert("events", events, EVENT_COLUMNS)
-                if dead:
-                    await self._insert("dlq", dead, DLQ_COLUMNS)
+            if events or dead or trail:
+                await self._flush(events, dead, trail)
                 await consumer.commit()
             await consumer.stop()
+
+    async def _flush(self, events: list[list[Any]], dead: list[list[Any]], trail: list[list[Any]]) -> None:
+        if events:
+            await self._insert("events", events, EVENT_COLUMNS)
+        if dead:
+            await self._insert("dlq", dead, DLQ_COLUMNS)
+        if trail:
+            await self._insert("audit", trail, AUDIT_COLUMNS)
 
 
 # ------------------------------------------------------------------ query server

@@ -13,6 +13,9 @@ from typing import Any, Literal
 import msgspec
 
 Sensitivity = Literal["public", "internal", "confidential", "restricted"]
+#: sensitivity levels in increasing order; the cache stores the index
+LEVELS: tuple[str, ...] = ("public", "internal", "confidential", "restricted")
+LEVEL = {name: i for i, name in enumerate(LEVELS)}
 
 #: CloudEvents attributes and fabric extensions, in the order the Avro schema lists them.
 ATTRIBUTES = (

@@ -1,0 +1,113 @@
+"""Where injection policies live: the bundled file, and the compacted topic ``ctx.policies``.
+
+Each published version is its own record (key ``name@version``), so every version
+stays readable; removing a policy writes tombstones for all its versions. A router
+reads the topic at start and follows it, so a policy published by one process
+(``fabric policies apply``, ``PUT /v1/policies/{name}``) is served by all.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from pathlib import Path
+
+import orjson
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.errors import KafkaError
+
+from fabric.assembly.policy import InjectionPolicy, parse_policies, policy_from
+from fabric.errors import ConfigError
+from fabric.settings import Settings
+from fabric.topics.admin import ensure_topics, read_compacted
+
+log = logging.getLogger(__name__)
+
+
+class PolicyStore:
+    """name -> version -> policy; the highest version is the current one."""
+
+    def __init__(self, bundled: list[InjectionPolicy] | None = None) -> None:
+        self.versions: dict[str, dict[int, InjectionPolicy]] = {}
+        for p in bundled or []:
+            self.put(p)
+
+    @classmethod
+    def bundled(cls, path: Path | None) -> PolicyStore:
+        return cls(parse_policies(path.read_text(), str(path)) if path else [])
+
+    def put(self, policy: InjectionPolicy) -> None:
+        self.versions.setdefault(policy.name, {})[policy.version] = policy
+
+    def apply_record(self, key: str, value: bytes | None) -> None:
+        name, _, version = key.rpartition("@")
+        if not name or not version.isdigit():
+            return
+        if value is None:
+            vs = self.versions.get(name, {})
+            vs.pop(int(version), None)
+            if not vs:
+                self.versions.pop(name, None)
+            return
+        try:
+            self.put(policy_from(orjson.loads(value), f"topic record {key}"))
+        except (ConfigError, orjson.JSONDecodeError) as e:
+            log.warning("policies: ignoring %s: %s", key, e)
+
+    def get(self, name: str, version: int | None = None) -> InjectionPolicy | None:
+        vs = self.versions.get(name)
+        if not vs:
+            return None
+        return vs.get(version) if version is not None else vs[max(vs)]
+
+    def latest(self) -> list[InjectionPolicy]:
+        return [vs[max(vs)] for _, vs in sorted(self.versions.items()) if vs]
+
+    def next_version(self, name: str) -> int:
+        return max(self.versions.get(name, {}), default=0) + 1
+
+
+async def load_published(settings: Settings, store: PolicyStore) -> None:
+    topic = settings.topic("policies")
+    await ensure_topics(settings, [topic])
+    for key, value in (await read_compacted(settings, topic)).items():
+        store.apply_record(key, value)
+
+
+async def follow(settings: Settings, store: PolicyStore) -> None:
+    """Apply new policy records as they are published (runs until cancelled)."""
+    topic = settings.topic("policies")
+    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka.bootstrap, enable_auto_commit=False,
+                                auto_offset_reset="latest", fetch_max_wait_ms=200)  # fmt: skip
+    await consumer.start()
+    try:
+        parts = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or {0})]
+        consumer.assign(parts)
+        await consumer.seek_to_end(*parts)
+        while True:
+            try:
+                batch = await consumer.getmany(timeout_ms=500)
+            except KafkaError as e:
+                log.warning("policies: %s", e)
+                await asyncio.sleep(1)
+                continue
+            for recs in batch.values():
+                for r in recs:
+                    store.apply_record((r.key or b"").decode(), r.value or None)
+    finally:
+        with contextlib.suppress(Exception):
+            await consumer.stop()
+
+
+async def publish(settings: Settings, items: list[tuple[str, bytes | None]]) -> None:
+    """Write policy records (``name@version`` -> JSON, or None to remove)."""
+    topic = settings.topic("policies")
+    await ensure_topics(settings, [topic])
+    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka.bootstrap, acks="all")
+    await producer.start()
+    try:
+        for key, value in items:
+            await producer.send_and_wait(topic, value, key=key.encode())
+    finally:
+        await producer.stop()

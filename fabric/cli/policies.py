@@ -1,0 +1,66 @@
+"""``fabric policies apply FILE | remove NAME | list``: injection policies for ``/v1/assemble``.
+
+Each apply of a changed policy publishes a new version to ``<prefix>.policies``;
+routers pick it up without a restart. A file is validated before anything is sent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import click
+import orjson
+
+from fabric.assembly.policy import parse_policies
+from fabric.assembly.store import PolicyStore, load_published, publish
+from fabric.cli.main import settings_of
+from fabric.settings import Settings
+
+
+async def _store(s: Settings) -> PolicyStore:
+    store = PolicyStore.bundled(s.security.injection_file)
+    await load_published(s, store)
+    return store
+
+
+@click.group(help="Publish, remove or list injection policies (topic <prefix>.policies).")
+def policies() -> None:
+    pass
+
+
+@policies.command(help="Validate FILE and publish a new version of each policy that changed.")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.pass_context
+def apply(ctx: click.Context, file: Path) -> None:
+    s = settings_of(ctx)
+    parsed = parse_policies(file.read_text(), str(file))  # raises ConfigError naming the field
+    store = asyncio.run(_store(s))
+    items: list[tuple[str, bytes | None]] = []
+    for p in parsed:
+        current = store.get(p.name)
+        if current is not None and current.model_copy(update={"version": p.version}) == p:
+            click.echo(f"unchanged {p.name}@{current.version}")
+            continue
+        p = p.model_copy(update={"version": store.next_version(p.name)})
+        items.append((f"{p.name}@{p.version}", orjson.dumps(p.model_dump(mode="json"))))
+    asyncio.run(publish(s, items))
+    for key, _ in items:
+        click.echo(f"applied {key}")
+
+
+@policies.command(help="Remove every published version of the policy NAME.")
+@click.argument("name")
+@click.pass_context
+def remove(ctx: click.Context, name: str) -> None:
+    s = settings_of(ctx)
+    store = asyncio.run(_store(s))
+    asyncio.run(publish(s, [(f"{name}@{v}", None) for v in store.versions.get(name, {})]))
+    click.echo(f"removed {name}")
+
+
+@policies.command(name="list", help="Show the current version of every policy.")
+@click.pass_context
+def list_(ctx: click.Context) -> None:
+    for p in asyncio.run(_store(settings_of(ctx))).latest():
+        click.echo(f"{p.name:<30} v{p.version:<4} {' > '.join(s.context_type for s in p.sections)}")

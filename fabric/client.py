@@ -1,0 +1,274 @@
+"""The consumer SDK: what a copilot uses to read context.
+
+    async with ContextClient("http://127.0.0.1:8700", token) as fabric:
+        page = await fabric.get("PageDSL", "orders-list")
+        bundle = await fabric.assemble("orders-list", policy="page-copilot")
+        async for change in fabric.subscribe(["page.*"]):
+            ...
+
+Results are typed (msgspec structs); errors are ``Unauthorized`` (401), ``Forbidden``
+(403), ``NotFound`` (404), ``RateLimited`` (429, with ``retry_after``) and
+``Unavailable`` (503 or unreachable), all ``ClientError``. ``subscribe`` reconnects
+with exponential backoff and resumes from the last change it yielded, so a dropped
+connection loses nothing within the fabric's retention window.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import builtins
+import random
+from collections.abc import AsyncIterator
+from types import TracebackType
+from typing import Any
+
+import httpx
+import msgspec
+import orjson
+import websockets
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+
+from fabric.errors import FabricError
+
+__all__ = [
+    "Bundle", "ClientError", "Context", "ContextClient", "Forbidden", "NotFound", "RateLimited",
+    "Unauthorized", "Unavailable", "Update",
+]  # fmt: skip
+
+
+class ClientError(FabricError):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(f"{status}: {message}")
+        self.status = status
+        self.message = message
+
+
+class Unauthorized(ClientError):
+    """The token is missing, expired or not signed by the configured issuer."""
+
+
+class Forbidden(ClientError):
+    """The token's scopes or roles do not allow this."""
+
+
+class NotFound(ClientError):
+    pass
+
+
+class RateLimited(ClientError):
+    retriable = True
+
+    def __init__(self, status: int, message: str, retry_after: float) -> None:
+        super().__init__(status, message)
+        self.retry_after = retry_after
+
+
+class Unavailable(ClientError):
+    retriable = True
+
+
+class Context(msgspec.Struct):
+    context_type: str
+    subject: str
+    sequence: int
+    as_of: str
+    age_ms: int
+    stale: bool
+    watermark_lag_ms: int
+    sensitivity: str
+    changes: int
+    event: dict[str, Any]
+    window: list[dict[str, Any]] | None = None
+
+
+class ContextList(msgspec.Struct):
+    context_type: str
+    items: list[Context]
+
+
+class Update(msgspec.Struct):
+    """One pushed change."""
+
+    context_type: str
+    type: str
+    subject: str
+    sequence: int
+    as_of: str
+    age_ms: int
+    stale: bool
+    sensitivity: str
+    resume: str
+    event: dict[str, Any]
+
+
+class Provenance(msgspec.Struct):
+    source: str
+    id: str
+    type: str
+    provider: str | None = None
+    topic: str | None = None
+
+
+class Item(msgspec.Struct):
+    context_type: str
+    subject: str
+    tokens: int
+    as_of: str
+    age_ms: int
+    stale: bool
+    watermark_lag_ms: int
+    provenance: Provenance
+    event: dict[str, Any]
+
+
+class Omitted(msgspec.Struct):
+    budget: int
+    stale: int
+    withheld: int
+
+
+class Section(msgspec.Struct):
+    context_type: str
+    items: list[Item]
+    omitted: Omitted
+
+
+class Bundle(msgspec.Struct):
+    subject: str
+    policy: str
+    version: int
+    budget_tokens: int
+    used_tokens: int
+    sections: list[Section]
+
+    def items(self) -> list[Item]:
+        """Every item, in policy order."""
+        return [i for s in self.sections for i in s.items]
+
+
+def _raise_for(r: httpx.Response) -> None:
+    if r.status_code < 400:
+        return
+    try:
+        message = r.json().get("error", r.text)
+    except ValueError:
+        message = r.text
+    if r.status_code == 401:
+        raise Unauthorized(401, message)
+    if r.status_code == 403:
+        raise Forbidden(403, message)
+    if r.status_code == 404:
+        raise NotFound(404, message)
+    if r.status_code == 429:
+        raise RateLimited(429, message, float(r.headers.get("retry-after", "1")))
+    if r.status_code >= 500:
+        raise Unavailable(r.status_code, message)
+    raise ClientError(r.status_code, message)
+
+
+class ContextClient:
+    def __init__(self, url: str, token: str, *, timeout: float = 10.0) -> None:
+        self.url = url.rstrip("/")
+        self.token = token
+        #: non-change messages received by ``subscribe`` (lagging, gap, heartbeat), newest last
+        self.notices: builtins.list[dict[str, Any]] = []
+        self._http = httpx.AsyncClient(base_url=self.url, headers={"Authorization": f"Bearer {token}"}, timeout=timeout)
+
+    async def __aenter__(self) -> ContextClient:
+        return self
+
+    async def __aexit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        await self._http.aclose()
+
+    async def _request(self, method: str, path: str, **kw: Any) -> bytes:
+        try:
+            r = await self._http.request(method, path, **kw)
+        except httpx.TransportError as e:
+            raise Unavailable(0, f"cannot reach the fabric at {self.url}: {e}") from e
+        _raise_for(r)
+        return r.content
+
+    async def get(self, context_type: str, subject: str) -> Context:
+        """The latest context of a subject, with its freshness."""
+        body = await self._request("GET", f"/v1/contexts/{context_type}/{httpx.URL(path=subject).raw_path.decode()}")
+        return msgspec.json.decode(body, type=Context)
+
+    async def list(self, context_type: str, limit: int = 20) -> list[Context]:
+        """The most recently changed subjects of a type."""
+        body = await self._request("GET", f"/v1/contexts/{context_type}", params={"limit": limit})
+        return msgspec.json.decode(body, type=ContextList).items
+
+    async def composites(
+        self, pattern: str | None = None, since: str | None = None, limit: int = 20
+    ) -> builtins.list[Context]:
+        params: dict[str, Any] = {"limit": limit}
+        if pattern:
+            params["pattern"] = pattern
+        if since:
+            params["since"] = since
+        body = await self._request("GET", "/v1/composites", params=params)
+        return msgspec.json.decode(body, type=ContextList).items
+
+    async def assemble(self, subject: str, policy: str) -> Bundle:
+        """The prompt bundle for ``subject`` under a named injection policy (``name`` or ``name@version``)."""
+        body = await self._request("POST", "/v1/assemble", json={"subject": subject, "policy": policy})
+        return msgspec.json.decode(body, type=Bundle)
+
+    async def policies(self) -> builtins.list[dict[str, Any]]:
+        result: builtins.list[dict[str, Any]] = orjson.loads(await self._request("GET", "/v1/policies"))["policies"]
+        return result
+
+    async def subscribe(
+        self,
+        patterns: builtins.list[str],
+        *,
+        resume: str | None = None,
+        max_backoff: float = 10.0,
+        give_up_after: float | None = None,
+    ) -> AsyncIterator[Update]:
+        """Changes matching ``patterns`` (globs over event types), forever. Reconnects with
+        backoff and resumes after the last change yielded. Notices (lagging, gap) are
+        logged on ``self.notices``. Raises Unauthorized/Forbidden at once; gives up on
+        other failures after ``give_up_after`` seconds without a connection, if set."""
+        ws_url = self.url.replace("http", "ws", 1) + "/v1/subscribe"
+        backoff = 0.1
+        down_since: float | None = None
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                async with websockets.connect(
+                    ws_url, additional_headers={"Authorization": f"Bearer {self.token}"}, max_size=None
+                ) as ws:
+                    request: dict[str, Any] = {"subscribe": patterns}
+                    if resume:
+                        request["resume"] = resume
+                    await ws.send(orjson.dumps(request).decode())
+                    async for raw in ws:
+                        msg = orjson.loads(raw)
+                        if "resume" in msg:
+                            update = msgspec.convert(msg, Update)
+                            resume = update.resume
+                            backoff, down_since = 0.1, None
+                            yield update
+                        elif "error" in msg and "disconnected" not in msg:
+                            raise ClientError(400, msg["error"])
+                        else:
+                            self.notices.append(msg)
+                            backoff, down_since = 0.1, None
+                    close = ws.close_code
+                    if close in (4401, 4403):
+                        raise (Unauthorized if close == 4401 else Forbidden)(close - 4000, ws.close_reason or "")
+            except InvalidStatus as e:
+                _raise_for(httpx.Response(e.response.status_code, content=bytes(e.response.body or b"")))
+            except (OSError, ConnectionClosed, TimeoutError):
+                pass
+            down_since = down_since or loop.time()
+            if give_up_after is not None and loop.time() - down_since > give_up_after:
+                raise Unavailable(0, f"no connection to {ws_url} for {give_up_after} s")
+            await asyncio.sleep(backoff * (0.5 + random.random()))
+            backoff = min(max_backoff, backoff * 2)

@@ -1,0 +1,11 @@
+"""The security gateway's parts: tokens, access rules, rate limits, the audit trail."""
+
+from fabric.security.access import AccessRules
+from fabric.security.audit import AuditLog, AuditRecord
+from fabric.security.ratelimit import RateLimited, RateLimiter
+from fabric.security.tokens import Forbidden, Principal, TokenVerifier, Unauthorized, mint
+
+__all__ = [
+    "AccessRules", "AuditLog", "AuditRecord", "Forbidden", "Principal", "RateLimited", "RateLimiter",
+    "TokenVerifier", "Unauthorized", "mint",
+]  # fmt: skip
