@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import builtins
 import random
+import urllib.parse
 from collections.abc import AsyncIterator
 from types import TracebackType
 from typing import Any
@@ -146,6 +147,12 @@ class Bundle(msgspec.Struct):
         return [i for s in self.sections for i in s.items]
 
 
+def subject_path(subject: str) -> str:
+    """A subject as one URL path segment: every reserved character escaped, dots too, so
+    that ``..`` or ``a/b`` reach the router as the subject they are."""
+    return urllib.parse.quote(subject, safe="").replace(".", "%2E")
+
+
 def _raise_for(r: httpx.Response) -> None:
     if r.status_code < 400:
         return
@@ -195,7 +202,7 @@ class ContextClient:
 
     async def get(self, context_type: str, subject: str) -> Context:
         """The latest context of a subject, with its freshness."""
-        body = await self._request("GET", f"/v1/contexts/{context_type}/{httpx.URL(path=subject).raw_path.decode()}")
+        body = await self._request("GET", f"/v1/contexts/{context_type}/{subject_path(subject)}")
         return msgspec.json.decode(body, type=Context)
 
     async def list(self, context_type: str, limit: int = 20) -> list[Context]:

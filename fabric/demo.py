@@ -24,6 +24,7 @@ from aiokafka import AIOKafkaProducer
 
 from fabric.providers.sdk import Provider
 from fabric.settings import Settings
+from fabric.testing import bearer
 
 TENANT = "acme"
 
@@ -69,8 +70,10 @@ def ce_headers(type_: str, subject: str, source: str, seq: int) -> list[tuple[st
     ]  # fmt: skip
 
 
-async def _watch(url: str, tenant: str, patterns: list[str], seen: list[dict[str, Any]], ready: asyncio.Event) -> None:
-    async with websockets.connect(url, additional_headers={"X-Fabric-Tenant": tenant}) as ws:
+async def _watch(
+    settings: Settings, url: str, tenant: str, patterns: list[str], seen: list[dict[str, Any]], ready: asyncio.Event
+) -> None:
+    async with websockets.connect(url, additional_headers=bearer(settings, tenant)) as ws:
         await ws.send(orjson.dumps({"subscribe": patterns}).decode())
         await ws.recv()
         ready.set()
@@ -85,12 +88,14 @@ async def scenario(settings: Settings, router_url: str, live_seconds: float = 0.
     other_tenant: list[dict[str, Any]] = []
     r1, r2 = asyncio.Event(), asyncio.Event()
     watchers = [
-        asyncio.create_task(_watch(ws_url, TENANT, ["page.*", "schema.*", "saas.*", "composite.*"], pushes, r1)),
-        asyncio.create_task(_watch(ws_url, "globex", ["*"], other_tenant, r2)),
+        asyncio.create_task(
+            _watch(settings, ws_url, TENANT, ["page.*", "schema.*", "saas.*", "composite.*"], pushes, r1)
+        ),
+        asyncio.create_task(_watch(settings, ws_url, "globex", ["*"], other_tenant, r2)),
     ]
     await asyncio.wait_for(asyncio.gather(r1.wait(), r2.wait()), 10)
     _say("copilot subscribed: tenant acme to page.* schema.* saas.* composite.*; tenant globex to *")
-    http = httpx.AsyncClient(base_url=router_url, headers={"X-Fabric-Tenant": TENANT}, timeout=10)
+    http = httpx.AsyncClient(base_url=router_url, headers=bearer(settings, TENANT), timeout=10)
 
     # 1. the low-code designer saves pages (provider SDK)
     async with Provider(settings, source="lowcode://designer", tenant=TENANT) as designer:
@@ -169,6 +174,17 @@ async def scenario(settings: Settings, router_url: str, live_seconds: float = 0.
             r = await http.get(f"/v1/contexts/{ct}", params={"limit": 100})
             counts[ct] = len(r.json()["items"])
         _say("subjects in the cache: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+        r = await http.post("/v1/assemble", json={"subject": "orders-list", "policy": "page-copilot"})
+        if r.status_code == 200:
+            b = r.json()
+            _say(f"assemble orders-list (policy {b['policy']} v{b['version']}): "
+                 f"{b['used_tokens']} of {b['budget_tokens']} tokens")  # fmt: skip
+            for sec in b["sections"]:
+                names = ", ".join(dict.fromkeys(i["subject"] for i in sec["items"]))
+                _say(f"  {sec['context_type']:<10} {len(sec['items'])} item(s) {names}")
+        narrow = bearer(settings, TENANT, ["context:read:LogEntry"])
+        r = await http.get("/v1/contexts/PageDSL/orders-list", headers=narrow)
+        _say(f"a token scoped to LogEntry pulls the page: {r.status_code} {r.json().get('error')}")
 
         # 5. live: a trickle of logs and metrics a person can watch; now and then latency spikes,
         # and the CEP patterns report what they see (composite.* pushes)

@@ -14,8 +14,21 @@ from typing import Any
 
 from fabric.cep.matcher import Composite, Late, Matcher, Output, Position
 from fabric.cep.patterns import Pattern, load_patterns
+from fabric.settings import Settings
 
-__all__ = ["Composite", "Late", "ManualClock", "Position", "composites", "ev", "run_patterns"]
+__all__ = ["Composite", "Late", "ManualClock", "Position", "bearer", "composites", "ev", "run_patterns"]
+
+#: what a copilot that reads everything and writes events may do
+EVERYTHING = ("context:read:*", "composites:read", "events:write")
+
+
+def bearer(
+    settings: Settings, tenant: str, scopes: Iterable[str] = EVERYTHING, roles: Iterable[str] = (), **kw: Any
+) -> dict[str, str]:
+    """An ``Authorization`` header with a dev token (the router must share ``settings.data_dir``)."""
+    from fabric.security.tokens import mint
+
+    return {"Authorization": f"Bearer {mint(settings, tenant, list(scopes), roles=list(roles), **kw)}"}
 
 
 class ManualClock:

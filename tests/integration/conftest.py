@@ -28,6 +28,7 @@ from fabric.settings import (
     Settings,
     WorkerSettings,
 )
+from fabric.testing import bearer
 
 T = TypeVar("T")
 ROOT = Path(__file__).resolve().parents[2]
@@ -133,7 +134,7 @@ def tenant() -> str:
 
 @pytest.fixture
 async def http(fabric: Fabric, tenant: str) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(base_url=fabric.url, headers={"X-Fabric-Tenant": tenant}, timeout=15) as c:
+    async with httpx.AsyncClient(base_url=fabric.url, headers=bearer(fabric.settings, tenant), timeout=15) as c:
         yield c
 
 
@@ -166,7 +167,7 @@ async def subscribe(fabric: Fabric) -> AsyncIterator[Callable[..., Any]]:
     subs: list[Subscription] = []
 
     async def open_(tenant: str, patterns: list[str]) -> Subscription:
-        ws = await websockets.connect(fabric.ws_url, additional_headers={"X-Fabric-Tenant": tenant})
+        ws = await websockets.connect(fabric.ws_url, additional_headers=bearer(fabric.settings, tenant))
         await ws.send(orjson.dumps({"subscribe": patterns}).decode())
         ack = orjson.loads(await ws.recv())
         assert ack["subscribed"] == patterns

@@ -15,6 +15,7 @@ import websockets
 
 from fabric.dev.stack import Stack
 from fabric.settings import Settings
+from fabric.testing import bearer
 from tests.integration.conftest import eventually, start_fabric, variant
 
 pytestmark = pytest.mark.integration
@@ -33,8 +34,8 @@ async def test_deploy_then_error_burst_becomes_a_composite(
     fab = start_fabric(s)
     try:
         async with (
-            httpx.AsyncClient(base_url=fab.url, headers={"X-Fabric-Tenant": "acme"}, timeout=15) as http,
-            websockets.connect(fab.ws_url, additional_headers={"X-Fabric-Tenant": "acme"}) as ws,
+            httpx.AsyncClient(base_url=fab.url, headers=bearer(fab.settings, "acme"), timeout=15) as http,
+            websockets.connect(fab.ws_url, additional_headers=bearer(fab.settings, "acme")) as ws,
         ):
             await ws.send(orjson.dumps({"subscribe": ["composite.*"]}).decode())
             await ws.recv()
@@ -70,10 +71,10 @@ async def test_deploy_then_error_burst_becomes_a_composite(
             assert (await http.get("/v1/composites", params={"since": "yesterday"})).status_code == 400
             # another tenant sees none of it
             other = await http.get(
-                "/v1/contexts/Composite/deploy-then-error-burst/orders-api", headers={"X-Fabric-Tenant": "globex"}
+                "/v1/contexts/Composite/deploy-then-error-burst/orders-api", headers=bearer(fab.settings, "globex")
             )
             assert other.status_code == 404
-            listed_other = await http.get("/v1/composites", headers={"X-Fabric-Tenant": "globex"})
+            listed_other = await http.get("/v1/composites", headers=bearer(fab.settings, "globex"))
             assert listed_other.json()["items"] == []
 
         def stored() -> list[dict[str, Any]]:

@@ -13,6 +13,7 @@ import pytest
 
 from fabric.dev.stack import Stack
 from fabric.settings import Settings
+from fabric.testing import bearer
 from tests.integration.conftest import eventually, start_fabric, variant
 
 pytestmark = pytest.mark.integration
@@ -43,7 +44,7 @@ async def test_apply_and_remove_a_pattern_while_events_flow(
     fab = start_fabric(s, ("worker", "router"))
     t0 = datetime.now(UTC)
     try:
-        async with httpx.AsyncClient(base_url=fab.url, headers={"X-Fabric-Tenant": "acme"}, timeout=15) as http:
+        async with httpx.AsyncClient(base_url=fab.url, headers=bearer(fab.settings, "acme"), timeout=15) as http:
 
             async def post(subject: str, n: int, offset: int) -> None:
                 batch = [ticket(subject, t0 + timedelta(seconds=offset + i)) for i in range(n)]

@@ -14,6 +14,7 @@ import pytest
 
 from fabric.dev.stack import Stack
 from fabric.settings import Settings
+from fabric.testing import bearer
 from fabric.topics.admin import read_compacted
 from tests.integration.conftest import eventually, start_fabric, variant
 
@@ -34,7 +35,7 @@ async def test_sequence_survives_a_killed_worker(stack: Stack, stack_settings: S
         log(t0 + timedelta(seconds=15), level="INFO")
     ]
     try:
-        async with httpx.AsyncClient(base_url=fab.url, headers={"X-Fabric-Tenant": "acme"}, timeout=15) as http:
+        async with httpx.AsyncClient(base_url=fab.url, headers=bearer(fab.settings, "acme"), timeout=15) as http:
             assert (await http.post("/v1/events", json=first_half)).status_code == 202
 
             async def checkpointed() -> bool:  # a checkpoint has read the first half

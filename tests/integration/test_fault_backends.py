@@ -19,6 +19,7 @@ from fabric.errors import PublishError
 from fabric.pipeline.materialize import CacheKeys
 from fabric.providers import Provider
 from fabric.settings import ClickHouseSettings, KafkaSettings, RedisSettings, RouterSettings, Settings
+from fabric.testing import bearer
 from tests.integration.conftest import Fabric, eventually, free_port, start_fabric
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -49,8 +50,12 @@ def own_fabric(own_stack: tuple[Stack, Settings]) -> Iterator[Fabric]:
 
 @pytest.fixture
 async def client(own_fabric: Fabric) -> AsyncIterator[httpx.AsyncClient]:
+    SETTINGS[:] = [own_fabric.settings]
     async with httpx.AsyncClient(base_url=own_fabric.url, timeout=15) as c:
         yield c
+
+
+SETTINGS: list[Settings] = []  # the fabric the client talks to (tokens are signed with its dev key)
 
 
 def page(tenant: str, subject: str, seq: int) -> dict[str, Any]:
@@ -61,12 +66,12 @@ def page(tenant: str, subject: str, seq: int) -> dict[str, Any]:
 
 
 async def post(client: httpx.AsyncClient, tenant: str, body: Any) -> httpx.Response:
-    return await client.post("/v1/events", json=body, headers={"X-Fabric-Tenant": tenant})
+    return await client.post("/v1/events", json=body, headers=bearer(SETTINGS[0], tenant))
 
 
 async def latest(client: httpx.AsyncClient, tenant: str, subjects: list[str], seq: int) -> bool:
     for s in subjects:
-        r = await client.get(f"/v1/contexts/PageDSL/{s}", headers={"X-Fabric-Tenant": tenant})
+        r = await client.get(f"/v1/contexts/PageDSL/{s}", headers=bearer(SETTINGS[0], tenant))
         if r.status_code != 200 or r.json()["sequence"] != seq or r.json()["stale"]:
             return False
     return True
@@ -79,7 +84,7 @@ async def watch_pulls(
     while not stop.is_set():
         for tenant in ("alpha", "beta"):
             for s in subjects[:5]:
-                r = await client.get(f"/v1/contexts/PageDSL/{s}", headers={"X-Fabric-Tenant": tenant})
+                r = await client.get(f"/v1/contexts/PageDSL/{s}", headers=bearer(SETTINGS[0], tenant))
                 seen[r.status_code] = seen.get(r.status_code, 0) + 1
                 assert r.status_code in (200, 503), r.text
                 if r.status_code == 200:
@@ -189,5 +194,5 @@ async def _accepted(client: httpx.AsyncClient, event: dict[str, Any]) -> bool:
 
 
 async def _seq(client: httpx.AsyncClient, subject: str, seq: int) -> dict[str, Any] | None:
-    r = await client.get(f"/v1/contexts/PageDSL/{subject}", headers={"X-Fabric-Tenant": "alpha"})
+    r = await client.get(f"/v1/contexts/PageDSL/{subject}", headers=bearer(SETTINGS[0], "alpha"))
     return r.json() if r.status_code == 200 and r.json()["sequence"] == seq else None

@@ -16,6 +16,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from fabric.testing import bearer
 from fabric.topics.codecs import avro_encode, confluent_frame
 from fabric.topics.registry import Registry
 from tests.integration.conftest import Fabric, eventually
@@ -149,7 +150,10 @@ envelope_like = st.fixed_dictionaries(
 )
 def test_fuzzed_http_bodies_never_break_the_edge(fabric: Fabric, body: bytes) -> None:
     r = httpx.post(
-        f"{fabric.url}/v1/events", content=body, headers={"X-Fabric-Tenant": f"fz{uuid.uuid4().hex[:6]}"}, timeout=10
+        f"{fabric.url}/v1/events",
+        content=body,
+        headers=bearer(fabric.settings, f"fz{uuid.uuid4().hex[:6]}"),
+        timeout=10,
     )
     assert r.status_code in (202, 207, 400), r.text
     answer: dict[str, Any] = r.json()

@@ -10,6 +10,7 @@ import orjson
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
+from fabric.testing import bearer
 from fabric.topics.codecs import avro_encode, confluent_frame
 from fabric.topics.registry import Registry
 from tests.integration.conftest import Fabric, eventually
@@ -58,7 +59,7 @@ async def test_http_event_is_pullable_and_pushed_only_to_matching_subscribers(
     await eventually(lambda: pages.pushes())
     # markers: a log for this tenant, a page for the other one; each reaches only its subscriber
     await http.post("/v1/events", json=log_event(tenant, "api", "marker"))
-    await http.post("/v1/events", json=page_event(other, "p", 1), headers={"X-Fabric-Tenant": other})
+    await http.post("/v1/events", json=page_event(other, "p", 1), headers=bearer(fabric.settings, other))
     await eventually(lambda: logs_only.pushes() and other_tenant.pushes())
 
     assert [(p["type"], p["subject"], p["sequence"]) for p in pages.pushes()] == [("page.updated", "orders/list", 1)]
