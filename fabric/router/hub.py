@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import msgspec
+import orjson
 import redis.asyncio as aioredis
 from prometheus_client import Counter, Gauge
 from redis.exceptions import RedisError
@@ -143,6 +144,11 @@ class Subscriber:
             self.coalesced.move_to_end(key)
         self.coalesced[key] = message
 
+    def fail(self, error: BaseException | None) -> None:
+        """Close the subscription because serving it failed (the reason goes to the client)."""
+        self.closed = f"the subscription failed: {error}"
+        self._wake.set()
+
     async def room(self) -> None:
         """Wait until the buffer has room (catching up goes at the client's pace)."""
         while self.full and not self.closed:
@@ -217,39 +223,44 @@ class ChangeHub:
         self.tenants.setdefault(sub.tenant, set()).add(sub)
         SUBSCRIBERS.inc()
 
-    async def resume(self, sub: Subscriber, token: str) -> str | None:
-        """Every change after ``token``, then live ones. Returns a notice when changes after
-        the token are no longer kept (the client should re-pull what it cares about)."""
+    async def resume(self, sub: Subscriber, token: str) -> None:
+        """Queue every change after ``token``, at the pace the subscriber reads them, then join
+        the live fan-out. When changes after the token are no longer kept, a ``gap`` notice
+        goes first (the client should re-pull what it cares about)."""
         stream = self.keys.changes(sub.tenant)
         gap = None
         try:
             info: Any = await self.redis.xinfo_stream(stream)
-            deleted = info.get("max-deleted-entry-id") or b"0-0"
-            deleted = deleted.decode() if isinstance(deleted, bytes) else str(deleted)
-            if entry_key(token) < entry_key(deleted):
-                gap = f"changes after {token} up to {deleted} are past the retention window and were not kept"
+            # The token's own entry already trimmed: changes right after it may have gone too
+            # (Redis 7.0's XTRIM leaves max-deleted-entry-id alone, so this is the sure test).
+            first = info.get("recorded-first-entry-id") or (info.get("first-entry") or [b"0-0"])[0]
+            first = first.decode() if isinstance(first, bytes) else str(first)
+            if entry_key(token) < entry_key(first):
+                gap = f"changes after {token} before {first} are past the retention window and may be lost"
         except RedisError:
             pass  # no feed yet: nothing was missed
+        if gap:
+            sub.offer(("", ""), orjson.dumps({"gap": gap}))
         last = token
         while True:
             target = self.positions.get(stream)
             if target is not None and entry_key(last) >= entry_key(target):
                 self._add(sub)
-                return gap
+                return
             entries: Any = await self.redis.xrange(stream, f"({last}", target or "+", count=500)
             if not entries:
                 if target is None and stream not in self.positions:
                     # nobody reads this tenant yet: start the hub at what we have read
                     self.positions[stream] = last
                     self._add(sub)
-                    return gap
+                    return
                 if target is not None:
                     last = target  # the rest was trimmed meanwhile
                 continue
             for entry_id, f in entries:
                 await sub.room()
                 if sub.closed:
-                    return gap
+                    return
                 message = self._message(sub.tenant, entry_id, f, [sub])
                 if message is not None:
                     sub.offer(*message)

@@ -76,11 +76,15 @@ async def subscribe(ws: WebSocket) -> None:
     st.gate.allow(who, "push.subscribe", resource, trace, f"resume {resume}" if resume else "")
     heartbeat = st.settings.router.heartbeat_s
 
+    def failed_catch_up(t: asyncio.Task[None]) -> None:
+        if not t.cancelled() and t.exception() is not None:
+            sub.fail(t.exception())
+
     async def pump() -> None:
-        if resume:
-            gap = await hub.resume(sub, resume)
-            if gap:
-                await ws.send_text(orjson.dumps({"gap": gap}).decode())
+        if resume:  # catching up runs beside the sending below, which makes room for it
+            catch_up = asyncio.create_task(hub.resume(sub, resume))
+            catch_up.add_done_callback(failed_catch_up)
+            tasks.append(catch_up)
         else:
             await hub.join(sub)
         reported = 0
@@ -109,9 +113,10 @@ async def subscribe(ws: WebSocket) -> None:
             if (await ws.receive())["type"] == "websocket.disconnect":
                 return
 
-    tasks = [asyncio.create_task(run_pump()), asyncio.create_task(read_until_closed())]
+    tasks: list[asyncio.Task[None]] = []
+    tasks += [asyncio.create_task(run_pump()), asyncio.create_task(read_until_closed())]
     try:
-        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.wait(tasks[:2], return_when=asyncio.FIRST_COMPLETED)
     finally:
         for t in tasks:
             t.cancel()
