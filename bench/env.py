@@ -18,7 +18,16 @@ from aiokafka import AIOKafkaProducer
 
 from fabric.dev.procs import Processes, free_port
 from fabric.dev.stack import Stack
-from fabric.settings import ClickHouseSettings, KafkaSettings, RedisSettings, RouterSettings, Settings, WorkerSettings
+from fabric.settings import (
+    ClickHouseSettings,
+    KafkaSettings,
+    RateLimit,
+    RedisSettings,
+    RouterSettings,
+    SecuritySettings,
+    Settings,
+    WorkerSettings,
+)
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -38,6 +47,10 @@ class BenchEnv:
             clickhouse=ClickHouseSettings(url=f"chdb://{data / 'chdb'}"),
             router=RouterSettings(port=free_port()),
             worker=WorkerSettings(metrics_port=free_port(), log_level="warning"),
+            # the load generator is one tenant and one token: limits high enough not to refuse it
+            security=SecuritySettings(
+                tenant_rate=RateLimit(rate=1e6, burst=1_000_000), token_rate=RateLimit(rate=1e6, burst=1_000_000)
+            ),
         )
         self.stack = Stack(self.settings)
         self.procs = Processes(self.settings)

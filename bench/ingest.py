@@ -13,6 +13,7 @@ from bench.env import RESULTS, BenchEnv, event, save
 from bench.loadgen import drive, http_post
 from bench.plot import latency_vs_rate
 from fabric.providers.sdk import Provider
+from fabric.testing import bearer
 from fabric.topics.codecs import decode_structured
 from fabric.topics.envelope import Envelope
 
@@ -31,7 +32,7 @@ async def run(quick: bool = False) -> dict[str, Any]:
         for b in range(50):
             batch = [orjson.loads(event(b * BATCH + i, 10_000)[1]) for i in range(BATCH)]
             bodies.append(http_post("127.0.0.1", s.router.port, "/v1/events",
-                                    {"X-Fabric-Tenant": "bench", "Content-Type": "application/json"}, orjson.dumps(batch)))  # fmt: skip
+                                    {**bearer(s, "bench"), "Content-Type": "application/json"}, orjson.dumps(batch)))  # fmt: skip
         runs = []
         for rate in rates:
             res = await drive("127.0.0.1", s.router.port, bodies, rate, seconds, connections=8)

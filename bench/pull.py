@@ -15,6 +15,7 @@ from bench.env import RESULTS, BenchEnv, event, free_port, produce, save, wait_h
 from bench.loadgen import drive, http_get, resp_framer, resp_get
 from bench.plot import latency_vs_rate
 from fabric.pipeline.materialize import CacheKeys
+from fabric.testing import bearer
 
 SUBJECTS = 10_000
 TYPES = {"page": "PageDSL", "saas": "SaaSRecord", "schema": "SQLSchema", "doc": "DocChunk", "metric": "Metric"}
@@ -64,10 +65,18 @@ async def run(quick: bool = False) -> dict[str, Any]:
                    "--log-level", "warning", "--no-access-log"], "naive")  # fmt: skip
         await wait_http(f"http://127.0.0.1:{naive_port}/v1/contexts/x/y")
         host = "127.0.0.1"
-        hdr = {"X-Fabric-Tenant": "bench"}
+        # the same router with the security gateway off (loopback benchmarks only), for comparison
+        open_port = free_port()
+        env.spawn([sys.executable, "-m", "fabric", "router"], "router-auth-off",
+                  {"FABRIC_SECURITY__AUTH": "off", "FABRIC_SECURITY__DEV_TENANT": "bench",
+                   "FABRIC_ROUTER__PORT": str(open_port)})  # fmt: skip
+        await wait_http(f"http://127.0.0.1:{open_port}/healthz")
+        hdr = bearer(s, "bench")
+        naive_hdr = {"X-Fabric-Tenant": "bench"}
         systems = {
-            "fabric router": (s.router.port, [http_get(host, s.router.port, f"/v1/contexts/{ct}/{sub}", hdr) for ct, sub in targets], None),
-            "naive starlette+redis-py": (naive_port, [http_get(host, naive_port, f"/v1/contexts/{ct}/{sub}", hdr) for ct, sub in targets], None),
+            "fabric router (auth on)": (s.router.port, [http_get(host, s.router.port, f"/v1/contexts/{ct}/{sub}", hdr) for ct, sub in targets], None),
+            "fabric router (auth off)": (open_port, [http_get(host, open_port, f"/v1/contexts/{ct}/{sub}", {}) for ct, sub in targets], None),
+            "naive starlette+redis-py": (naive_port, [http_get(host, naive_port, f"/v1/contexts/{ct}/{sub}", naive_hdr) for ct, sub in targets], None),
             "raw redis GET": (int(s.redis.url.rsplit(":", 1)[1].split("/")[0]), [resp_get(f"naive:bench:{ct}:{sub}") for ct, sub in targets], resp_framer),
         }  # fmt: skip
         series: dict[str, list[dict[str, Any]]] = {name: [] for name in systems}

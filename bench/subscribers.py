@@ -19,16 +19,18 @@ import uvloop
 import websockets
 
 from bench.hist import histogram, record, summary
+from fabric.settings import load_settings
+from fabric.testing import bearer
 
 MARK = b'"sent_ns":"'
 
 
 async def main(url: str, tenant: str, n: int, seconds: float, out: str) -> None:
     h = histogram()
-    counts = {"received": 0, "lagging_notices": 0, "dropped": 0}
+    counts = {"received": 0, "lagging_notices": 0, "coalesced": 0}
     conns = []
     for _ in range(n):
-        ws = await websockets.connect(url, additional_headers={"X-Fabric-Tenant": tenant}, max_size=2**22)
+        ws = await websockets.connect(url, additional_headers=bearer(load_settings(), tenant), max_size=2**22)
         await ws.send('{"subscribe": ["metric.*"]}')
         await ws.recv()
         conns.append(ws)
@@ -42,7 +44,7 @@ async def main(url: str, tenant: str, n: int, seconds: float, out: str) -> None:
             if i < 0:
                 if b"lagging" in raw:
                     counts["lagging_notices"] += 1
-                    counts["dropped"] = max(counts["dropped"], json.loads(raw)["dropped"])
+                    counts["coalesced"] = max(counts["coalesced"], json.loads(raw)["coalesced"])
                 continue
             j = raw.find(b'"', i + len(MARK))
             record(h, (now - int(raw[i + len(MARK) : j])) / 1e9)
