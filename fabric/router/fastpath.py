@@ -19,7 +19,7 @@ from fabric.router.contexts import build_context
 from fabric.router.fastredis import RedisUnavailable
 from fabric.router.state import HTTPProblem, RouterState, context_type_named
 from fabric.security.audit import trace_id_of
-from fabric.security.ratelimit import RateLimited, raise_if_limited
+from fabric.security.ratelimit import RateLimited
 
 PREFIX = "/v1/contexts/"
 ACTION = "context.read"
@@ -83,7 +83,8 @@ class FastPull:
         commands: list[tuple[Any, ...]] = [("HMGET", key, "seq", "at", "v", "count", "sens")]
         if ct.kind == "stream":
             commands.append(("LRANGE", st.keys.window(who.tenant, ct.name, subject), 0, -1))
-        if gate.enabled:
+        renew = gate.enabled and not gate.limiter.take_local(who)
+        if renew:
             commands.append(gate.limiter.command(who))
         try:
             try:
@@ -93,8 +94,8 @@ class FastPull:
                     raise
                 await gate.limiter.load()
                 replies = await st.fast.many(*commands)
-            if gate.enabled:
-                raise_if_limited(replies[-1])
+            if renew:
+                gate.limiter.settle(who, replies[-1])
             fields = replies[0]
             if fields[2] is None:
                 if not st.cache_ready or not await st.fast.execute("EXISTS", st.keys.ready):

@@ -14,7 +14,9 @@ import asyncio
 import contextlib
 import logging
 import os
+import random
 import time
+from collections import deque
 
 import msgspec
 from aiokafka import AIOKafkaProducer
@@ -25,7 +27,7 @@ from fabric.security.tokens import Principal
 
 log = logging.getLogger(__name__)
 
-RECORDED = Counter("fabric_audit_records_total", "Audit records produced", ["decision"])
+RECORDED = Counter("fabric_audit_records_total", "Audit records made", ["decision"])
 DROPPED = Counter("fabric_audit_dropped_total", "Audit records dropped because Kafka was unreachable too long")
 
 
@@ -48,7 +50,7 @@ def trace_id_of(traceparent: str | None) -> str:
         parts = traceparent.split("-")
         if len(parts) >= 3 and len(parts[1]) == 32:
             return parts[1]
-    return os.urandom(16).hex()
+    return f"{random.getrandbits(128):032x}"
 
 
 class AuditLog:
@@ -57,10 +59,12 @@ class AuditLog:
         self.topic = topic
         self.limit = limit
         self.origin = f"{origin}:{os.getpid()}"
-        self.pending: list[AuditRecord] = []
+        # encoded as recorded, so a flush is a join, not a pause; the oldest go first when full
+        self.pending: deque[bytes] = deque(maxlen=limit)
         self.seq = 0
         self._task: asyncio.Task[None] | None = None
         self._enc = msgspec.json.Encoder()
+        self._allowed, self._denied = RECORDED.labels("allow"), RECORDED.labels("deny")
 
     def record(
         self, who: Principal | None, action: str, resource: str, decision: str, reason: str = "",
@@ -69,12 +73,11 @@ class AuditLog:
         tenant, sub = (who.tenant, who.sub) if who else (tenant, "")
         t = int(time.time() * 1000)
         rec = AuditRecord(t, tenant, sub, action, resource, decision, reason, trace_id, self.origin, self.seq)
-        self.pending.append(rec)
+        if len(self.pending) == self.limit:
+            DROPPED.inc()
+        self.pending.append(self._enc.encode(rec))
+        (self._allowed if decision == "allow" else self._denied).inc()
         self.seq += 1
-        if len(self.pending) > self.limit:
-            over = len(self.pending) - self.limit
-            del self.pending[:over]
-            DROPPED.inc(over)
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._flush_forever(), name="audit")
@@ -98,19 +101,22 @@ class AuditLog:
                 await asyncio.sleep(1)
 
     async def flush(self) -> None:
-        batch, self.pending = self.pending, []
+        batch = list(self.pending)
+        self.pending.clear()
         if not batch:
             return
         try:
             futures = []
             for i in range(0, len(batch), 1000):
-                chunk = batch[i : i + 1000]
-                value = b"\n".join(self._enc.encode(r) for r in chunk)
+                value = b"\n".join(batch[i : i + 1000])
                 futures.append(await self.producer.send(self.topic, value))
             await asyncio.gather(*futures)
         except BaseException:
-            self.pending[:0] = batch  # try again; duplicates are possible, loss is not
+            # try again (duplicates are possible); what no longer fits is counted as dropped
+            lost = max(0, len(self.pending) + len(batch) - self.limit)
+            DROPPED.inc(lost)
+            newer = list(self.pending)
+            self.pending.clear()
+            self.pending.extend(batch[lost:])
+            self.pending.extend(newer)
             raise
-        denied = sum(1 for r in batch if r.decision == "deny")
-        RECORDED.labels("deny").inc(denied)
-        RECORDED.labels("allow").inc(len(batch) - denied)
