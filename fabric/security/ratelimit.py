@@ -3,10 +3,11 @@ so every router replica draws from the same buckets.
 
 One script call checks both buckets and takes tokens from each only when both have
 them; the answer is how many were granted, or how many milliseconds to wait
-(``Retry-After``). A router takes a small lease at a time (up to 100 tokens, about
-50 ms of the rate, never more than a twentieth of the burst; one token for small
-limits) and serves from it locally for at most 100 ms, so a busy router calls Redis
-once per lease instead of once per request. Leased tokens are taken from the shared
+(``Retry-After``). A router takes a lease at a time and serves from it locally for at
+most 100 ms: one token for a caller it has not seen lately, doubling while the
+caller uses up its leases, up to 100 tokens (about 50 ms of the rate, never more
+than a twentieth of the burst). A busy caller costs one Redis call per lease instead
+of one per request; a caller seen once takes one token, as it would without leases. Leased tokens are taken from the shared
 bucket before they are used, so replicas together never exceed the limit; an
 unused remainder lapses. The pull fast path sends the call in the same write as its
 read, so even a lease renewal costs no extra round trip.
@@ -79,7 +80,7 @@ class RateLimiter:
         self.fast = fast
         self.prefix = key_prefix
         self.sec = sec
-        #: (tenant, token id) -> [tokens left, lapses at (monotonic)]
+        #: (tenant, token id) -> [tokens left, lapses at (monotonic), size of the lease]
         self.leases: dict[tuple[str, str], list[float]] = {}
 
     def take_local(self, who: Principal) -> bool:
@@ -94,7 +95,10 @@ class RateLimiter:
         """The script call renewing ``who``'s lease; pass its reply to ``settle``."""
         t = self.sec.rate_for(who.tenant)
         k = self.sec.token_rate
-        want = min(lease_size(t.rate, t.burst), lease_size(k.rate, k.burst))
+        cap = min(lease_size(t.rate, t.burst), lease_size(k.rate, k.burst))
+        last = self.leases.get((who.tenant, who.token_id))
+        # slow start: double while the caller keeps using its leases up in time
+        want = min(cap, int(last[2]) * 2) if last is not None and last[1] > time.monotonic() - 1 else 1
         return (
             "EVALSHA", SHA, 2, f"{self.prefix}:{{{who.tenant}}}:rl", f"{self.prefix}:{{{who.tenant}}}:rl:tok:{who.token_id}",
             t.rate, t.burst, k.rate, k.burst, want,
@@ -107,7 +111,7 @@ class RateLimiter:
             raise RateLimited(max(1, wait))
         if len(self.leases) > 100_000:
             self.leases.clear()
-        self.leases[who.tenant, who.token_id] = [granted - 1, time.monotonic() + LEASE_S]
+        self.leases[who.tenant, who.token_id] = [granted - 1, time.monotonic() + LEASE_S, granted]
 
     async def load(self) -> None:
         await self.fast.execute("SCRIPT", "LOAD", _LUA)

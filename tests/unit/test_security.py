@@ -107,3 +107,24 @@ def test_bad_access_rules_name_the_problem() -> None:
 def test_the_bundled_rules_load() -> None:
     rules = AccessRules.load(Settings().security.access_file, TYPES)
     assert [r.name for r in rules.rules] == ["restricted-needs-sre-or-security", "confidential-needs-staff"]
+
+
+def test_rate_limit_leases_start_at_one_and_double_while_used_up() -> None:
+    from fabric.security.ratelimit import RateLimited, RateLimiter
+
+    limiter = RateLimiter(None, "p", Settings().security)  # type: ignore[arg-type]
+    w = who([])
+    wants = []
+    for _ in range(9):
+        assert not limiter.take_local(w)
+        cmd = limiter.command(w)
+        wants.append(cmd[-1])
+        limiter.settle(w, [cmd[-1], 0])  # granted in full
+        while limiter.take_local(w):
+            pass
+    assert wants == [1, 2, 4, 8, 16, 32, 50, 50, 50]  # capped by the default token rate (1,000/s: 50)
+    other = Principal("acme", "y", frozenset(), frozenset(), 1e12, "another-token")
+    assert limiter.command(other)[-1] == 1  # a new caller starts small
+    with pytest.raises(RateLimited) as e:
+        limiter.settle(other, [0, 1500])
+    assert e.value.retry_after == "2"
