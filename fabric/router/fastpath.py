@@ -52,14 +52,21 @@ def _headers(scope: Scope) -> tuple[str | None, str | None]:
     return auth, trace
 
 
-class FastPull:
-    """ASGI wrapper: pulls here, the rest to ``app``."""
+MCP_PATHS = ("/mcp", "/.well-known/oauth-protected-resource")
 
-    def __init__(self, app: Starlette) -> None:
+
+class FastPull:
+    """ASGI wrapper: pulls here, MCP to ``mcp``, the rest to ``app``."""
+
+    def __init__(self, app: Starlette, mcp: Any = None) -> None:
         self.app = app
+        self.mcp = mcp
 
     async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
         path: str = scope.get("path", "")
+        if self.mcp is not None and scope["type"] == "http" and path.startswith(MCP_PATHS):
+            await self.mcp(scope, receive, send)
+            return None
         if scope["type"] != "http" or scope["method"] != "GET" or not path.startswith(PREFIX):
             return await self.app(scope, receive, send)
         ctype, sep, subject = path[len(PREFIX) :].partition("/")

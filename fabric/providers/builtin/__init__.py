@@ -1,0 +1,1 @@
+"""Providers a user can run today: ``fabric provider logs | prometheus | webhooks | sql``."""

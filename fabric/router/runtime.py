@@ -1,0 +1,87 @@
+"""The router's runtime: every connection and background task a router process holds
+(Redis, Kafka producer, change hub, security gate, policy store), opened and closed
+together. The HTTP app and ``fabric mcp --stdio`` both run on it."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+
+import redis.asyncio as aioredis
+from aiokafka import AIOKafkaProducer
+
+from fabric.assembly.store import PolicyStore, follow, load_published
+from fabric.errors import ConfigError
+from fabric.pipeline.materialize import CacheKeys
+from fabric.router.assemble import Assembler
+from fabric.router.fastredis import FastRedis
+from fabric.router.gate import Gate
+from fabric.router.hub import ChangeHub
+from fabric.router.ingest import EdgeValidator
+from fabric.router.state import RouterState, watch_cache
+from fabric.security.access import AccessRules
+from fabric.security.audit import AuditLog
+from fabric.security.ratelimit import RateLimiter
+from fabric.security.tokens import TokenVerifier
+from fabric.settings import Settings
+from fabric.topics.admin import ensure_topics, ingest_topic
+from fabric.topics.registry import Registry
+
+
+async def open_gate(settings: Settings, registry: Registry, fast: FastRedis, producer: AIOKafkaProducer) -> Gate:
+    sec = settings.security
+    if sec.auth == "off" and settings.router.host not in ("127.0.0.1", "localhost", "::1"):
+        raise ConfigError("security.auth=off is for benchmarks on loopback only; the router listens on "
+                          f"{settings.router.host}")  # fmt: skip
+    verifier = TokenVerifier(settings)
+    await verifier.start()
+    rules = AccessRules.load(sec.access_file, list(registry.context_types))
+    limiter = RateLimiter(fast, settings.redis.key_prefix, sec)
+    audit = AuditLog(producer, settings.topic("audit"), sec.audit_buffer)
+    return Gate(settings, verifier, rules, limiter, audit)
+
+
+@contextlib.asynccontextmanager
+async def open_state(settings: Settings) -> AsyncIterator[RouterState]:
+    """Everything a router needs, started; stopped on exit."""
+    registry = Registry.load(settings.schemas_dir)
+    await ensure_topics(settings, [ingest_topic(settings), settings.topic("audit"), settings.topic("policies")])
+    redis = aioredis.from_url(settings.redis.url, max_connections=256)
+    hub_redis = aioredis.from_url(settings.redis.url)
+    producer = AIOKafkaProducer(
+        bootstrap_servers=settings.kafka.bootstrap, client_id=f"{settings.kafka.client_id}-router",
+        linger_ms=2, acks="all", max_request_size=settings.router.max_body_bytes + 64 * 1024,
+        request_timeout_ms=int(settings.router.produce_timeout_s * 1000),
+    )  # fmt: skip
+    await producer.start()
+    keys = CacheKeys(settings.redis.key_prefix)
+    fast = FastRedis(settings.redis.url)
+    gate = await open_gate(settings, registry, fast, producer)
+    hub = ChangeHub(
+        hub_redis, keys, registry,
+        visible=lambda who, ct, level: who.can_read(ct) and gate.denied_by(who, ct, level) is None,
+        buffer=settings.router.subscriber_buffer, buffer_bytes=settings.router.subscriber_buffer_bytes,
+        hard_limit=settings.router.subscriber_hard_limit,
+    )  # fmt: skip
+    hub.start()
+    validator = EdgeValidator(registry, settings.max_event_bytes)
+    store = PolicyStore.bundled(settings.security.injection_file)
+    await load_published(settings, store)
+    state = RouterState(settings, registry, redis, keys, producer, hub, validator, fast, gate, None)  # type: ignore[arg-type]
+    state.assembler = Assembler(state, store)
+    tasks = [asyncio.create_task(watch_cache(state)), asyncio.create_task(follow(settings, store))]
+    gate.audit.start()
+    try:
+        yield state
+    finally:
+        for t in tasks:
+            t.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await t
+        await gate.audit.stop()
+        await fast.close()
+        await hub.stop()
+        await producer.stop()
+        await redis.aclose()
+        await hub_redis.aclose()
