@@ -49,8 +49,10 @@ def log_event(provider: Provider, line: str, service: str, origin: str, number: 
     when = _first(doc, "time", "timestamp", "ts", "@timestamp")
     svc = str(_first(doc, "service") or service)
     attributes = {k: v for k, v in doc.items() if v is None or isinstance(v, bool | int | float | str)}
-    data = {"service": svc, "level": LEVELS.get(level, "INFO"), "message": str(message if message is not None else text),
-            "logger": str(logger) if logger is not None else None, "attributes": attributes}  # fmt: skip
+    data: dict[str, Any] = {"service": svc, "level": LEVELS.get(level, "INFO"), "attributes": attributes,
+                            "message": str(message if message is not None else text)}  # fmt: skip
+    if logger is not None:
+        data["logger"] = str(logger)
     ev_id = hashlib.sha1(f"{origin}:{number}:{text}".encode()).hexdigest()[:24]
     attrs: dict[str, Any] = {"id": ev_id}
     if isinstance(when, str):
