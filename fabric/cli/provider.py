@@ -111,3 +111,40 @@ def sql(ctx: click.Context, tenant: str, url: str, table: str, key: str, updated
             await TablePoller(p, t, obj=obj, state_file=state).run(every_s)
 
     asyncio.run(main())
+
+
+@provider.command(help="Generate a provider (manifest, Avro schemas, runnable module) from an API spec or a database.")
+@click.option("--openapi", "spec", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="OpenAPI 3 file.")
+@click.option("--database", "url", help="sqlite:///file.db or postgresql://... to introspect.")
+@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Directory to write.")
+@click.option("--owner", default="unknown", show_default=True, help="Team that owns the provider.")
+def scaffold(spec: Path | None, url: str | None, out: Path, owner: str) -> None:
+    from fabric.providers.scaffold import from_database, from_openapi, write
+
+    if bool(spec) == bool(url):
+        raise FabricError("give either --openapi FILE or --database URL")
+    if spec:
+        info, resources = from_openapi(spec)
+        files = write(out, info, resources, kind="openapi", owner=owner)
+    else:
+        assert url is not None
+        info, resources = from_database(url)
+        files = write(out, info, resources, kind="database", owner=owner, url=url)
+    for r in resources:
+        click.echo(f"{r.event_type:<36} from {r.path} (key {r.key})")
+    for f in files:
+        click.echo(f"wrote {f}")
+    click.echo(
+        f"run it: python {out / 'provider.py'} --tenant <tenant>; register it: fabric provider register {out / 'manifest.yaml'}"
+    )
+
+
+@provider.command(help="Publish a provider manifest to the registry (topic <prefix>.registry).")
+@click.argument("manifest", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.pass_context
+def register(ctx: click.Context, manifest: Path) -> None:
+    from fabric.registry.manifests import load_manifest, publish_manifest
+
+    m = load_manifest(manifest)
+    asyncio.run(publish_manifest(settings_of(ctx), m))
+    click.echo(f"registered {m.kind} {m.id} ({len(m.spec.get('produces') or m.spec.get('consumes') or [])} entries)")

@@ -1,0 +1,83 @@
+"""Provider and consumer manifests (YAML or JSON), validated and stored in the registry topic.
+
+A provider manifest says who produces what::
+
+    provider: {id: crm-sync, owner: sales-eng, endpoint: https://crm.example/api, auth: {type: bearer},
+               produces: [{event_type: saas.account.updated, context_type: SaaSRecord, schema: ...}]}
+
+A consumer manifest says what a consumer reads and which schema versions it accepts::
+
+    consumer: {id: page-copilot, owner: copilots, consumes: [{context_type: PageDSL, version: 1}]}
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+import yaml
+from aiokafka import AIOKafkaProducer
+
+from fabric.errors import ConfigError
+from fabric.settings import Settings
+from fabric.topics.admin import ensure_topics
+
+REQUIRED = {"provider": ("id", "owner", "produces"), "consumer": ("id", "owner", "consumes")}
+ENTRY = {"provider": ("event_type", "context_type"), "consumer": ("context_type",)}
+
+
+@dataclass(frozen=True)
+class Manifest:
+    kind: str  # 'provider' | 'consumer'
+    id: str
+    spec: dict[str, Any]
+
+    @property
+    def key(self) -> str:
+        return f"{self.kind}:{self.id}"
+
+
+def parse_manifest(doc: Any, origin: str = "manifest") -> Manifest:
+    if not isinstance(doc, dict) or len(doc) != 1 or next(iter(doc)) not in REQUIRED:
+        raise ConfigError(f"{origin}: expected one top-level key, 'provider' or 'consumer'")
+    kind, spec = next(iter(doc.items()))
+    if not isinstance(spec, dict):
+        raise ConfigError(f"{origin}: {kind} must be a mapping")
+    for key in REQUIRED[kind]:
+        if key not in spec:
+            raise ConfigError(f"{origin}: {kind}.{key} is required")
+    entries = spec["produces" if kind == "provider" else "consumes"]
+    if not isinstance(entries, list) or not entries:
+        raise ConfigError(
+            f"{origin}: {kind}.{'produces' if kind == 'provider' else 'consumes'} must be a non-empty list"
+        )
+    for i, e in enumerate(entries):
+        for key in ENTRY[kind]:
+            if not isinstance(e, dict) or not isinstance(e.get(key), str):
+                raise ConfigError(f"{origin}: {kind} entry [{i}].{key} must be a string")
+        if kind == "consumer" and "version" in e and not isinstance(e["version"], int):
+            raise ConfigError(f"{origin}: consumer entry [{i}].version must be an integer")
+    if not isinstance(spec["id"], str) or not spec["id"]:
+        raise ConfigError(f"{origin}: {kind}.id must be a non-empty string")
+    return Manifest(kind, spec["id"], spec)
+
+
+def load_manifest(path: Path) -> Manifest:
+    try:
+        doc = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as e:
+        raise ConfigError(f"cannot read {path}: {e}") from e
+    return parse_manifest(doc, str(path))
+
+
+async def publish_manifest(settings: Settings, m: Manifest) -> None:
+    topic = settings.topic("registry")
+    await ensure_topics(settings, [topic])
+    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka.bootstrap, acks="all")
+    await producer.start()
+    try:
+        await producer.send_and_wait(topic, orjson.dumps({m.kind: m.spec}), key=m.key.encode())
+    finally:
+        await producer.stop()
