@@ -49,7 +49,7 @@ def main(ctx: click.Context, verbose: bool) -> None:
 
 
 def _register() -> None:
-    from fabric.cli import audit, dev, mcp, patterns, policies, provider, query, run, serve, token
+    from fabric.cli import audit, dev, mcp, patterns, policies, provider, query, registry, run, serve, token
 
     main.add_command(dev.dev)
     main.add_command(serve.worker)
@@ -64,6 +64,7 @@ def _register() -> None:
     main.add_command(audit.audit)
     main.add_command(mcp.mcp)
     main.add_command(provider.provider)
+    main.add_command(registry.registry)
 
 
 _register()

@@ -28,6 +28,7 @@ from redis.exceptions import RedisError
 from fabric.errors import InvalidEvent
 from fabric.pipeline.materialize import STATE_LOST, Change, Materializer, change_from_headers, change_from_record
 from fabric.pipeline.route import OutRecord, Router, dlq_record
+from fabric.registry.store import RegistryFollower, SchemaStore
 from fabric.settings import Settings
 from fabric.topics.admin import all_topics, dlq_topic, ensure_topics, ingest_topic, typed_topics
 from fabric.topics.codecs import decode_typed
@@ -112,14 +113,31 @@ async def send_all(prod: AIOKafkaProducer, records: list[OutRecord]) -> None:
         await asyncio.gather(*futures)
 
 
+class RegistryService(mode.Service):
+    """Follows the schema registry topic for the worker's stages (started before them)."""
+
+    def __init__(self, settings: Settings, registry: Registry, **kw: Any) -> None:
+        self.follower = RegistryFollower(settings, SchemaStore(registry))
+        super().__init__(**kw)
+
+    async def on_start(self) -> None:
+        await self.follower.start()
+
+    async def on_stop(self) -> None:
+        await self.follower.stop()
+
+
 class Stage(mode.Service):
     """Shared loop: fetch a batch, handle it, commit; back off on broker errors."""
 
     stage = "stage"
 
-    def __init__(self, settings: Settings, registry: Registry, **kw: Any) -> None:
+    def __init__(
+        self, settings: Settings, registry: Registry, follower: RegistryFollower | None = None, **kw: Any
+    ) -> None:
         self.settings = settings
         self.registry = registry
+        self.follower = follower
         self.consumer: AIOKafkaConsumer | None = None
         self._producer: AIOKafkaProducer | None = None
         self.batches = 0
@@ -149,6 +167,8 @@ class Stage(mode.Service):
                 )
                 if not batch:
                     continue
+                if self.follower and self.follower.store.unknown_ids(r.value for rs in batch.values() for r in rs):
+                    await self.follower.catch_up()  # a schema version registered moments ago
                 with BATCH_SECONDS.labels(self.stage).time():
                     await self.handle(batch)
                 await self.consumer.commit()

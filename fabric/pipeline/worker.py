@@ -15,7 +15,7 @@ import faust
 import uvloop
 from prometheus_client import start_http_server
 
-from fabric.pipeline.stages import MaterializeStage, RouteStage
+from fabric.pipeline.stages import MaterializeStage, RegistryService, RouteStage
 from fabric.settings import Settings
 from fabric.topics.registry import Registry
 
@@ -40,17 +40,18 @@ def make_app(settings: Settings) -> faust.App:
 
 def run_worker(settings: Settings, stages: tuple[str, ...] = ("route", "materialize", "cep")) -> None:
     registry = Registry.load(settings.schemas_dir)
-    services: list[Any] = []
+    schemas = RegistryService(settings, registry)  # first: stages start with every known schema version
+    services: list[Any] = [schemas]
     if "route" in stages:
-        services.append(RouteStage(settings, registry))
+        services.append(RouteStage(settings, registry, schemas.follower))
     if "materialize" in stages:
-        services.append(MaterializeStage(settings, registry))
+        services.append(MaterializeStage(settings, registry, schemas.follower))
     if "cep" in stages:
         from fabric.cep.stage import CepStage, load_pattern_file
 
         patterns = load_pattern_file(settings.patterns_file)
         if patterns:
-            services.append(CepStage(settings, registry, patterns))
+            services.append(CepStage(settings, registry, patterns, follower=schemas.follower))
     if settings.worker.metrics_port:
         start_http_server(settings.worker.metrics_port, addr="127.0.0.1")
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())

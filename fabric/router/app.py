@@ -19,6 +19,7 @@ from fabric.router.contexts import list_composites, list_contexts
 from fabric.router.fastpath import FastPull
 from fabric.router.ingest import post_events
 from fabric.router.mcp import mcp_http_app
+from fabric.router.registry_api import ROUTES as registry_routes
 from fabric.router.runtime import open_state
 from fabric.router.state import HTTPProblem, state_of
 from fabric.router.subscribe import subscribe
@@ -101,6 +102,7 @@ def create_app(settings: Settings) -> FastPull:
         Route("/v1/policies/{name}", get_policy, methods=["GET"]),
         Route("/v1/policies/{name}", put_policy, methods=["PUT"]),
         Route("/.well-known/jwks.json", jwks, methods=["GET"]),
+        *registry_routes,
         Route("/v1/schemas/{context_type}", schema, methods=["GET"]),
         Route("/v1/composites", list_composites, methods=["GET"]),
         Route("/v1/events", post_events, methods=["POST"]),

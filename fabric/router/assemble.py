@@ -188,7 +188,9 @@ def _item(ct: ContextType, st: RouterState, c: _Candidate, tokens: int) -> Item:
         provider=e.get("provider"), topic=st.settings.topic(ct.topic),
     )  # fmt: skip
     x = c.ctx
-    return Item(ct.name, x.subject, tokens, x.as_of, x.age_ms, x.stale, x.watermark_lag_ms, prov, msgspec.Raw(c.raw))
+    # the context's event, in the schema version the caller declared (build_context converts)
+    raw = bytes(x.event) if c.raw is not None and x.window is None and st.schemas.store.manifests else c.raw
+    return Item(ct.name, x.subject, tokens, x.as_of, x.age_ms, x.stale, x.watermark_lag_ms, prov, msgspec.Raw(raw))
 
 
 def _policy_named(store: PolicyStore, spec: str) -> InjectionPolicy:

@@ -17,6 +17,7 @@ import msgspec
 from starlette.requests import Request
 from starlette.responses import Response
 
+from fabric.registry.convert import converter
 from fabric.router.state import HTTPProblem, RouterState, caller, context_type_named, state_of
 from fabric.security.tokens import Principal
 from fabric.topics.envelope import LEVELS
@@ -67,11 +68,16 @@ def build_context(
     as_of, age, stale = freshness(int(at or 0), ct)
     level = int(sens or 1)
     items = None
+    conv = converter(st.schemas.store, who.sub, ct.name) if st.schemas.store.manifests else None
     if window is not None:
         gate = st.gate
         items = [
-            msgspec.Raw(w[1:]) for w in window if gate.denied_by(who, ct.name, w[0] - 48) is None
+            msgspec.Raw(conv(w[1:]) if conv else w[1:])
+            for w in window
+            if gate.denied_by(who, ct.name, w[0] - 48) is None
         ]  # the first byte is the entry's sensitivity digit
+    if conv and v:
+        v = conv(v)
     return Context(
         context_type=ct.name, subject=subject, sequence=int(seq or 0), as_of=as_of, age_ms=age,
         stale=stale or not st.cache_ready, watermark_lag_ms=st.watermark_lag_ms(ct), sensitivity=LEVELS[level],

@@ -49,13 +49,17 @@ class EdgeValidator:
     def __init__(self, registry: Registry, max_event_bytes: int) -> None:
         self.registry = registry
         self.max_event_bytes = max_event_bytes
-        self.validators = {
-            name: jsonschema.Draft202012Validator(
-                registry.schemas.json_schema(name),
-                format_checker=jsonschema.Draft202012Validator.FORMAT_CHECKER,
+        self._validators: dict[tuple[str, int], jsonschema.Draft202012Validator] = {}
+
+    def validator(self, name: str) -> jsonschema.Draft202012Validator:
+        """The validator of a context type's current schema version (rebuilt when it evolves)."""
+        key = (name, self.registry.version[name])
+        v = self._validators.get(key)
+        if v is None:
+            v = self._validators[key] = jsonschema.Draft202012Validator(
+                self.registry.schemas.json_schema(name), format_checker=jsonschema.Draft202012Validator.FORMAT_CHECKER
             )
-            for name in registry.context_types
-        }
+        return v
 
     def check(self, index: int, event: Any, tenant: str, size: int) -> Rejected | None:
         """None when the event is valid (see ``accept``)."""
@@ -88,7 +92,7 @@ class EdgeValidator:
             validate(decode_structured(encoded), self.registry)
             return encoded
         except InvalidEvent as worker_says:
-            error = jsonschema.exceptions.best_match(self.validators[ct.name].iter_errors(event))
+            error = jsonschema.exceptions.best_match(self.validator(ct.name).iter_errors(event))
             if error is not None:
                 return Rejected(index, _pointer(index, error.absolute_path), error.message, ev_id)
             return Rejected(index, f"/{index}{worker_says.pointer}", worker_says.reason, ev_id)

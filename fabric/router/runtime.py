@@ -14,6 +14,7 @@ from aiokafka import AIOKafkaProducer
 from fabric.assembly.store import PolicyStore, follow, load_published
 from fabric.errors import ConfigError
 from fabric.pipeline.materialize import CacheKeys
+from fabric.registry.store import RegistryFollower, SchemaStore
 from fabric.router.assemble import Assembler
 from fabric.router.fastredis import FastRedis
 from fabric.router.gate import Gate
@@ -68,7 +69,9 @@ async def open_state(settings: Settings) -> AsyncIterator[RouterState]:
     validator = EdgeValidator(registry, settings.max_event_bytes)
     store = PolicyStore.bundled(settings.security.injection_file)
     await load_published(settings, store)
-    state = RouterState(settings, registry, redis, keys, producer, hub, validator, fast, gate, None)  # type: ignore[arg-type]
+    follower = RegistryFollower(settings, SchemaStore(registry))
+    await follower.start()
+    state = RouterState(settings, registry, redis, keys, producer, hub, validator, fast, gate, None, follower)  # type: ignore[arg-type]
     state.assembler = Assembler(state, store)
     tasks = [asyncio.create_task(watch_cache(state)), asyncio.create_task(follow(settings, store))]
     gate.audit.start()
@@ -80,6 +83,7 @@ async def open_state(settings: Settings) -> AsyncIterator[RouterState]:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await t
         await gate.audit.stop()
+        await follower.stop()
         await fast.close()
         await hub.stop()
         await producer.stop()

@@ -19,6 +19,7 @@ from fabric.settings import Settings
 from fabric.topics.registry import ContextType, Registry
 
 if TYPE_CHECKING:
+    from fabric.registry.store import RegistryFollower
     from fabric.router.assemble import Assembler
     from fabric.router.gate import Gate
     from fabric.router.hub import ChangeHub
@@ -48,6 +49,7 @@ class RouterState:
     fast: FastRedis
     gate: Gate
     assembler: Assembler
+    schemas: RegistryFollower
     #: False while the cache is empty after a flush or being rebuilt from Kafka;
     #: refreshed in the background (see ``watch_cache``), so pulls pay nothing for it.
     cache_ready: bool = True

@@ -27,6 +27,7 @@ import orjson
 from starlette.responses import Response
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
+from fabric.registry.convert import converter
 from fabric.router.contexts import iso
 from fabric.router.hub import ENTRY_ID, SubscriberClosed
 from fabric.router.state import HTTPProblem, caller, state_of
@@ -80,6 +81,15 @@ async def subscribe(ws: WebSocket) -> None:
         if not t.cancelled() and t.exception() is not None:
             sub.fail(t.exception())
 
+    def versioned(msg: bytes) -> bytes:
+        """The change in the schema version this consumer declared, if it declared one."""
+        push = orjson.loads(msg)
+        conv = converter(st.schemas.store, who.sub, push.get("context_type", "")) if "event" in push else None
+        if conv is None:
+            return msg
+        push["event"] = orjson.loads(conv(orjson.dumps(push["event"])))
+        return orjson.dumps(push)
+
     async def pump() -> None:
         if resume:  # catching up runs beside the sending below, which makes room for it
             catch_up = asyncio.create_task(hub.resume(sub, resume))
@@ -97,6 +107,8 @@ async def subscribe(ws: WebSocket) -> None:
             if sub.replaced > reported:
                 reported = sub.replaced
                 await ws.send_text(orjson.dumps({"lagging": True, "coalesced": sub.replaced}).decode())
+            if st.schemas.store.manifests:
+                msg = versioned(msg)
             await ws.send_text(msg.decode())
 
     async def run_pump() -> None:

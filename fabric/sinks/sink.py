@@ -30,6 +30,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from fabric.errors import InvalidEvent
+from fabric.registry.store import RegistryFollower, SchemaStore
 from fabric.settings import Settings
 from fabric.sinks.clickhouse import (
     AUDIT_COLUMNS,
@@ -169,6 +170,8 @@ class Sink:
             heartbeat_interval_ms=max(200, s.kafka.session_timeout_ms // 5),
         )  # fmt: skip
         await consumer.start()
+        follower = RegistryFollower(s, SchemaStore(self.registry))
+        await follower.start()
         events: list[list[Any]] = []
         dead: list[list[Any]] = []
         trail: list[list[Any]] = []
@@ -182,6 +185,10 @@ class Sink:
                     log.warning("sink: %s", e)
                     await asyncio.sleep(1)
                     continue
+                if follower.store.unknown_ids(
+                    r.value for tp, rs in batch.items() if tp.topic not in (audit, dlq) for r in rs
+                ):
+                    await follower.catch_up()  # a schema version registered moments ago
                 for tp, recs in batch.items():
                     for r in recs:
                         if tp.topic == dlq:
@@ -212,6 +219,7 @@ class Sink:
                 await self._flush(events, dead, trail)
                 await consumer.commit()
             await consumer.stop()
+            await follower.stop()
 
     async def _flush(self, events: list[list[Any]], dead: list[list[Any]], trail: list[list[Any]]) -> None:
         if events:

@@ -69,10 +69,13 @@ def avro_encode(schema: Any, record: dict[str, Any]) -> bytes:
     return buf.getvalue()
 
 
-def _avro_decode(schema: Any, body: bytes, what: str) -> dict[str, Any]:
+def _avro_decode(schema: Any, body: bytes, what: str, reader: Any = None) -> dict[str, Any]:
+    """Decode with the writer's ``schema``, resolved to ``reader`` when that differs."""
     try:
         buf = io.BytesIO(body)
-        out: dict[str, Any] = fastavro.schemaless_reader(buf, schema, None)  # type: ignore[assignment]
+        out: dict[str, Any] = fastavro.schemaless_reader(  # type: ignore[assignment]
+            buf, schema, reader if reader is not None and reader is not schema else None
+        )
         if buf.tell() != len(body):
             raise InvalidEvent(f"{what}: {len(body) - buf.tell()} trailing bytes after the record")
         return out
@@ -108,7 +111,8 @@ def decode_confluent(value: bytes, registry: Registry) -> Envelope:
     ct = registry.by_schema_id.get(schema_id)
     if ct is None:
         raise InvalidEvent(f"unknown schema id {schema_id} in the Confluent header", "")
-    rec = _avro_decode(registry.schemas.avro(ct.name), body, f"{ct.name} envelope")
+    writer, reader = registry.typed_writers[schema_id], registry.schemas.avro(ct.name)
+    rec = _avro_decode(writer, body, f"{ct.name} envelope", reader)
     return _from_avro_record(rec, msgspec.json.encode(rec["data"]))
 
 
@@ -137,7 +141,8 @@ def decode_binary(value: bytes | None, headers: Headers, registry: Registry) -> 
         ct = registry.by_data_schema_id.get(schema_id)
         if ct is None:
             raise InvalidEvent(f"unknown data schema id {schema_id} in the Confluent header", "/data")
-        rec = _avro_decode(registry.schemas.data_avro(ct.name), body, f"{ct.name} data")
+        writer, reader = registry.data_writers[schema_id], registry.schemas.data_avro(ct.name)
+        rec = _avro_decode(writer, body, f"{ct.name} data", reader)
         data = msgspec.json.encode(rec)
     else:
         data = value if value else b"null"
@@ -208,7 +213,7 @@ def encode_typed(env: Envelope, ct: ContextType, data: Any, registry: Registry) 
     rec["time"] = micros(env.time) if env.time else 0
     if env.receivedtime is not None:
         rec["receivedtime"] = micros(env.receivedtime)
-    return confluent_frame(ct.schema_id, avro_encode(registry.schemas.avro(ct.name), rec))
+    return confluent_frame(registry.typed_id[ct.name], avro_encode(registry.schemas.avro(ct.name), rec))
 
 
 def decode_typed(value: bytes, registry: Registry) -> tuple[ContextType, dict[str, Any]]:
@@ -217,4 +222,5 @@ def decode_typed(value: bytes, registry: Registry) -> tuple[ContextType, dict[st
     ct = registry.by_schema_id.get(schema_id)
     if ct is None:
         raise InvalidEvent(f"unknown schema id {schema_id} on a typed topic")
-    return ct, _avro_decode(registry.schemas.avro(ct.name), body, f"{ct.name} envelope")
+    writer, reader = registry.typed_writers[schema_id], registry.schemas.avro(ct.name)
+    return ct, _avro_decode(writer, body, f"{ct.name} envelope", reader)

@@ -19,6 +19,8 @@ from fabric.topics.schemas import Schemas
 
 Kind = Literal["state", "stream"]
 GENERIC_SCHEMA_ID = 1
+#: the typed-envelope id of a registered data schema version is this plus the version's id
+TYPED_ID_OFFSET = 1_000_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,6 +49,13 @@ class Registry:
         self.schemas = schemas
         self.by_schema_id = {c.schema_id: c for c in context_types}
         self.by_data_schema_id = {c.data_schema_id: c for c in context_types}
+        # Schema evolution (fabric/registry): every version's writer schema by its id, and
+        # the id and version each context type is currently encoded with.
+        self.typed_id = {c.name: c.schema_id for c in context_types}
+        self.version = {c.name: 1 for c in context_types}
+        self.typed_writers: dict[int, Any] = {c.schema_id: schemas.avro(c.name) for c in context_types}
+        self.data_writers: dict[int, Any] = {c.data_schema_id: schemas.data_avro(c.name) for c in context_types}
+        self.data_versions: dict[str, dict[int, Any]] = {c.name: {1: schemas.data_avro(c.name)} for c in context_types}
         self._cache: dict[str, ContextType | None] = {}
         for r in rules:
             if r.context_type not in self.context_types:
@@ -95,6 +104,25 @@ class Registry:
         if ct is None:
             raise UnknownEventType(f"no registry rule maps event type {event_type!r}", "/type")
         return ct
+
+    def evolve(self, name: str, version: int, data_id: int, record: dict[str, Any]) -> None:
+        """A registered version of a context type's data schema: its writers become known and,
+        when it is the newest, it becomes the schema events are validated and encoded with."""
+        import copy
+
+        import fastavro
+
+        ct = self.context_types[name]
+        typed_id = TYPED_ID_OFFSET + data_id
+        self.by_schema_id[typed_id] = ct
+        self.by_data_schema_id[data_id] = ct
+        self.typed_writers[typed_id] = fastavro.parse_schema(copy.deepcopy(self.schemas.typed_raw(record)))
+        self.data_writers[data_id] = fastavro.parse_schema(copy.deepcopy(record))
+        self.data_versions[name][version] = self.data_writers[data_id]
+        if version > self.version[name]:
+            self.version[name] = version
+            self.typed_id[name] = typed_id
+            self.schemas.evolve(name, record)
 
     def __getitem__(self, name: str) -> ContextType:
         return self.context_types[name]

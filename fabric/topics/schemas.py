@@ -187,16 +187,29 @@ class Schemas:
         self._json: dict[str, dict[str, Any]] = {}
         self._types: dict[str, Any] = {}
         self._decoders: dict[str, msgspec.json.Decoder[Any]] = {}
+        self._raw_data: dict[str, dict[str, Any]] = {}
         for ctype, fullname in context_types.items():
             if fullname not in self.raw:
                 raise ConfigError(f"context type {ctype}: schema {fullname}.avsc not found")
-            record = self.raw[fullname]
-            typed = typed_envelope(self.envelope_raw, record)
-            self._avro[ctype] = fastavro.parse_schema(copy.deepcopy(typed))
-            self._data_avro[ctype] = fastavro.parse_schema(copy.deepcopy(record))
-            self._json[ctype] = event_json_schema(typed)
-            self._types[ctype] = avro_to_msgspec(copy.deepcopy(record), {})
-            self._decoders[ctype] = msgspec.json.Decoder(self._types[ctype])
+            self.evolve(ctype, self.raw[fullname])
+
+    def evolve(self, ctype: str, record: dict[str, Any]) -> None:
+        """Make ``record`` the current data schema of ``ctype`` (a new registered version):
+        what the edge validates, the worker encodes and readers resolve to."""
+        typed = typed_envelope(self.envelope_raw, record)
+        self._raw_data[ctype] = copy.deepcopy(record)
+        self._avro[ctype] = fastavro.parse_schema(copy.deepcopy(typed))
+        self._data_avro[ctype] = fastavro.parse_schema(copy.deepcopy(record))
+        self._json[ctype] = event_json_schema(typed)
+        self._types[ctype] = avro_to_msgspec(copy.deepcopy(record), {})
+        self._decoders[ctype] = msgspec.json.Decoder(self._types[ctype])
+
+    def data_raw(self, ctype: str) -> dict[str, Any]:
+        """The current data schema of a context type, as JSON."""
+        return self._raw_data[ctype]
+
+    def typed_raw(self, record: dict[str, Any]) -> dict[str, Any]:
+        return typed_envelope(self.envelope_raw, record)
 
     def avro(self, ctype: str) -> Any:
         return self._avro[ctype]

@@ -1,0 +1,185 @@
+"""The registry's contents and where they live: the compacted topic ``<prefix>.registry``.
+
+Records (key -> JSON value):
+- ``schema:<subject>:<version>`` -> ``{"subject", "version", "id", "schema"}``
+- ``config:<subject>`` -> ``{"compatibility": "BACKWARD" | "FORWARD" | "FULL" | "NONE"}``
+- ``provider:<id>``, ``consumer:<id>`` -> the manifest
+
+Every process that reads or writes events holds a ``SchemaStore`` seeded with the
+bundled schemas (each context type's data record is subject ``<ContextType>``
+version 1, with the id from ``context-types.yaml``) and follows the topic. A new
+version of a context type's subject evolves the process's ``Registry``: it is what the
+edge validates and the worker encodes from then on, and records written with any
+known version are resolved to it. A process that meets an id it does not know reads
+the topic to its end before deciding the record is bad.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.errors import KafkaError
+
+from fabric.registry.compat import LEVELS, check_level
+from fabric.registry.manifests import Manifest, parse_manifest
+from fabric.settings import Settings
+from fabric.topics.admin import ensure_topics, read_compacted
+from fabric.topics.codecs import MAGIC
+from fabric.topics.registry import Registry
+
+log = logging.getLogger(__name__)
+FIRST_ID = 1000  # ids the registry hands out start here; below are the bundled ones
+
+
+def canonical(schema: Any) -> str:
+    return json.dumps(schema, sort_keys=True, separators=(",", ":"))
+
+
+@dataclass(frozen=True)
+class SchemaVersion:
+    subject: str
+    version: int
+    id: int
+    schema: Any
+
+    def record(self) -> bytes:
+        return orjson.dumps({"subject": self.subject, "version": self.version, "id": self.id, "schema": self.schema})
+
+
+class SchemaStore:
+    def __init__(self, registry: Registry) -> None:
+        self.registry = registry
+        self.subjects: dict[str, dict[int, SchemaVersion]] = {}
+        self.by_id: dict[int, SchemaVersion] = {}
+        self.config: dict[str, str] = {}
+        self.manifests: dict[str, Manifest] = {}
+        self.default_level = "BACKWARD"
+        for ct in registry.context_types.values():
+            self._add(SchemaVersion(ct.name, 1, ct.data_schema_id, registry.schemas.data_raw(ct.name)))
+
+    def _add(self, sv: SchemaVersion) -> None:
+        self.subjects.setdefault(sv.subject, {})[sv.version] = sv
+        self.by_id[sv.id] = sv
+        if sv.subject in self.registry.context_types and sv.version > 1:
+            self.registry.evolve(sv.subject, sv.version, sv.id, sv.schema)
+
+    def apply_record(self, key: str, value: bytes | None) -> None:
+        kind, _, rest = key.partition(":")
+        try:
+            if kind == "schema" and value:
+                d = orjson.loads(value)
+                self._add(SchemaVersion(d["subject"], int(d["version"]), int(d["id"]), d["schema"]))
+            elif kind == "config":
+                if value:
+                    self.config[rest] = orjson.loads(value)["compatibility"]
+                else:
+                    self.config.pop(rest, None)
+            elif kind in ("provider", "consumer"):
+                if value:
+                    self.manifests[key] = parse_manifest(orjson.loads(value), key)
+                else:
+                    self.manifests.pop(key, None)
+        except (KeyError, ValueError, TypeError) as e:
+            log.warning("registry: ignoring record %s: %s", key, e)
+
+    def latest(self, subject: str) -> SchemaVersion | None:
+        versions = self.subjects.get(subject)
+        return versions[max(versions)] if versions else None
+
+    def level(self, subject: str) -> str:
+        return self.config.get(subject, self.default_level)
+
+    def find(self, subject: str, schema: Any) -> SchemaVersion | None:
+        text = canonical(schema)
+        return next((v for v in self.subjects.get(subject, {}).values() if canonical(v.schema) == text), None)
+
+    def problems(self, subject: str, schema: Any, against: SchemaVersion | None = None) -> list[str]:
+        """Why ``schema`` may not become the next version of ``subject`` (empty: it may)."""
+        previous = against or self.latest(subject)
+        if previous is None:
+            return []
+        return check_level(self.level(subject), schema, previous.schema)
+
+    def consumer_version(self, consumer: str, context_type: str) -> int | None:
+        """The schema version a registered consumer declared for a context type, if any."""
+        m = self.manifests.get(f"consumer:{consumer}")
+        if m is None:
+            return None
+        for entry in m.spec.get("consumes", []):
+            if entry.get("context_type") == context_type and isinstance(entry.get("version"), int):
+                return int(entry["version"])
+        return None
+
+    def unknown_ids(self, values: Iterable[bytes | None]) -> bool:
+        """Whether any Confluent-framed value names a schema id this process has not seen."""
+        reg = self.registry
+        for v in values:
+            if v and len(v) >= 5 and v[0] == MAGIC:
+                sid = int.from_bytes(v[1:5], "big")
+                if sid not in reg.by_schema_id and sid not in reg.by_data_schema_id and sid != 1:
+                    return True
+        return False
+
+
+class RegistryFollower:
+    """Keeps a ``SchemaStore`` current: reads the topic at start, then follows it."""
+
+    def __init__(self, settings: Settings, store: SchemaStore) -> None:
+        self.settings = settings
+        self.store = store
+        self.topic = settings.topic("registry")
+        self._task: asyncio.Task[None] | None = None
+        self._lock = asyncio.Lock()
+
+    async def start(self) -> None:
+        await ensure_topics(self.settings, [self.topic])
+        await self.catch_up()
+        self._task = asyncio.create_task(self._follow(), name="registry-follower")
+
+    async def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._task
+
+    async def catch_up(self) -> None:
+        """Read the topic to its end now (when an unknown schema id shows up)."""
+        async with self._lock:
+            for key, value in (await read_compacted(self.settings, self.topic)).items():
+                self.store.apply_record(key, value)
+
+    async def _follow(self) -> None:
+        consumer = AIOKafkaConsumer(bootstrap_servers=self.settings.kafka.bootstrap, enable_auto_commit=False,
+                                    fetch_max_wait_ms=200)  # fmt: skip
+        await consumer.start()
+        try:
+            parts = [TopicPartition(self.topic, p) for p in sorted(consumer.partitions_for_topic(self.topic) or {0})]
+            consumer.assign(parts)
+            await consumer.seek_to_end(*parts)
+            while True:
+                try:
+                    batch = await consumer.getmany(timeout_ms=500)
+                except KafkaError as e:
+                    log.warning("registry: %s", e)
+                    await asyncio.sleep(1)
+                    continue
+                for recs in batch.values():
+                    for r in recs:
+                        self.store.apply_record((r.key or b"").decode(), r.value or None)
+        finally:
+            with contextlib.suppress(Exception):
+                await consumer.stop()
+
+
+def valid_level(level: Any) -> str:
+    if level not in LEVELS:
+        raise ValueError(f"compatibility must be one of {', '.join(LEVELS)}, got {level!r}")
+    return str(level)
