@@ -53,7 +53,9 @@ def test_removing_a_field_without_default_breaks_forward() -> None:
 
 def test_type_changes_follow_promotions() -> None:
     assert check_level("BACKWARD", v2(views={"type": "long"}), V1) == []  # int -> long promotes
-    assert check_level("BACKWARD", v2(views={"type": "string"}), V1) == ["backward: .views: type changed from int to string"]
+    assert check_level("BACKWARD", v2(views={"type": "string"}), V1) == [
+        "backward: .views: type changed from int to string"
+    ]
     assert problems(v2(views={"type": ["null", "int"]}), V1) == []  # a union with the writer's type
 
 
