@@ -21,6 +21,9 @@ import orjson
 import pytest
 import websockets
 from aiokafka import AIOKafkaProducer
+from mcp import Client
+from mcp.client.streamable_http import streamable_http_client
+from mcp.shared._httpx_utils import create_mcp_http_client
 
 from fabric.settings import Settings
 from fabric.testing import bearer
@@ -128,6 +131,13 @@ async def test_schema_evolution_end_to_end(own_fabric: Fabric, tenant: str) -> N
         assert as_old["event"]["data"]["title"] == "Orders"
         from_v1 = await eventually(lambda: pulled(new, "p0"))
         assert from_v1["event"]["data"]["owner"] is None
+    # and over MCP
+    async with (
+        create_mcp_http_client(headers=old) as mcp_http,
+        Client(streamable_http_client(f"{fab.url}/mcp", http_client=mcp_http)) as mcp,
+    ):
+        read = await mcp.read_resource(f"ctx://{tenant}/PageDSL/p1")
+        assert "owner" not in json.loads(read.contents[0].text)["event"]["data"]  # type: ignore[union-attr]
     subjects_pushed = {pushed_new["subject"], pushed_old["subject"]}
     assert subjects_pushed <= {"p0", "p1"}
     assert "owner" not in pushed_old["event"]["data"] and "owner" in pushed_new["event"]["data"]
