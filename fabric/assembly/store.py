@@ -8,19 +8,16 @@ reads the topic at start and follows it, so a policy published by one process
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 from pathlib import Path
 
 import orjson
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.errors import KafkaError
+from aiokafka import AIOKafkaProducer
 
 from fabric.assembly.policy import InjectionPolicy, parse_policies, policy_from
 from fabric.errors import ConfigError
 from fabric.settings import Settings
-from fabric.topics.admin import ensure_topics, read_compacted
+from fabric.topics.admin import ensure_topics, follow_compacted, read_compacted
 
 log = logging.getLogger(__name__)
 
@@ -77,27 +74,7 @@ async def load_published(settings: Settings, store: PolicyStore) -> None:
 
 async def follow(settings: Settings, store: PolicyStore) -> None:
     """Apply new policy records as they are published (runs until cancelled)."""
-    topic = settings.topic("policies")
-    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka.bootstrap, enable_auto_commit=False,
-                                auto_offset_reset="latest", fetch_max_wait_ms=200)  # fmt: skip
-    await consumer.start()
-    try:
-        parts = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or {0})]
-        consumer.assign(parts)
-        await consumer.seek_to_end(*parts)
-        while True:
-            try:
-                batch = await consumer.getmany(timeout_ms=500)
-            except KafkaError as e:
-                log.warning("policies: %s", e)
-                await asyncio.sleep(1)
-                continue
-            for recs in batch.values():
-                for r in recs:
-                    store.apply_record((r.key or b"").decode(), r.value or None)
-    finally:
-        with contextlib.suppress(Exception):
-            await consumer.stop()
+    await follow_compacted(settings, settings.topic("policies"), store.apply_record)
 
 
 async def publish(settings: Settings, items: list[tuple[str, bytes | None]]) -> None:

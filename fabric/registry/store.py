@@ -25,13 +25,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
-from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.errors import KafkaError
 
 from fabric.registry.compat import LEVELS, check_level
 from fabric.registry.manifests import Manifest, parse_manifest
 from fabric.settings import Settings
-from fabric.topics.admin import ensure_topics, read_compacted
+from fabric.topics.admin import ensure_topics, follow_compacted, read_compacted
 from fabric.topics.codecs import MAGIC
 from fabric.topics.registry import Registry
 
@@ -157,26 +155,7 @@ class RegistryFollower:
                 self.store.apply_record(key, value)
 
     async def _follow(self) -> None:
-        consumer = AIOKafkaConsumer(bootstrap_servers=self.settings.kafka.bootstrap, enable_auto_commit=False,
-                                    fetch_max_wait_ms=200)  # fmt: skip
-        await consumer.start()
-        try:
-            parts = [TopicPartition(self.topic, p) for p in sorted(consumer.partitions_for_topic(self.topic) or {0})]
-            consumer.assign(parts)
-            await consumer.seek_to_end(*parts)
-            while True:
-                try:
-                    batch = await consumer.getmany(timeout_ms=500)
-                except KafkaError as e:
-                    log.warning("registry: %s", e)
-                    await asyncio.sleep(1)
-                    continue
-                for recs in batch.values():
-                    for r in recs:
-                        self.store.apply_record((r.key or b"").decode(), r.value or None)
-        finally:
-            with contextlib.suppress(Exception):
-                await consumer.stop()
+        await follow_compacted(self.settings, self.topic, self.store.apply_record)
 
 
 def valid_level(level: Any) -> str:

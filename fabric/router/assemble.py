@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 import msgspec
@@ -168,8 +169,6 @@ def _candidate(
 
 
 def _event_ms(event: dict[str, Any], default: int) -> int:
-    from datetime import datetime
-
     try:
         return int(datetime.fromisoformat(str(event["time"]).replace("Z", "+00:00")).timestamp() * 1000)
     except (KeyError, ValueError):
@@ -193,7 +192,7 @@ def _item(ct: ContextType, st: RouterState, c: _Candidate, tokens: int) -> Item:
     return Item(ct.name, x.subject, tokens, x.as_of, x.age_ms, x.stale, x.watermark_lag_ms, prov, msgspec.Raw(raw))
 
 
-def _policy_named(store: PolicyStore, spec: str) -> InjectionPolicy:
+def policy_named(store: PolicyStore, spec: str) -> InjectionPolicy:
     name, _, version = spec.partition("@")
     if version and not version.isdigit():
         raise HTTPProblem(400, f"policy version must be a number: {spec!r}")
@@ -223,7 +222,7 @@ async def assemble(request: Request) -> Response:
     else:
         if not isinstance(body.get("policy"), str):
             raise HTTPProblem(400, "policy must name an injection policy (GET /v1/policies lists them)")
-        policy = _policy_named(st.assembler.store, body["policy"])
+        policy = policy_named(st.assembler.store, body["policy"])
     resource = f"{policy.name}@{policy.version}/{subject}"
     bundle = await st.assembler.assemble(who, subject, policy)
     items = sum(len(s.items) for s in bundle.sections)
@@ -247,7 +246,7 @@ async def list_policies(request: Request) -> Response:
 async def get_policy(request: Request) -> Response:
     st = state_of(request)
     await caller(request, "policies.read", request.path_params["name"])
-    policy = _policy_named(st.assembler.store, request.path_params["name"])
+    policy = policy_named(st.assembler.store, request.path_params["name"])
     return Response(_enc.encode(policy.model_dump(mode="json")), media_type="application/json")
 
 

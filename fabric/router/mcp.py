@@ -40,8 +40,9 @@ from mcp.shared.exceptions import MCPError
 from starlette.applications import Starlette
 
 from fabric.client import subject_path
+from fabric.router.assemble import policy_named
 from fabric.router.contexts import build_context, fetch, recent_composites
-from fabric.router.state import RouterState
+from fabric.router.state import HTTPProblem, RouterState
 from fabric.security.audit import trace_id_of
 from fabric.security.ratelimit import RateLimited
 from fabric.security.tokens import Principal, Unauthorized
@@ -269,11 +270,8 @@ class FabricMCP:
             st.gate.allow(who, "mcp.tool.list_contexts", ct.name, trace, f"{len(items)} items")
             return _enc.encode({"context_type": ct.name, "items": items}).decode()
         if name == "assemble_context":
-            from fabric.router.assemble import _policy_named
-            from fabric.router.state import HTTPProblem
-
             try:
-                policy = _policy_named(st.assembler.store, arg("policy", str))
+                policy = policy_named(st.assembler.store, arg("policy", str))
             except HTTPProblem as e:
                 raise MCPError(NOT_FOUND, e.message) from None
             subject = arg("subject", str)

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
@@ -11,6 +14,8 @@ from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 from fabric.errors import BackendUnavailable
 from fabric.settings import Settings
 from fabric.topics.registry import Registry
+
+log = logging.getLogger(__name__)
 
 
 def ingest_topic(s: Settings) -> str:
@@ -68,3 +73,27 @@ async def read_compacted(s: Settings, topic: str) -> dict[str, bytes | None]:
     finally:
         await c.stop()
     return out
+
+
+async def follow_compacted(s: Settings, topic: str, apply: Callable[[str, bytes | None], None]) -> None:
+    """Call ``apply(key, value)`` for every record written to ``topic`` from now on (value None:
+    removed); runs until cancelled. Pair with ``read_compacted`` for what came before."""
+    c = AIOKafkaConsumer(bootstrap_servers=s.kafka.bootstrap, enable_auto_commit=False, fetch_max_wait_ms=200)
+    await c.start()
+    try:
+        parts = [TopicPartition(topic, p) for p in sorted(c.partitions_for_topic(topic) or {0})]
+        c.assign(parts)
+        await c.seek_to_end(*parts)
+        while True:
+            try:
+                batch = await c.getmany(timeout_ms=500)
+            except KafkaError as e:
+                log.warning("following %s: %s", topic, e)
+                await asyncio.sleep(1)
+                continue
+            for recs in batch.values():
+                for r in recs:
+                    apply((r.key or b"").decode(), r.value or None)
+    finally:
+        with contextlib.suppress(Exception):
+            await c.stop()

@@ -48,6 +48,38 @@ async def eventually(fn: Callable[[], Any], timeout: float = 30.0, interval: flo
     raise AssertionError(f"condition not met within {timeout} s (last value: {last!r})")
 
 
+async def answers(url: str) -> bool:
+    """Whether a router at ``url`` answers ``/healthz`` with 200 (for ``eventually``)."""
+    async with httpx.AsyncClient(timeout=1) as c:
+        try:
+            return (await c.get(f"{url}/healthz")).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+
+@pytest.fixture
+def spawn(fabric: Fabric, tmp_path: Path) -> Iterator[Callable[..., subprocess.Popen[bytes]]]:
+    """Start ``python ARGS...`` with the fabric's environment; stopped (SIGTERM) after the test."""
+    procs: list[subprocess.Popen[bytes]] = []
+
+    def start(*args: str) -> subprocess.Popen[bytes]:
+        with (tmp_path / f"spawned-{len(procs)}.log").open("wb") as log:
+            p = subprocess.Popen(
+                [sys.executable, *args], env=fabric.env(), stdout=log, stderr=subprocess.STDOUT, cwd=ROOT
+            )
+        procs.append(p)
+        return p
+
+    yield start
+    for p in procs:
+        p.terminate()
+        try:
+            p.wait(10)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+
+
 @pytest.fixture(scope="session")
 def stack_settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
     data = tmp_path_factory.mktemp("fabric")

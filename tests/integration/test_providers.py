@@ -4,12 +4,8 @@ endpoint, signed webhooks, and a SQLite table; each run as ``fabric provider ...
 from __future__ import annotations
 
 import json
-import signal
 import sqlite3
-import subprocess
-import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,25 +23,8 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
-def run_provider(fabric: Fabric, tmp_path: Path) -> Iterator[Any]:
-    procs: list[subprocess.Popen[bytes]] = []
-
-    def start(*args: str) -> subprocess.Popen[bytes]:
-        log = (tmp_path / f"provider-{len(procs)}.log").open("wb")
-        p = subprocess.Popen([sys.executable, "-m", "fabric", "provider", *args], env=fabric.env(),
-                             stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
-        log.close()
-        procs.append(p)
-        return p
-
-    yield start
-    for p in procs:
-        p.send_signal(signal.SIGTERM)
-        try:
-            p.wait(10)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait()
+def run_provider(spawn: Any) -> Any:
+    return lambda *args: spawn("-m", "fabric", "provider", *args)
 
 
 async def pull(fabric: Fabric, tenant: str, ctype: str, subject: str) -> dict[str, Any] | None:

@@ -14,17 +14,9 @@ from fabric.client import ContextClient, Forbidden, RateLimited
 from fabric.demo import TENANT, scenario
 from fabric.settings import RateLimit, Settings
 from fabric.testing import bearer
-from tests.integration.conftest import Fabric, eventually, free_port, variant
+from tests.integration.conftest import Fabric, answers, eventually, free_port, variant
 
 pytestmark = pytest.mark.integration
-
-
-async def _up(url: str) -> bool:
-    async with httpx.AsyncClient(timeout=1) as c:
-        try:
-            return (await c.get(f"{url}/healthz")).status_code == 200
-        except httpx.HTTPError:
-            return False
 
 
 async def test_a_burst_is_limited_across_two_routers_sharing_redis(fabric: Fabric, tmp_path: Path) -> None:
@@ -43,21 +35,21 @@ async def test_a_burst_is_limited_across_two_routers_sharing_redis(fabric: Fabri
         routers.append(r)
     try:
         for r in routers:
-            await eventually(lambda r=r: _up(r.url))
+            await eventually(lambda r=r: answers(r.url))
         token = bearer(base, limited)
         other = bearer(base, f"ok{uuid.uuid4().hex[:8]}")
-        answers: list[tuple[int, int, str | None]] = []
+        replies: list[tuple[int, int, str | None]] = []
         async with httpx.AsyncClient(timeout=10) as c:
             for i in range(40):  # alternating, as fast as the client goes
                 router = routers[i % 2]
                 resp = await c.get(f"{router.url}/v1/contexts/PageDSL/p{i}", headers=token)
-                answers.append((i % 2, resp.status_code, resp.headers.get("retry-after")))
+                replies.append((i % 2, resp.status_code, resp.headers.get("retry-after")))
             # another tenant has its own bucket
             unaffected = await c.get(f"{routers[0].url}/v1/contexts/PageDSL/x", headers=other)
-        allowed = [a for a in answers if a[1] != 429]
-        refused = [a for a in answers if a[1] == 429]
+        allowed = [a for a in replies if a[1] != 429]
+        refused = [a for a in replies if a[1] == 429]
         # 10 in the bucket, refilled at 2/s while the burst lasts: both routers drew from one bucket
-        assert 10 <= len(allowed) <= 14, answers
+        assert 10 <= len(allowed) <= 14, replies
         assert {a[0] for a in refused} == {0, 1}, "both routers must refuse once the shared bucket is empty"
         assert all(ra is not None and int(ra) >= 1 for _, _, ra in refused)
         assert unaffected.status_code != 429

@@ -5,10 +5,7 @@ from __future__ import annotations
 
 import http.server
 import json
-import signal
 import sqlite3
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -53,26 +50,6 @@ def crm_api() -> Iterator[tuple[str, dict[str, list[dict[str, Any]]]]]:
     server.server_close()
 
 
-@pytest.fixture
-def procs() -> Iterator[list[subprocess.Popen[bytes]]]:
-    running: list[subprocess.Popen[bytes]] = []
-    yield running
-    for p in running:
-        p.send_signal(signal.SIGTERM)
-        try:
-            p.wait(10)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait()
-
-
-def run(fabric: Fabric, tmp: Path, argv: list[str], procs: list[subprocess.Popen[bytes]]) -> None:
-    log = (tmp / f"run-{len(procs)}.log").open("wb")
-    procs.append(subprocess.Popen([sys.executable, *argv], env=fabric.env(), stdout=log, stderr=subprocess.STDOUT,
-                                  cwd=ROOT))  # fmt: skip
-    log.close()
-
-
 async def pull(fabric: Fabric, tenant: str, subject: str, changes: int = 1) -> dict[str, Any] | None:
     async with httpx.AsyncClient(base_url=fabric.url, headers=bearer(fabric.settings, tenant), timeout=10) as c:
         r = await c.get(f"/v1/contexts/SaaSRecord/{subject_path(subject)}")
@@ -80,7 +57,7 @@ async def pull(fabric: Fabric, tenant: str, subject: str, changes: int = 1) -> d
 
 
 async def test_scaffold_from_openapi_runs_and_publishes(
-    fabric: Fabric, tenant: str, tmp_path: Path, crm_api: Any, procs: list[subprocess.Popen[bytes]]
+    fabric: Fabric, tenant: str, tmp_path: Path, crm_api: Any, spawn: Any
 ) -> None:
     url, data = crm_api
     out = tmp_path / "crm"
@@ -97,7 +74,7 @@ async def test_scaffold_from_openapi_runs_and_publishes(
         ("arr", ["null", "long"]),
     ]
 
-    run(fabric, tmp_path, [str(out / "provider.py"), "--tenant", tenant, "--endpoint", url, "--every", "0.3"], procs)
+    spawn(str(out / "provider.py"), "--tenant", tenant, "--endpoint", url, "--every", "0.3")
     record = await eventually(lambda: pull(fabric, tenant, "A-1"))
     assert record["event"]["data"]["fields"] == {"id": "A-1", "name": "Initech", "tier": "gold", "arr": 1200}
     assert record["event"]["type"] == "saas.account.updated"
@@ -113,9 +90,7 @@ async def test_scaffold_from_openapi_runs_and_publishes(
     assert json.loads(stored["provider:acme-crm"] or b"{}")["provider"]["owner"] == "sales-eng"
 
 
-async def test_scaffold_from_sqlite_runs_and_publishes(
-    fabric: Fabric, tenant: str, tmp_path: Path, procs: list[subprocess.Popen[bytes]]
-) -> None:
+async def test_scaffold_from_sqlite_runs_and_publishes(fabric: Fabric, tenant: str, tmp_path: Path, spawn: Any) -> None:
     db = tmp_path / "billing.db"
     con = sqlite3.connect(db)
     con.execute(
@@ -130,7 +105,7 @@ async def test_scaffold_from_sqlite_runs_and_publishes(
     produces = yaml.safe_load((out / "manifest.yaml").read_text())["provider"]["produces"]
     assert [(p["table"], p["event_type"], p["key"]) for p in produces] == [("invoices", "saas.invoices.updated", "id")]
 
-    run(fabric, tmp_path, [str(out / "provider.py"), "--tenant", tenant, "--every", "0.3"], procs)
+    spawn(str(out / "provider.py"), "--tenant", tenant, "--every", "0.3")
     invoice = await eventually(lambda: pull(fabric, tenant, "1"))
     assert invoice["event"]["data"]["fields"]["customer"] == "Initech"
     con.execute("UPDATE invoices SET total = 120.0, modified_at = modified_at + 1 WHERE id = 1")

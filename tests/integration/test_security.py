@@ -21,7 +21,7 @@ from fabric.client import subject_path
 from fabric.security.tokens import mint
 from fabric.settings import Settings
 from fabric.testing import bearer
-from tests.integration.conftest import Fabric, eventually, variant
+from tests.integration.conftest import Fabric, answers, eventually, variant
 
 pytestmark = pytest.mark.integration
 
@@ -193,14 +193,6 @@ async def test_bad_tokens_are_401(fabric: Fabric, tenant: str) -> None:
         assert refused.value.response.status_code == 401
 
 
-async def _answers(url: str) -> bool:
-    async with httpx.AsyncClient(timeout=1) as c:
-        try:
-            return (await c.get(f"{url}/healthz")).status_code == 200
-        except httpx.HTTPError:
-            return False
-
-
 @pytest.fixture
 def jwks_server() -> Iterator[tuple[str, Any]]:
     """A loopback issuer publishing one RS256 key."""
@@ -236,7 +228,7 @@ async def test_router_verifies_tokens_from_a_jwks_issuer(
     fab = Fabric(settings, tmp_path / "logs")
     fab.start("router")  # alone: no worker marks this cache ready, so a missing page is 503, not 404
     try:
-        await eventually(lambda: _answers(fab.url))
+        await eventually(lambda: answers(fab.url))
         good = mint(settings, tenant, ["context:read:*"], key=key, algorithm="RS256", kid="prod-1")
         dev = bearer(fabric.settings, tenant)  # the dev issuer is not trusted here
         async with httpx.AsyncClient(base_url=fab.url, timeout=15) as c:
