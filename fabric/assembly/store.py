@@ -1,7 +1,7 @@
-"""Where injection policies live: the bundled file, and the compacted topic ``ctx.policies``.
+"""Where injection policies live: the bundled file, and the registry topic ``ctx.registry``.
 
-Each published version is its own record (key ``name@version``), so every version
-stays readable; removing a policy writes tombstones for all its versions. A router
+Each published version is its own record (key ``policy:name@version``), so every
+version stays readable; removing a policy writes tombstones for all its versions. A router
 reads the topic at start and follows it, so a policy published by one process
 (``fabric policies apply``, ``PUT /v1/policies/{name}``) is served by all.
 """
@@ -16,6 +16,7 @@ from aiokafka import AIOKafkaProducer
 
 from fabric.assembly.policy import InjectionPolicy, parse_policies, policy_from
 from fabric.errors import ConfigError
+from fabric.registry.store import POLICY
 from fabric.settings import Settings
 from fabric.topics.admin import ensure_topics, follow_compacted, read_compacted
 
@@ -66,25 +67,31 @@ class PolicyStore:
 
 
 async def load_published(settings: Settings, store: PolicyStore) -> None:
-    topic = settings.topic("policies")
+    topic = settings.topic("registry")
     await ensure_topics(settings, [topic])
     for key, value in (await read_compacted(settings, topic)).items():
-        store.apply_record(key, value)
+        if key.startswith(POLICY):
+            store.apply_record(key.removeprefix(POLICY), value)
 
 
 async def follow(settings: Settings, store: PolicyStore) -> None:
     """Apply new policy records as they are published (runs until cancelled)."""
-    await follow_compacted(settings, settings.topic("policies"), store.apply_record)
+
+    def apply(key: str, value: bytes | None) -> None:
+        if key.startswith(POLICY):
+            store.apply_record(key.removeprefix(POLICY), value)
+
+    await follow_compacted(settings, settings.topic("registry"), apply)
 
 
 async def publish(settings: Settings, items: list[tuple[str, bytes | None]]) -> None:
     """Write policy records (``name@version`` -> JSON, or None to remove)."""
-    topic = settings.topic("policies")
+    topic = settings.topic("registry")
     await ensure_topics(settings, [topic])
     producer = AIOKafkaProducer(bootstrap_servers=settings.kafka.bootstrap, acks="all")
     await producer.start()
     try:
         for key, value in items:
-            await producer.send_and_wait(topic, value, key=key.encode())
+            await producer.send_and_wait(topic, value, key=f"{POLICY}{key}".encode())
     finally:
         await producer.stop()

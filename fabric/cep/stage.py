@@ -31,6 +31,7 @@ from fabric.errors import InvalidEvent
 from fabric.pipeline.enrich import new_traceparent
 from fabric.pipeline.route import CACHE_JSON, OutRecord, cache_headers
 from fabric.pipeline.stages import EVENTS, Stage, consumer, producer, send_all
+from fabric.registry.store import PATTERN
 from fabric.settings import Settings
 from fabric.topics.admin import all_topics, ensure_topics, read_compacted, typed_topics
 from fabric.topics.codecs import decode_structured, decode_typed, encode_typed, validate
@@ -106,7 +107,7 @@ class CepStage(Stage):
     async def on_start(self) -> None:
         s = self.settings
         await ensure_topics(
-            s, [*all_topics(s, self.registry), s.topic("late"), s.topic("patterns"), s.topic("cep-checkpoints")]
+            s, [*all_topics(s, self.registry), s.topic("late"), s.topic("registry"), s.topic("cep-checkpoints")]
         )
         self.checkpoint_key = f"{s.kafka.group_prefix}.cep".encode()
         self.patterns_consumer = AIOKafkaConsumer(
@@ -114,11 +115,13 @@ class CepStage(Stage):
             fetch_max_wait_ms=100,
         )  # fmt: skip
         await self.patterns_consumer.start()
-        parts = self.patterns_consumer.partitions_for_topic(s.topic("patterns")) or {0}
-        self.patterns_consumer.assign([TopicPartition(s.topic("patterns"), p) for p in sorted(parts)])
-        # patterns applied so far, then the state checkpointed for them
-        for name, spec in (await read_compacted(s, s.topic("patterns"))).items():
-            self.overrides[name] = orjson.loads(spec) if spec else None
+        parts = self.patterns_consumer.partitions_for_topic(s.topic("registry")) or {0}
+        self.patterns_consumer.assign([TopicPartition(s.topic("registry"), p) for p in sorted(parts)])
+        # patterns applied so far (``pattern:<name>`` records of the registry), then the
+        # state checkpointed for them
+        for key, spec in (await read_compacted(s, s.topic("registry"))).items():
+            if key.startswith(PATTERN):
+                self.overrides[key.removeprefix(PATTERN)] = orjson.loads(spec) if spec else None
         if self.overrides:
             self.reload()
         saved = (await read_compacted(s, s.topic("cep-checkpoints"))).get(self.checkpoint_key.decode())
@@ -147,8 +150,8 @@ class CepStage(Stage):
         self.add_future(self._follow_patterns())
 
     async def _follow_patterns(self) -> None:
-        """Apply pattern changes from the compacted ``ctx.patterns`` topic as they come:
-        key = pattern name, value = its JSON spec, no value = removed."""
+        """Apply pattern changes from the registry topic as they come: key
+        ``pattern:<name>``, value = its JSON spec, no value = removed."""
         assert self.patterns_consumer is not None
         while not self.should_stop:
             try:
@@ -160,9 +163,10 @@ class CepStage(Stage):
             changed = False
             for recs in batch.values():
                 for r in recs:
-                    name = (r.key or b"").decode()
-                    self.overrides[name] = orjson.loads(r.value) if r.value else None
-                    changed = True
+                    key = (r.key or b"").decode()
+                    if key.startswith(PATTERN):
+                        self.overrides[key.removeprefix(PATTERN)] = orjson.loads(r.value) if r.value else None
+                        changed = True
             if changed:
                 self.reload()
 

@@ -1,7 +1,7 @@
 """``fabric patterns apply FILE | remove NAME | list``: CEP patterns, changed while the worker runs.
 
-Patterns live in the compacted topic ``ctx.patterns`` (key: name, value: the pattern
-as JSON; removing writes a tombstone). Every CEP stage follows the topic and swaps
+Patterns live in the registry topic ``ctx.registry`` (key ``pattern:<name>``, value:
+the pattern as JSON with its version; removing writes a tombstone). Every CEP stage follows the topic and swaps
 patterns without a restart: a changed pattern starts with fresh state, the others
 keep theirs. A file is validated before anything is published."""
 
@@ -17,28 +17,30 @@ from aiokafka import AIOKafkaProducer
 
 from fabric.cep.patterns import load_patterns
 from fabric.cli.main import settings_of
+from fabric.registry.store import PATTERN
 from fabric.settings import Settings
 from fabric.topics.admin import ensure_topics, read_compacted
 
 
 async def _publish(s: Settings, items: list[tuple[str, bytes | None]]) -> None:
-    await ensure_topics(s, [s.topic("patterns")])
+    await ensure_topics(s, [s.topic("registry")])
     p = AIOKafkaProducer(bootstrap_servers=s.kafka.bootstrap, acks="all")
     await p.start()
     try:
         for name, value in items:
-            await p.send_and_wait(s.topic("patterns"), value, key=name.encode())
+            await p.send_and_wait(s.topic("registry"), value, key=f"{PATTERN}{name}".encode())
     finally:
         await p.stop()
 
 
 async def current(s: Settings) -> dict[str, Any]:
     """The patterns applied so far: the topic read to its end, tombstones removing."""
-    await ensure_topics(s, [s.topic("patterns")])
-    return {name: orjson.loads(v) for name, v in (await read_compacted(s, s.topic("patterns"))).items() if v}
+    await ensure_topics(s, [s.topic("registry")])
+    records = await read_compacted(s, s.topic("registry"))
+    return {k.removeprefix(PATTERN): orjson.loads(v) for k, v in records.items() if v and k.startswith(PATTERN)}
 
 
-@click.group(help="Add, change or remove CEP patterns while the worker runs (topic <prefix>.patterns).")
+@click.group(help="Add, change or remove CEP patterns while the worker runs (kept in <prefix>.registry).")
 def patterns() -> None:
     pass
 

@@ -117,3 +117,37 @@ def manifests(ctx: click.Context, file: Path | None) -> None:
     for m in _call(ctx, "GET", "/v1/registry/manifests"):
         kind, spec = next(iter(m.items()))
         click.echo(f"{kind:<9} {spec['id']:<30} owner {spec.get('owner', '?')}")
+
+
+@registry.command(
+    help="Show the event-type routing in force, or publish FILE (YAML list of {match, context_type}) as a new version."
+)
+@click.argument("file", required=False, type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.pass_context
+def routing(ctx: click.Context, file: Path | None) -> None:
+    if file:
+        doc = yaml.safe_load(file.read_text())
+        rules = doc.get("rules", doc) if isinstance(doc, dict) else doc
+        click.echo(f"routing version {_call(ctx, 'PUT', '/v1/registry/routing', {'rules': rules})['version']}")
+        return
+    doc = _call(ctx, "GET", "/v1/registry/routing")
+    click.echo(f"routing version {doc['version']}")
+    for r in doc["rules"]:
+        click.echo(f"  {r['match']:<24} -> {r['context_type']}")
+
+
+@registry.command(
+    name="list", help="Everything the registry versions: schemas, routing, patterns, policies, manifests."
+)
+@click.pass_context
+def list_(ctx: click.Context) -> None:
+    doc = _call(ctx, "GET", "/v1/registry")
+    for subject, versions in doc["schemas"].items():
+        click.echo(f"schema   {subject:<28} versions {', '.join(map(str, versions))}")
+    click.echo(f"routing  version {doc['routing']['version']} ({doc['routing']['rules']} rules)")
+    for name, version in doc["patterns"].items():
+        click.echo(f"pattern  {name:<28} v{version}")
+    for name, versions in doc["policies"].items():
+        click.echo(f"policy   {name:<28} versions {', '.join(map(str, versions))}")
+    for key in doc["manifests"]:
+        click.echo(f"manifest {key}")

@@ -1,8 +1,11 @@
 """The registry's contents and where they live: the compacted topic ``<prefix>.registry``.
 
-Records (key -> JSON value):
+Records (key -> JSON value), everything the fabric versions in one place:
 - ``schema:<subject>:<version>`` -> ``{"subject", "version", "id", "schema"}``
 - ``config:<subject>`` -> ``{"compatibility": "BACKWARD" | "FORWARD" | "FULL" | "NONE"}``
+- ``routing:<version>`` -> ``{"rules": [{"match": "page.*", "context_type": "PageDSL"}, ...]}``
+- ``pattern:<name>`` -> a CEP pattern (its spec carries its version; the CEP stage follows these)
+- ``policy:<name>@<version>`` -> an injection policy (routers follow these)
 - ``provider:<id>``, ``consumer:<id>`` -> the manifest
 
 Every process that reads or writes events holds a ``SchemaStore`` seeded with the
@@ -26,6 +29,7 @@ from typing import Any
 
 import orjson
 
+from fabric.errors import ConfigError
 from fabric.registry.compat import LEVELS, check_level
 from fabric.registry.manifests import Manifest, parse_manifest
 from fabric.settings import Settings
@@ -35,6 +39,9 @@ from fabric.topics.registry import Registry
 
 log = logging.getLogger(__name__)
 FIRST_ID = 1000  # ids the registry hands out start here; below are the bundled ones
+PATTERN = "pattern:"  # + name: a CEP pattern (fabric patterns)
+POLICY = "policy:"  # + name@version: an injection policy (fabric policies)
+ROUTING = "routing:"  # + version: the event-type -> context-type rules
 
 
 def canonical(schema: Any) -> str:
@@ -59,6 +66,8 @@ class SchemaStore:
         self.by_id: dict[int, SchemaVersion] = {}
         self.config: dict[str, str] = {}
         self.manifests: dict[str, Manifest] = {}
+        self.patterns: dict[str, Any] = {}
+        self.routing_version = 0
         self.default_level = "BACKWARD"
         for ct in registry.context_types.values():
             self._add(SchemaVersion(ct.name, 1, ct.data_schema_id, registry.schemas.data_raw(ct.name)))
@@ -80,12 +89,22 @@ class SchemaStore:
                     self.config[rest] = orjson.loads(value)["compatibility"]
                 else:
                     self.config.pop(rest, None)
+            elif kind == "routing" and value:
+                version = int(rest)
+                if version > self.routing_version:
+                    self.registry.set_rules(orjson.loads(value)["rules"])
+                    self.routing_version = version
+            elif kind == "pattern":
+                if value:
+                    self.patterns[rest] = orjson.loads(value)
+                else:
+                    self.patterns.pop(rest, None)
             elif kind in ("provider", "consumer"):
                 if value:
                     self.manifests[key] = parse_manifest(orjson.loads(value), key)
                 else:
                     self.manifests.pop(key, None)
-        except (KeyError, ValueError, TypeError) as e:
+        except (KeyError, ValueError, TypeError, ConfigError) as e:
             log.warning("registry: ignoring record %s: %s", key, e)
 
     def latest(self, subject: str) -> SchemaVersion | None:

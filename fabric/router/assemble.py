@@ -25,6 +25,7 @@ from starlette.responses import Response
 from fabric.assembly.policy import InjectionPolicy, Section, matcher, policy_from, resolve
 from fabric.assembly.store import PolicyStore
 from fabric.errors import ConfigError
+from fabric.registry.store import POLICY
 from fabric.router.contexts import Context, build_context
 from fabric.router.state import HTTPProblem, RouterState, caller, state_of
 from fabric.security.tokens import Principal
@@ -271,7 +272,9 @@ async def put_policy(request: Request) -> Response:
     value = orjson.dumps(policy.model_dump(mode="json"))
     try:
         await asyncio.wait_for(
-            st.producer.send_and_wait(st.settings.topic("policies"), value, key=f"{name}@{policy.version}".encode()),
+            st.producer.send_and_wait(
+                st.settings.topic("registry"), value, key=f"{POLICY}{name}@{policy.version}".encode()
+            ),
             st.settings.router.produce_timeout_s,
         )
     except (KafkaError, TimeoutError) as e:

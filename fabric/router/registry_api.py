@@ -227,7 +227,49 @@ async def manifests(request: Request) -> Response:
     return _json({"registered": m.key}, 201)
 
 
+async def overview(request: Request) -> Response:
+    """Everything versioned in the registry, in one answer."""
+    st, _, _ = await _reader(request)
+    store, policies = st.schemas.store, st.assembler.store
+    return _json({
+        "schemas": {subject: sorted(vs) for subject, vs in sorted(store.subjects.items())},
+        "routing": {"version": store.routing_version, "rules": len(st.registry.rules)},
+        "patterns": {name: spec.get("version", 1) for name, spec in sorted(store.patterns.items())},
+        "policies": {name: sorted(vs) for name, vs in sorted(policies.versions.items())},
+        "manifests": sorted(store.manifests),
+    })  # fmt: skip
+
+
+async def routing(request: Request) -> Response:
+    """``GET``: the event-type -> context-type rules in force; ``PUT {"rules": [...]}``: a new version."""
+    if request.method == "GET":
+        st, _, _ = await _reader(request)
+        rules = [{"match": r.match, "context_type": r.context_type} for r in st.registry.rules]
+        return _json({"version": st.schemas.store.routing_version, "rules": rules})
+    st, who, trace = await _writer(request)
+    try:
+        body = orjson.loads(await request.body())
+        rules = body["rules"] if isinstance(body, dict) else body
+        if not isinstance(rules, list) or not rules:
+            raise ValueError("rules must be a non-empty list of {match, context_type}")
+        for i, r in enumerate(rules):
+            if not isinstance(r, dict) or not isinstance(r.get("match"), str):
+                raise ValueError(f"rules[{i}].match must be a string")
+            if r.get("context_type") not in st.registry.context_types:
+                raise ValueError(f"rules[{i}].context_type: unknown context type {r.get('context_type')!r}")
+    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+        raise HTTPProblem(400, f"invalid routing: {e}") from None
+    version = st.schemas.store.routing_version + 1
+    value = orjson.dumps({"version": version, "rules": rules})
+    await st.producer.send_and_wait(st.settings.topic("registry"), value, key=f"routing:{version}".encode())
+    st.schemas.store.apply_record(f"routing:{version}", value)
+    st.gate.allow(who, "registry.write", f"routing:{version}", trace, f"{len(rules)} rules")
+    return _json({"version": version})
+
+
 ROUTES = [
+    Route("/v1/registry", overview, methods=["GET"]),
+    Route("/v1/registry/routing", routing, methods=["GET", "PUT"]),
     Route("/subjects", subjects, methods=["GET"]),
     Route("/subjects/{subject}/versions", versions, methods=["GET"]),
     Route("/subjects/{subject}/versions", register, methods=["POST"]),

@@ -47,7 +47,7 @@ async def open_gate(settings: Settings, registry: Registry, fast: FastRedis, pro
 async def open_state(settings: Settings) -> AsyncIterator[RouterState]:
     """Everything a router needs, started; stopped on exit."""
     registry = Registry.load(settings.schemas_dir)
-    await ensure_topics(settings, [ingest_topic(settings), settings.topic("audit"), settings.topic("policies")])
+    await ensure_topics(settings, [ingest_topic(settings), settings.topic("audit"), settings.topic("registry")])
     redis = aioredis.from_url(settings.redis.url, max_connections=256)
     hub_redis = aioredis.from_url(settings.redis.url)
     producer = AIOKafkaProducer(

@@ -45,7 +45,7 @@ class Registry:
 
     def __init__(self, context_types: list[ContextType], rules: list[Rule], schemas: Schemas):
         self.context_types = {c.name: c for c in context_types}
-        self.rules = rules
+        self.rules: list[Rule] = []
         self.schemas = schemas
         self.by_schema_id = {c.schema_id: c for c in context_types}
         self.by_data_schema_id = {c.data_schema_id: c for c in context_types}
@@ -57,9 +57,16 @@ class Registry:
         self.data_writers: dict[int, Any] = {c.data_schema_id: schemas.data_avro(c.name) for c in context_types}
         self.data_versions: dict[str, dict[int, Any]] = {c.name: {1: schemas.data_avro(c.name)} for c in context_types}
         self._cache: dict[str, ContextType | None] = {}
-        for r in rules:
+        self.set_rules(rules)
+
+    def set_rules(self, rules: list[Rule] | list[dict[str, Any]]) -> None:
+        """Replace the event-type rules (a new routing version from the registry)."""
+        parsed = [r if isinstance(r, Rule) else Rule(str(r["match"]), str(r["context_type"])) for r in rules]
+        for r in parsed:
             if r.context_type not in self.context_types:
                 raise ConfigError(f"event-type rule {r.match!r}: unknown context type {r.context_type!r}")
+        self.rules = parsed
+        self._cache = {}
 
     @classmethod
     def load(cls, schemas_dir: Path) -> Registry:
