@@ -1,6 +1,6 @@
 """``fabric policies apply FILE | remove NAME | list``: injection policies for ``/v1/assemble``.
 
-Each apply of a changed policy publishes a new version to ``<prefix>.policies``;
+Each apply of a changed policy publishes a new version to the registry topic ``<prefix>.registry``;
 routers pick it up without a restart. A file is validated before anything is sent.
 """
 
@@ -24,7 +24,7 @@ async def _store(s: Settings) -> PolicyStore:
     return store
 
 
-@click.group(help="Publish, remove or list injection policies (topic <prefix>.policies).")
+@click.group(help="Publish, remove or list injection policies (kept in <prefix>.registry).")
 def policies() -> None:
     pass
 
