@@ -1,4 +1,4 @@
-"""``python -m bench [pull|push|worker|ingest|all] [--quick]``: results in bench/results/."""
+"""``python -m bench [pull|push|worker|ingest|cep|mcp|all] [--quick]``: results in bench/results/."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import json
 
 import uvloop
 
-ALL = ["pull", "push", "worker", "ingest", "cep"]
+ALL = ["pull", "push", "worker", "ingest", "cep", "mcp"]
 
 
 def main() -> None:
