@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -40,6 +41,7 @@ async def test_a_burst_is_limited_across_two_routers_sharing_redis(fabric: Fabri
         other = bearer(base, f"ok{uuid.uuid4().hex[:8]}")
         replies: list[tuple[int, int, str | None]] = []
         async with httpx.AsyncClient(timeout=10) as c:
+            burst_started = time.monotonic()
             for i in range(40):  # alternating, as fast as the client goes
                 router = routers[i % 2]
                 resp = await c.get(f"{router.url}/v1/contexts/PageDSL/p{i}", headers=token)
@@ -49,7 +51,8 @@ async def test_a_burst_is_limited_across_two_routers_sharing_redis(fabric: Fabri
         allowed = [a for a in replies if a[1] != 429]
         refused = [a for a in replies if a[1] == 429]
         # 10 in the bucket, refilled at 2/s while the burst lasts: both routers drew from one bucket
-        assert 10 <= len(allowed) <= 14, replies
+        refill = 2 * (time.monotonic() - burst_started)
+        assert 10 <= len(allowed) <= 10 + refill + 1, (refill, replies)
         assert {a[0] for a in refused} == {0, 1}, "both routers must refuse once the shared bucket is empty"
         assert all(ra is not None and int(ra) >= 1 for _, _, ra in refused)
         assert unaffected.status_code != 429
