@@ -29,6 +29,7 @@ import orjson
 import websockets
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
+from fabric import contract
 from fabric.errors import FabricError
 
 __all__ = [
@@ -68,83 +69,13 @@ class Unavailable(ClientError):
     retriable = True
 
 
-class Context(msgspec.Struct):
-    context_type: str
-    subject: str
-    sequence: int
-    as_of: str
-    age_ms: int
-    stale: bool
-    watermark_lag_ms: int
-    sensitivity: str
-    changes: int
-    event: dict[str, Any]
-    window: list[dict[str, Any]] | None = None
-
-
-class ContextList(msgspec.Struct):
-    context_type: str
-    items: list[Context]
-
-
-class Update(msgspec.Struct):
-    """One pushed change."""
-
-    context_type: str
-    type: str
-    subject: str
-    sequence: int
-    as_of: str
-    age_ms: int
-    stale: bool
-    sensitivity: str
-    resume: str
-    event: dict[str, Any]
-
-
-class Provenance(msgspec.Struct):
-    source: str
-    id: str
-    type: str
-    provider: str | None = None
-    topic: str | None = None
-
-
-class Item(msgspec.Struct):
-    context_type: str
-    subject: str
-    tokens: int
-    as_of: str
-    age_ms: int
-    stale: bool
-    watermark_lag_ms: int
-    provenance: Provenance
-    event: dict[str, Any]
-
-
-class Omitted(msgspec.Struct):
-    budget: int
-    stale: int
-    withheld: int
-
-
-class Section(msgspec.Struct):
-    context_type: str
-    items: list[Item]
-    omitted: Omitted
-
-
-class Bundle(msgspec.Struct):
-    subject: str
-    policy: str
-    version: int
-    budget_tokens: int
-    used_tokens: int
-    sections: list[Section]
-
-    def items(self) -> list[Item]:
-        """Every item, in policy order."""
-        return [i for s in self.sections for i in s.items]
+# The router's answer shapes (fabric.contract), with events decoded to dicts.
+Event = dict[str, Any]
+Context = contract.Context[Event]
+ContextList = contract.ContextList[Event]
+Update = contract.Update[Event]
+Item = contract.Item[Event]
+Bundle = contract.Bundle[Event]
 
 
 def subject_path(subject: str) -> str:

@@ -22,11 +22,13 @@ from aiokafka.errors import KafkaError
 from starlette.requests import Request
 from starlette.responses import Response
 
-from fabric.assembly.policy import InjectionPolicy, Section, matcher, policy_from, resolve
+from fabric.assembly.policy import InjectionPolicy, matcher, policy_from, resolve
+from fabric.assembly.policy import Section as PolicySection
 from fabric.assembly.store import PolicyStore
+from fabric.contract import Bundle, Context, Item, Omitted, Provenance, Section
 from fabric.errors import ConfigError
 from fabric.registry.store import POLICY
-from fabric.router.contexts import Context, build_context
+from fabric.router.contexts import build_context
 from fabric.router.state import HTTPProblem, RouterState, caller, state_of
 from fabric.security.tokens import Principal
 from fabric.topics.registry import ContextType
@@ -35,50 +37,9 @@ CHARS_PER_TOKEN = 4
 _enc = msgspec.json.Encoder()
 
 
-class Provenance(msgspec.Struct, omit_defaults=True):
-    source: str
-    id: str
-    type: str
-    provider: str | None = None
-    topic: str | None = None
-
-
-class Item(msgspec.Struct):
-    context_type: str
-    subject: str
-    tokens: int
-    as_of: str
-    age_ms: int
-    stale: bool
-    watermark_lag_ms: int
-    provenance: Provenance
-    event: msgspec.Raw
-
-
-class Omitted(msgspec.Struct):
-    budget: int = 0
-    stale: int = 0
-    withheld: int = 0
-
-
-class SectionResult(msgspec.Struct):
-    context_type: str
-    items: list[Item]
-    omitted: Omitted
-
-
-class Bundle(msgspec.Struct):
-    subject: str
-    policy: str
-    version: int
-    budget_tokens: int
-    used_tokens: int
-    sections: list[SectionResult]
-
-
 @dataclass
 class _Candidate:
-    ctx: Context
+    ctx: Context[msgspec.Raw]
     event: dict[str, Any]
     raw: bytes
     at_ms: int
@@ -89,12 +50,12 @@ class Assembler:
     state: RouterState
     store: PolicyStore = field(default_factory=PolicyStore)
 
-    async def assemble(self, who: Principal, subject: str, policy: InjectionPolicy) -> Bundle:
+    async def assemble(self, who: Principal, subject: str, policy: InjectionPolicy) -> Bundle[msgspec.Raw]:
         found: dict[str, list[dict[str, Any]]] = {}
         used = 0
         sections = []
         for section in policy.sections:
-            result = SectionResult(section.context_type, [], Omitted())
+            result: Section[msgspec.Raw] = Section(section.context_type, [], Omitted())
             sections.append(result)
             ct = self.state.registry.context_types.get(section.context_type)
             if ct is None:
@@ -121,7 +82,7 @@ class Assembler:
         return Bundle(subject, policy.name, policy.version, policy.budget_tokens, used, sections)
 
     async def _candidates(
-        self, who: Principal, ct: ContextType, section: Section, subject: str,
+        self, who: Principal, ct: ContextType, section: PolicySection, subject: str,
         found: dict[str, list[dict[str, Any]]], omitted: Omitted,
     ) -> list[_Candidate]:  # fmt: skip
         st = self.state
@@ -181,16 +142,14 @@ def _is_about(subject: str, values: Any) -> bool:
     return any(str(v) in parts for v in (values if isinstance(values, list) else [values]))
 
 
-def _item(ct: ContextType, st: RouterState, c: _Candidate, tokens: int) -> Item:
+def _item(ct: ContextType, st: RouterState, c: _Candidate, tokens: int) -> Item[msgspec.Raw]:
     e = c.event
     prov = Provenance(
         source=str(e.get("source", "")), id=str(e.get("id", "")), type=str(e.get("type", "")),
         provider=e.get("provider"), topic=st.settings.topic(ct.topic),
     )  # fmt: skip
-    x = c.ctx
-    # the context's event, in the schema version the caller declared (build_context converts)
-    raw = bytes(x.event) if c.raw is not None and x.window is None and st.schemas.store.manifests else c.raw
-    return Item(ct.name, x.subject, tokens, x.as_of, x.age_ms, x.stale, x.watermark_lag_ms, prov, msgspec.Raw(raw))
+    x = c.ctx  # its event is in the schema version the caller declared (build_context converts)
+    return Item(ct.name, x.subject, tokens, x.as_of, x.age_ms, x.stale, x.watermark_lag_ms, prov, x.event)
 
 
 def policy_named(store: PolicyStore, spec: str) -> InjectionPolicy:

@@ -17,31 +17,12 @@ import msgspec
 from starlette.requests import Request
 from starlette.responses import Response
 
+from fabric.contract import Context, ContextList
 from fabric.registry.convert import converter
 from fabric.router.state import HTTPProblem, RouterState, caller, context_type_named, state_of
 from fabric.security.tokens import Principal
 from fabric.topics.envelope import LEVELS
 from fabric.topics.registry import ContextType
-
-
-class Context(msgspec.Struct):
-    context_type: str
-    subject: str
-    sequence: int
-    as_of: str
-    age_ms: int
-    stale: bool
-    watermark_lag_ms: int
-    sensitivity: str
-    changes: int
-    event: msgspec.Raw
-    window: list[msgspec.Raw] | None = None
-
-
-class ContextList(msgspec.Struct):
-    context_type: str
-    items: list[Context]
-
 
 _enc = msgspec.json.Encoder()
 
@@ -61,7 +42,7 @@ def freshness(at_ms: int, ct: ContextType, now_ms: int | None = None) -> tuple[s
 def build_context(
     st: RouterState, who: Principal, ct: ContextType, subject: str, fields: list[bytes | None],
     window: list[bytes] | None,
-) -> Context:  # fmt: skip
+) -> Context[msgspec.Raw]:  # fmt: skip
     """A pull's answer from the cache hash (seq, at, v, count, sens) and, for stream
     types, the window, less the entries the caller may not see."""
     seq, at, v, count, sens = fields
@@ -132,7 +113,7 @@ async def list_composites(request: Request) -> Response:
 
 async def recent_composites(
     st: RouterState, who: Principal, pattern: str | None, since_ms: str | int, limit: int
-) -> list[Context]:
+) -> list[Context[msgspec.Raw]]:
     ct = st.registry["Composite"]
     subjects: list[str] = []
     offset = 0
@@ -146,7 +127,7 @@ async def recent_composites(
     return await fetch(st, who, ct, subjects[:limit])
 
 
-async def fetch(st: RouterState, who: Principal, ct: ContextType, subjects: list[str]) -> list[Context]:
+async def fetch(st: RouterState, who: Principal, ct: ContextType, subjects: list[str]) -> list[Context[msgspec.Raw]]:
     """The contexts of these subjects in the caller's tenant that exist and the caller may see."""
     if not subjects:
         return []

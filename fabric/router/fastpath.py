@@ -11,15 +11,17 @@ from __future__ import annotations
 
 from typing import Any
 
-import hiredis
 import msgspec
 from starlette.applications import Starlette
 
+from fabric.contract import Context
 from fabric.router.contexts import build_context
 from fabric.router.fastredis import RedisUnavailable
 from fabric.router.state import HTTPProblem, RouterState, context_type_named
 from fabric.security.audit import trace_id_of
 from fabric.security.ratelimit import RateLimited
+from fabric.security.tokens import Principal
+from fabric.topics.registry import ContextType
 
 PREFIX = "/v1/contexts/"
 ACTION = "context.read"
@@ -86,38 +88,47 @@ class FastPull:
         who = await gate.authenticate(auth, ACTION, resource, trace)
         ct = context_type_named(st.registry, ctype)
         gate.require_read(who, ct.name, ACTION, resource, trace)
-        key = st.keys.ctx(who.tenant, ct.name, subject)
-        commands: list[tuple[Any, ...]] = [("HMGET", key, "seq", "at", "v", "count", "sens")]
-        if ct.kind == "stream":
-            commands.append(("LRANGE", st.keys.window(who.tenant, ct.name, subject), 0, -1))
-        renew = gate.enabled and not gate.limiter.take_local(who)
-        if renew:
-            commands.append(gate.limiter.command(who))
-        try:
-            try:
-                replies = await st.fast.many(*commands)
-            except hiredis.ReplyError as e:
-                if not str(e).startswith("NOSCRIPT"):
-                    raise
-                await gate.limiter.load()
-                replies = await st.fast.many(*commands)
-            if renew:
-                gate.limiter.settle(who, replies[-1])
-            fields = replies[0]
-            if fields[2] is None:
-                if not st.cache_ready or not await st.fast.execute("EXISTS", st.keys.ready):
-                    raise HTTPProblem(503, "the context cache is being rebuilt from Kafka; retry shortly",
-                                      {"Retry-After": "1"})  # fmt: skip
-                gate.allow(who, ACTION, resource, trace, "404 not found")
-                raise HTTPProblem(404, f"no {ct.name} context for subject {subject!r}")
-        except RedisUnavailable as e:
-            raise HTTPProblem(503, f"the context cache is unavailable: {e}", {"Retry-After": "1"}) from None
-        except RateLimited as e:
-            raise gate.limited(who, ACTION, resource, trace, e) from None
-        level = int(fields[4] or 1)
-        rule = gate.denied_by(who, ct.name, level)
-        if rule is not None:
-            raise gate.forbid(who, ACTION, resource, trace, f"access rule {rule!r} denies this context")
-        context = build_context(st, who, ct, subject, fields, replies[1] if ct.kind == "stream" else None)
-        gate.allow(who, ACTION, resource, trace)
+        context = await read_context(st, who, ct, subject, ACTION, trace, renew_limit=True)
         await _answer(send, 200, _enc.encode(context))
+
+
+async def read_context(
+    st: RouterState, who: Principal, ct: ContextType, subject: str, action: str, trace: str,
+    *, renew_limit: bool = False,
+) -> Context[msgspec.Raw]:  # fmt: skip
+    """One context of the caller's tenant: the single pull of the HTTP fast path and of MCP.
+
+    One Redis round trip through the auto-pipelining client; with ``renew_limit`` the
+    rate-limit lease renewal rides in the same write. Missing is 404 (503 while the
+    cache is rebuilt), an access rule on its sensitivity is 403; both audited."""
+    gate = st.gate
+    resource = f"{ct.name}/{subject}"
+    commands: list[tuple[Any, ...]] = [
+        ("HMGET", st.keys.ctx(who.tenant, ct.name, subject), "seq", "at", "v", "count", "sens")
+    ]
+    if ct.kind == "stream":
+        commands.append(("LRANGE", st.keys.window(who.tenant, ct.name, subject), 0, -1))
+    renew = renew_limit and gate.enabled and not gate.limiter.take_local(who)
+    if renew:
+        commands.append(gate.limiter.command(who))
+    try:
+        replies = await (gate.limiter.many(*commands) if renew else st.fast.many(*commands))
+        if renew:
+            gate.limiter.settle(who, replies[-1])
+        fields = replies[0]
+        if fields[2] is None:
+            if not st.cache_ready or not await st.fast.execute("EXISTS", st.keys.ready):
+                raise HTTPProblem(503, "the context cache is being rebuilt from Kafka; retry shortly",
+                                  {"Retry-After": "1"})  # fmt: skip
+            gate.allow(who, action, resource, trace, "404 not found")
+            raise HTTPProblem(404, f"no {ct.name} context for subject {subject!r}")
+    except RedisUnavailable as e:
+        raise HTTPProblem(503, f"the context cache is unavailable: {e}", {"Retry-After": "1"}) from None
+    except RateLimited as e:
+        raise gate.limited(who, action, resource, trace, e) from None
+    rule = gate.denied_by(who, ct.name, int(fields[4] or 1))
+    if rule is not None:
+        raise gate.forbid(who, action, resource, trace, f"access rule {rule!r} denies this context")
+    context = build_context(st, who, ct, subject, fields, replies[1] if ct.kind == "stream" else None)
+    gate.allow(who, action, resource, trace)
+    return context

@@ -25,6 +25,7 @@ import fnmatch
 import logging
 import re
 from collections import OrderedDict, deque
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,6 +35,7 @@ import redis.asyncio as aioredis
 from prometheus_client import Counter, Gauge
 from redis.exceptions import RedisError
 
+from fabric.contract import Update
 from fabric.pipeline.materialize import CacheKeys
 from fabric.router.contexts import freshness
 from fabric.security.tokens import Principal
@@ -46,19 +48,6 @@ PUSHED = Counter("fabric_push_messages_total", "Changes queued to subscribers")
 COALESCED = Counter("fabric_push_coalesced_total", "Changes replaced by a newer one for a lagging subscriber")
 DISCONNECTED = Counter("fabric_push_disconnected_total", "Subscribers disconnected for falling too far behind")
 SUBSCRIBERS = Gauge("fabric_subscribers", "Open subscriptions")
-
-
-class Push(msgspec.Struct):
-    context_type: str
-    type: str
-    subject: str
-    sequence: int
-    as_of: str
-    age_ms: int
-    stale: bool
-    sensitivity: str
-    resume: str
-    event: msgspec.Raw
 
 
 _enc = msgspec.json.Encoder()
@@ -261,9 +250,7 @@ class ChangeHub:
                 await sub.room()
                 if sub.closed:
                     return
-                message = self._message(sub.tenant, entry_id, f, [sub])
-                if message is not None:
-                    sub.offer(*message)
+                self._fan_out(entry_id, f, (sub,))
                 last = entry_id.decode()
 
     def unsubscribe(self, sub: Subscriber) -> None:
@@ -297,34 +284,25 @@ class ChangeHub:
                 subs = self.tenants.get(tenant)
                 if subs:
                     for entry_id, f in entries:
-                        self._message(tenant, entry_id, f, subs)
+                        self._fan_out(entry_id, f, subs)
                 self.positions[name] = entries[-1][0].decode()
 
-    def _message(
-        self, tenant: str, entry_id: bytes, f: dict[bytes, bytes], subs: set[Subscriber] | list[Subscriber]
-    ) -> tuple[tuple[str, str], bytes] | None:
-        """Offer one feed entry to the subscribers that may see it; returns it (key, message)."""
-        etype = f[b"type"].decode()
-        ct_name = f[b"ct"].decode()
-        level = int(f.get(b"sens") or 1)
+    def _fan_out(self, entry_id: bytes, f: dict[bytes, bytes], subs: Iterable[Subscriber]) -> None:
+        """Offer one feed entry, encoded once, to the subscribers that may see it."""
+        etype, ct_name, level = f[b"type"].decode(), f[b"ct"].decode(), int(f.get(b"sens") or 1)
         targets = [s for s in subs if s.wants(etype) and self._visible(s, ct_name, level)]
-        if not targets:
-            return None
         ct = self.registry.context_types.get(ct_name)
-        if ct is None:
-            return None
+        if not targets or ct is None:
+            return
         subject = f[b"subject"].decode()
         as_of, age, stale = freshness(int(f[b"at"]), ct)
         msg = _enc.encode(
-            Push(ct.name, etype, subject, int(f[b"seq"]), as_of, age, stale, LEVELS[level],
-                 entry_id.decode(), msgspec.Raw(f[b"v"]))
+            Update(ct.name, etype, subject, int(f[b"seq"]), as_of, age, stale, LEVELS[level],
+                   entry_id.decode(), msgspec.Raw(f[b"v"]))
         )  # fmt: skip
-        key = (ct.name, subject)
-        if isinstance(subs, set):
-            for s in targets:
-                s.offer(key, msg)
-            PUSHED.inc(len(targets))
-        return key, msg
+        for s in targets:
+            s.offer((ct.name, subject), msg)
+        PUSHED.inc(len(targets))
 
     def _visible(self, sub: Subscriber, ct: str, level: int) -> bool:
         ok = sub.visible.get((ct, level))

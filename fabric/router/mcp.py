@@ -41,7 +41,8 @@ from starlette.applications import Starlette
 
 from fabric.client import subject_path
 from fabric.router.assemble import policy_named
-from fabric.router.contexts import build_context, fetch, recent_composites
+from fabric.router.contexts import fetch, recent_composites
+from fabric.router.fastpath import read_context
 from fabric.router.state import HTTPProblem, RouterState
 from fabric.security.audit import trace_id_of
 from fabric.security.ratelimit import RateLimited
@@ -52,6 +53,7 @@ NOT_FOUND = -32002  # the MCP spec's "resource not found"
 FORBIDDEN = -32003
 RATE_LIMITED = -32029
 PAGE = 100
+MCP_CODES = {404: NOT_FOUND, 403: FORBIDDEN, 429: RATE_LIMITED}
 _enc = msgspec.json.Encoder()
 
 StateGetter = Callable[[], RouterState]
@@ -211,23 +213,15 @@ class FabricMCP:
         if ct is None:
             raise MCPError(NOT_FOUND, f"unknown context type {ctype!r}")
         self._require_read(st, who, ct.name, action, resource, trace)
-        missing = MCPError(NOT_FOUND, f"no {ct.name} context for subject {subject!r}")
         if tenant is not None and tenant != who.tenant:
             st.gate.allow(who, action, resource, trace, "404 not found")
-            raise missing  # another tenant's URI looks exactly like a missing one
-        fields: Any = await st.redis.hmget(st.keys.ctx(who.tenant, ct.name, subject), "seq", "at", "v", "count", "sens")
-        if fields[2] is None:
-            st.gate.allow(who, action, resource, trace, "404 not found")
-            raise missing
-        rule = st.gate.denied_by(who, ct.name, int(fields[4] or 1))
-        if rule is not None:
-            st.gate.audit.record(who, action, resource, "deny", f"403 access rule {rule}", trace)
-            raise MCPError(FORBIDDEN, f"access rule {rule!r} denies this context")
-        window: Any = None
-        if ct.kind == "stream":
-            window = await st.redis.lrange(st.keys.window(who.tenant, ct.name, subject), 0, -1)
-        st.gate.allow(who, action, resource, trace)
-        return _enc.encode(build_context(st, who, ct, subject, fields, window)).decode()
+            # another tenant's URI looks exactly like a missing one
+            raise MCPError(NOT_FOUND, f"no {ct.name} context for subject {subject!r}")
+        try:
+            context = await read_context(st, who, ct, subject, action, trace)
+        except HTTPProblem as e:
+            raise MCPError(MCP_CODES.get(e.status, types.INTERNAL_ERROR), e.message) from None
+        return _enc.encode(context).decode()
 
     # ------------------------------------------------------------------ tools
 

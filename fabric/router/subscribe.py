@@ -81,6 +81,8 @@ async def subscribe(ws: WebSocket) -> None:
         if not t.cancelled() and t.exception() is not None:
             sub.fail(t.exception())
 
+    pinned = f"consumer:{who.sub}"
+
     def versioned(msg: bytes) -> bytes:
         """The change in the schema version this consumer declared, if it declared one."""
         push = orjson.loads(msg)
@@ -107,7 +109,7 @@ async def subscribe(ws: WebSocket) -> None:
             if sub.replaced > reported:
                 reported = sub.replaced
                 await ws.send_text(orjson.dumps({"lagging": True, "coalesced": sub.replaced}).decode())
-            if st.schemas.store.manifests:
+            if pinned in st.schemas.store.manifests:  # this consumer declared schema versions
                 msg = versioned(msg)
             await ws.send_text(msg.decode())
 

@@ -116,15 +116,20 @@ class RateLimiter:
     async def load(self) -> None:
         await self.fast.execute("SCRIPT", "LOAD", _LUA)
 
+    async def many(self, *commands: tuple[Any, ...]) -> list[Any]:
+        """Send commands that include this limiter's script call (``command``) in one write,
+        loading the script again if Redis lost it (restarted, or its scripts were flushed)."""
+        try:
+            return await self.fast.many(*commands)
+        except hiredis.ReplyError as e:
+            if not str(e).startswith("NOSCRIPT"):
+                raise
+            await self.load()
+            return await self.fast.many(*commands)
+
     async def check(self, who: Principal) -> None:
         """Take a token for one request of ``who``; raises RateLimited."""
         if self.take_local(who):
             return
-        try:
-            reply = await self.fast.execute(*self.command(who))
-        except hiredis.ReplyError as e:
-            if not str(e).startswith("NOSCRIPT"):
-                raise
-            await self.load()  # Redis restarted or its scripts were flushed
-            reply = await self.fast.execute(*self.command(who))
+        [reply] = await self.many(self.command(who))
         self.settle(who, reply)

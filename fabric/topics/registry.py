@@ -7,11 +7,13 @@ type globs (``page.*``) to context types, first match wins.
 
 from __future__ import annotations
 
+import copy
 import fnmatch
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+import fastavro
 import yaml
 
 from fabric.errors import ConfigError, UnknownEventType
@@ -115,10 +117,6 @@ class Registry:
     def evolve(self, name: str, version: int, data_id: int, record: dict[str, Any]) -> None:
         """A registered version of a context type's data schema: its writers become known and,
         when it is the newest, it becomes the schema events are validated and encoded with."""
-        import copy
-
-        import fastavro
-
         ct = self.context_types[name]
         typed_id = TYPED_ID_OFFSET + data_id
         self.by_schema_id[typed_id] = ct

@@ -5,11 +5,14 @@ processes. Tests share the processes and isolate themselves by tenant and subjec
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -46,6 +49,31 @@ async def eventually(fn: Callable[[], Any], timeout: float = 30.0, interval: flo
             return last
         await asyncio.sleep(interval)
     raise AssertionError(f"condition not met within {timeout} s (last value: {last!r})")
+
+
+@contextlib.contextmanager
+def loopback_http(respond: Callable[[str], tuple[int, bytes]]) -> Iterator[str]:
+    """A real HTTP server on loopback whose GETs answer ``respond(path) -> (status, JSON)``;
+    yields its base URL."""
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            status, body = respond(self.path)
+            self.send_response(status)
+            self.send_header("content-type", "application/json")
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 async def answers(url: str) -> bool:

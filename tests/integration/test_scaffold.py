@@ -3,10 +3,8 @@ database, run what was generated, and pull its events; register its manifest."""
 
 from __future__ import annotations
 
-import http.server
 import json
 import sqlite3
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,7 +17,7 @@ import yaml
 from fabric.client import subject_path
 from fabric.testing import bearer
 from fabric.topics.admin import read_compacted
-from tests.integration.conftest import ROOT, Fabric, eventually
+from tests.integration.conftest import ROOT, Fabric, eventually, loopback_http
 
 pytestmark = pytest.mark.integration
 
@@ -32,22 +30,11 @@ def crm_api() -> Iterator[tuple[str, dict[str, list[dict[str, Any]]]]]:
     data = {"/api/accounts": [{"id": "A-1", "name": "Initech", "tier": "gold", "arr": 1200}],
             "/api/tickets": [{"number": 7, "title": "Printer on fire", "open": True}]}  # fmt: skip
 
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            body = json.dumps(data.get(self.path, [])).encode()
-            self.send_response(200 if self.path in data else 404)
-            self.send_header("content-type", "application/json")
-            self.end_headers()
-            self.wfile.write(body)
+    def respond(path: str) -> tuple[int, bytes]:
+        return (200 if path in data else 404), json.dumps(data.get(path, [])).encode()
 
-        def log_message(self, *args: Any) -> None:
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_address[1]}/api", data
-    server.shutdown()
-    server.server_close()
+    with loopback_http(respond) as url:
+        yield f"{url}/api", data
 
 
 async def pull(fabric: Fabric, tenant: str, subject: str, changes: int = 1) -> dict[str, Any] | None:

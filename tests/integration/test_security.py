@@ -4,8 +4,6 @@ endpoint, scope and sensitivity denials (403, audited), bad tokens (401), JWKS i
 from __future__ import annotations
 
 import asyncio
-import http.server
-import threading
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -21,7 +19,7 @@ from fabric.client import subject_path
 from fabric.security.tokens import mint
 from fabric.settings import Settings
 from fabric.testing import bearer
-from tests.integration.conftest import Fabric, answers, eventually, variant
+from tests.integration.conftest import Fabric, answers, eventually, loopback_http, variant
 
 pytestmark = pytest.mark.integration
 
@@ -200,21 +198,8 @@ def jwks_server() -> Iterator[tuple[str, Any]]:
     jwk = jwt.algorithms.RSAAlgorithm.to_jwk(key.public_key(), as_dict=True)
     doc = orjson.dumps({"keys": [{**jwk, "kid": "prod-1", "alg": "RS256", "use": "sig"}]})
 
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            self.send_response(200)
-            self.send_header("content-type", "application/json")
-            self.end_headers()
-            self.wfile.write(doc)
-
-        def log_message(self, *args: Any) -> None:
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_address[1]}/jwks.json", key
-    server.shutdown()
-    server.server_close()
+    with loopback_http(lambda path: (200, doc)) as url:
+        yield f"{url}/jwks.json", key
 
 
 async def test_router_verifies_tokens_from_a_jwks_issuer(
