@@ -50,6 +50,7 @@ class RedisSettings(_Part):
     stream_window: int = Field(100, description="entries kept per subject for stream types")
     change_retention: int = Field(100_000, description="changes kept per tenant in the feed (resumable push)")
     change_retention_s: int = Field(86_400, description="and no older than this many seconds")
+    timeout_s: float = Field(1.0, description="a Redis call not answered within this fails (the router answers 503)")
 
     @field_validator("url")
     @classmethod
@@ -86,6 +87,12 @@ class RouterSettings(_Part):
     host: str = "127.0.0.1"
     port: int = 8700
     max_body_bytes: int = 5 * 1024 * 1024
+    max_events_per_request: int = Field(10_000, description="events (array items, NDJSON lines) in one POST")
+    max_rejections_listed: int = Field(100, description="refused events named in an answer; the rest are counted")
+    max_patterns: int = Field(100, description="patterns one subscription may give")
+    max_pattern_chars: int = Field(200, description="characters in one subscription pattern")
+    first_message_timeout_s: float = Field(10.0, description="a subscriber must send its request within this")
+    ws_max_message_bytes: int = Field(64 * 1024, description="the largest WebSocket message a client may send")
     subscriber_buffer: int = Field(1_000, description="changes waiting per subscriber before it is lagging")
     subscriber_buffer_bytes: int = Field(1 << 20, description="bytes waiting per subscriber before it is lagging")
     produce_timeout_s: float = 10.0
@@ -117,6 +124,10 @@ class SecuritySettings(_Part):
     algorithms: tuple[str, ...] = ("ES256", "RS256")
     leeway_s: int = 5
     token_cache: int = Field(10_000, description="verified tokens remembered (until they expire)")
+    token_cache_bytes: int = Field(16 << 20, description="and at most this many bytes of them")
+    operator_tenant: str = Field(
+        "platform", description="the only tenant whose tokens may carry the operator scope 'platform:admin'"
+    )
     access_file: Path = Field(REPO_ROOT / "schemas" / "policies" / "access.yaml", description="ABAC rules")
     injection_file: Path | None = Field(
         REPO_ROOT / "schemas" / "policies" / "injection.yaml", description="bundled injection policies"

@@ -16,7 +16,7 @@ from fabric.cep.matcher import Composite, Late, Matcher, Output, Position
 from fabric.cep.patterns import Pattern, load_patterns
 from fabric.settings import Settings
 
-__all__ = ["Composite", "Late", "ManualClock", "Position", "bearer", "composites", "ev", "run_patterns"]
+__all__ = ["Composite", "Late", "ManualClock", "Position", "bearer", "composites", "ev", "operator", "run_patterns"]
 
 #: what a copilot that reads everything and writes events may do
 EVERYTHING = ("context:read:*", "composites:read", "events:write")
@@ -29,6 +29,13 @@ def bearer(
     from fabric.security.tokens import mint
 
     return {"Authorization": f"Bearer {mint(settings, tenant, list(scopes), roles=list(roles), **kw)}"}
+
+
+def operator(settings: Settings, **kw: Any) -> dict[str, str]:
+    """An ``Authorization`` header for the platform operator (changes schemas, routing)."""
+    from fabric.security.tokens import OPERATOR_SCOPE
+
+    return bearer(settings, settings.security.operator_tenant, ["admin", OPERATOR_SCOPE], **kw)
 
 
 class ManualClock:

@@ -1,7 +1,7 @@
 """Where injection policies live: the bundled file, and the registry topic ``ctx.registry``.
 
-Each published version is its own record (key ``policy:name@version``), so every
-version stays readable; removing a policy writes tombstones for all its versions. A router
+Each published version is its own record (key ``policy:name@version`` for the
+platform's, ``policy:<tenant>/name@version`` for a tenant's), so every version stays readable; removing a policy writes tombstones for all its versions. A router
 reads the topic at start and follows it, so a policy published by one process
 (``fabric policies apply``, ``PUT /v1/policies/{name}``) is served by all.
 """
@@ -16,6 +16,7 @@ from aiokafka import AIOKafkaProducer
 
 from fabric.assembly.policy import InjectionPolicy, parse_policies, policy_from
 from fabric.errors import ConfigError
+from fabric.registry.manifests import split_owner
 from fabric.registry.store import POLICY
 from fabric.settings import Settings
 from fabric.topics.admin import ensure_topics, follow_compacted, read_compacted
@@ -24,10 +25,14 @@ log = logging.getLogger(__name__)
 
 
 class PolicyStore:
-    """name -> version -> policy; the highest version is the current one."""
+    """owner -> name -> version -> policy; the highest version is the current one.
+
+    The owner is a tenant, or None for the platform's policies (bundled, or published by
+    the operator). A tenant sees its own policies, and the platform's where it has none
+    of that name: its version shadows the default for it alone."""
 
     def __init__(self, bundled: list[InjectionPolicy] | None = None) -> None:
-        self.versions: dict[str, dict[int, InjectionPolicy]] = {}
+        self.owners: dict[str | None, dict[str, dict[int, InjectionPolicy]]] = {}
         for p in bundled or []:
             self.put(p)
 
@@ -35,35 +40,46 @@ class PolicyStore:
     def bundled(cls, path: Path | None) -> PolicyStore:
         return cls(parse_policies(path.read_text(), str(path)) if path else [])
 
-    def put(self, policy: InjectionPolicy) -> None:
-        self.versions.setdefault(policy.name, {})[policy.version] = policy
+    def put(self, policy: InjectionPolicy, tenant: str | None = None) -> None:
+        self.owners.setdefault(tenant, {}).setdefault(policy.name, {})[policy.version] = policy
 
     def apply_record(self, key: str, value: bytes | None) -> None:
-        name, _, version = key.rpartition("@")
+        """``[tenant/]name@version`` -> the policy, or None (removed)."""
+        full, _, version = key.rpartition("@")
+        tenant, name = split_owner(full)
         if not name or not version.isdigit():
             return
         if value is None:
-            vs = self.versions.get(name, {})
+            names = self.owners.get(tenant, {})
+            vs = names.get(name, {})
             vs.pop(int(version), None)
             if not vs:
-                self.versions.pop(name, None)
+                names.pop(name, None)
             return
         try:
-            self.put(policy_from(orjson.loads(value), f"topic record {key}"))
+            self.put(policy_from(orjson.loads(value), f"topic record {key}"), tenant)
         except (ConfigError, orjson.JSONDecodeError) as e:
             log.warning("policies: ignoring %s: %s", key, e)
 
-    def get(self, name: str, version: int | None = None) -> InjectionPolicy | None:
-        vs = self.versions.get(name)
+    def versions(self, tenant: str | None) -> dict[str, dict[int, InjectionPolicy]]:
+        """name -> versions as ``tenant`` sees them (its own shadow the platform's)."""
+        return {**self.owners.get(None, {}), **(self.owners.get(tenant, {}) if tenant else {})}
+
+    def get(self, name: str, version: int | None = None, tenant: str | None = None) -> InjectionPolicy | None:
+        vs = self.versions(tenant).get(name)
         if not vs:
             return None
         return vs.get(version) if version is not None else vs[max(vs)]
 
-    def latest(self) -> list[InjectionPolicy]:
-        return [vs[max(vs)] for _, vs in sorted(self.versions.items()) if vs]
+    def owner(self, name: str, tenant: str | None) -> str | None:
+        """Whose policy ``name`` is for ``tenant``: the tenant's, or the platform's (None)."""
+        return tenant if tenant and name in self.owners.get(tenant, {}) else None
 
-    def next_version(self, name: str) -> int:
-        return max(self.versions.get(name, {}), default=0) + 1
+    def latest(self, tenant: str | None = None) -> list[InjectionPolicy]:
+        return [vs[max(vs)] for _, vs in sorted(self.versions(tenant).items()) if vs]
+
+    def next_version(self, name: str, tenant: str | None = None) -> int:
+        return max(self.owners.get(tenant, {}).get(name, {}), default=0) + 1
 
 
 async def load_published(settings: Settings, store: PolicyStore) -> None:

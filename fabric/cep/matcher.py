@@ -469,7 +469,7 @@ class Matcher:
 
     def __init__(self, patterns: Iterable[Pattern] = (), clock: Clock | None = None) -> None:
         self.clock = clock or SystemClock()
-        self.runs: dict[str, PatternRun] = {p.name: PatternRun(p) for p in patterns}
+        self.runs: dict[str, PatternRun] = {p.run_id: PatternRun(p) for p in patterns}
 
     def process(
         self, event: Mapping[str, Any], position: Position | None = None, time_ms: int | None = None
@@ -527,8 +527,8 @@ class Matcher:
         changed or new one starts fresh, a removed one is dropped."""
         runs = {}
         for p in patterns:
-            old = self.runs.get(p.name)
-            runs[p.name] = (
+            old = self.runs.get(p.run_id)
+            runs[p.run_id] = (
                 old if old is not None and old.p.version == p.version and old.p.source == p.source else PatternRun(p)
             )
         self.runs = runs

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 import yaml
@@ -102,10 +102,36 @@ class Pattern:
     rule: Sequence | Absence | Aggregate
     max_keys: int = 100_000
     source: dict[str, Any] = field(default_factory=dict, compare=False)
+    #: the tenant whose pattern this is (it sees only that tenant's events), or None: the platform's
+    owner: str | None = None
 
     @property
     def kind(self) -> str:
         return type(self.rule).__name__.lower()
+
+    @property
+    def run_id(self) -> str:
+        """Unique among running patterns: ``<tenant>/<name>`` for a tenant's, the name for the platform's."""
+        return f"{self.owner}/{self.name}" if self.owner else self.name
+
+
+def scoped(p: Pattern, owner: str | None, shadowed_for: frozenset[str] = frozenset()) -> Pattern:
+    """``p`` for one tenant only (``owner``), or for every tenant but those whose own pattern
+    of the same name shadows it (``shadowed_for``): other events never reach its key."""
+    key = p.key
+    if owner is not None:
+
+        def own(ev: Mapping[str, Any]) -> str | None:
+            return key(ev) if ev.get("tenant") == owner else None
+
+        return replace(p, key=own, owner=owner)
+    if not shadowed_for:
+        return p
+
+    def others(ev: Mapping[str, Any]) -> str | None:
+        return None if ev.get("tenant") in shadowed_for else key(ev)
+
+    return replace(p, key=others)
 
 
 def _key_fn(spec: Any, pattern: str) -> Callable[[Mapping[str, Any]], str | None]:
@@ -152,7 +178,7 @@ def compile_pattern(spec: Any) -> Pattern:
     if not isinstance(spec, Mapping):
         raise PatternError("?", "", f"a pattern must be a mapping, got {type(spec).__name__}")
     name = spec.get("name")
-    if not isinstance(name, str) or not re.match(r"^[a-z0-9][a-z0-9_.-]{0,63}$", name):
+    if not isinstance(name, str) or not re.fullmatch(r"[a-z0-9][a-z0-9_.-]{0,63}", name):
         raise PatternError(str(name), "name", "must be 1-64 of a-z 0-9 _ . - (it becomes composite.<name>)")
     _known(spec, {"name", "version", "key", "time", "allowed_lateness", "max_keys", "sequence", "absence",
                   "aggregate", "description"}, name, "")  # fmt: skip

@@ -25,7 +25,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListen
 from aiokafka.errors import KafkaError
 
 from fabric.cep.matcher import Composite, Late, Matcher, Output, Position
-from fabric.cep.patterns import Pattern, compile_pattern, load_patterns
+from fabric.cep.patterns import Pattern, compile_pattern, load_patterns, scoped
 from fabric.cep.predicates import PatternError
 from fabric.errors import InvalidEvent
 from fabric.pipeline.enrich import new_traceparent
@@ -171,20 +171,38 @@ class CepStage(Stage):
                 self.reload()
 
     def reload(self) -> None:
-        specs: dict[str, Any] = dict(self.bundled)
+        """Compile what runs now: the platform's patterns (bundled, then ``pattern:<name>``
+        records) for every tenant, and each tenant's own (``pattern:<tenant>/<name>``) for
+        that tenant alone, shadowing the platform's pattern of the same name for it."""
+        platform: dict[str, Any] = dict(self.bundled)
+        own: dict[tuple[str, str], Any] = {}
         for name, spec in self.overrides.items():
-            if spec is None:
-                specs.pop(name, None)
+            tenant, sep, short = name.partition("/")
+            if sep:
+                if spec is None:
+                    own.pop((tenant, short), None)
+                else:
+                    own[tenant, short] = spec
+            elif spec is None:
+                platform.pop(name, None)
             else:
-                specs[name] = spec
+                platform[name] = spec
+        shadowed: dict[str, set[str]] = {}
+        for tenant, short in own:
+            shadowed.setdefault(short, set()).add(tenant)
         patterns = []
-        for name, spec in specs.items():
+        for (owner, name), spec in [*(((None, n), s) for n, s in platform.items()), *own.items()]:
             try:
-                patterns.append(compile_pattern(spec))
+                compiled = compile_pattern(spec)
+                if compiled.name != name:
+                    raise PatternError(name, "name", f"the record names {name!r} but the pattern {compiled.name!r}")
+                patterns.append(
+                    scoped(compiled, owner, frozenset(shadowed.get(name, ())) if owner is None else frozenset())
+                )
             except PatternError as e:
-                log.error("cep: pattern %s not applied: %s", name, e)
+                log.error("cep: pattern %s not applied: %s", f"{owner}/{name}" if owner else name, e)
         self.matcher.replace(patterns)
-        log.warning("cep: patterns now %s", ", ".join(f"{p.name} v{p.version}" for p in patterns) or "none")
+        log.warning("cep: patterns now %s", ", ".join(f"{p.run_id} v{p.version}" for p in patterns) or "none")
 
     async def checkpoint(self) -> None:
         """The matcher's state, the offsets it has read (``processed``) and those a restart

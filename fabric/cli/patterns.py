@@ -1,6 +1,7 @@
 """``fabric patterns apply FILE | remove NAME | list``: CEP patterns, changed while the worker runs.
 
-Patterns live in the registry topic ``ctx.registry`` (key ``pattern:<name>``, value:
+Patterns live in the registry topic ``ctx.registry`` (key ``pattern:<name>``, or
+``pattern:<tenant>/<name>`` for a tenant's own with ``--tenant``; value:
 the pattern as JSON with its version; removing writes a tombstone). Every CEP stage follows the topic and swaps
 patterns without a restart: a changed pattern starts with fresh state, the others
 keep theirs. A file is validated before anything is published."""
@@ -17,9 +18,11 @@ from aiokafka import AIOKafkaProducer
 
 from fabric.cep.patterns import load_patterns
 from fabric.cli.main import settings_of
+from fabric.errors import FabricError
 from fabric.registry.store import PATTERN
 from fabric.settings import Settings
 from fabric.topics.admin import ensure_topics, read_compacted
+from fabric.topics.codecs import TENANT as TENANT_NAME
 
 
 async def _publish(s: Settings, items: list[tuple[str, bytes | None]]) -> None:
@@ -40,6 +43,18 @@ async def current(s: Settings) -> dict[str, Any]:
     return {k.removeprefix(PATTERN): orjson.loads(v) for k, v in records.items() if v and k.startswith(PATTERN)}
 
 
+TENANT = click.option(
+    "--tenant", default=None,
+    help="A tenant's own patterns: they see only its events and shadow the platform's of the same name for it.",
+)  # fmt: skip
+
+
+def _tenant(tenant: str) -> str:
+    if not TENANT_NAME.fullmatch(tenant):
+        raise FabricError(f"invalid tenant {tenant!r}")
+    return tenant
+
+
 @click.group(help="Add, change or remove CEP patterns while the worker runs (kept in <prefix>.registry).")
 def patterns() -> None:
     pass
@@ -48,14 +63,17 @@ def patterns() -> None:
 @patterns.command(help="Validate FILE and publish its patterns; --replace also removes the others.")
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--replace", is_flag=True, help="Remove applied patterns that FILE does not name.")
+@TENANT
 @click.pass_context
-def apply(ctx: click.Context, file: Path, replace: bool) -> None:
+def apply(ctx: click.Context, file: Path, replace: bool, tenant: str | None) -> None:
     s = settings_of(ctx)
     compiled = load_patterns(file.read_text())  # raises PatternError naming pattern and field
-    items: list[tuple[str, bytes | None]] = [(p.name, orjson.dumps(p.source)) for p in compiled]
+    owner = f"{_tenant(tenant)}/" if tenant else ""
+    items: list[tuple[str, bytes | None]] = [(f"{owner}{p.name}", orjson.dumps(p.source)) for p in compiled]
     if replace:
-        names = {p.name for p in compiled}
-        items += [(name, None) for name in asyncio.run(current(s)) if name not in names]
+        names = {f"{owner}{p.name}" for p in compiled}
+        items += [(n, None) for n in asyncio.run(current(s)) if n not in names and n.startswith(owner)
+                  and (owner or "/" not in n)]  # fmt: skip
     asyncio.run(_publish(s, items))
     for name, value in items:
         click.echo(f"{'applied' if value else 'removed'} {name}")
@@ -63,9 +81,10 @@ def apply(ctx: click.Context, file: Path, replace: bool) -> None:
 
 @patterns.command(help="Remove the pattern NAME.")
 @click.argument("name")
+@TENANT
 @click.pass_context
-def remove(ctx: click.Context, name: str) -> None:
-    asyncio.run(_publish(settings_of(ctx), [(name, None)]))
+def remove(ctx: click.Context, name: str, tenant: str | None) -> None:
+    asyncio.run(_publish(settings_of(ctx), [(f"{_tenant(tenant)}/{name}" if tenant else name, None)]))
     click.echo(f"removed {name}")
 
 

@@ -17,6 +17,10 @@ from fabric.assembly.store import PolicyStore, load_published, publish
 from fabric.cli.main import settings_of
 from fabric.settings import Settings
 
+TENANT = click.option(
+    "--tenant", default=None, help="The tenant's own policies (default: the platform's, every tenant's default)."
+)
+
 
 async def _store(s: Settings) -> PolicyStore:
     store = PolicyStore.bundled(s.security.injection_file)
@@ -31,19 +35,21 @@ def policies() -> None:
 
 @policies.command(help="Validate FILE and publish a new version of each policy that changed.")
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@TENANT
 @click.pass_context
-def apply(ctx: click.Context, file: Path) -> None:
+def apply(ctx: click.Context, file: Path, tenant: str | None) -> None:
     s = settings_of(ctx)
+    owner = f"{tenant}/" if tenant else ""
     parsed = parse_policies(file.read_text(), str(file))  # raises ConfigError naming the field
     store = asyncio.run(_store(s))
     items: list[tuple[str, bytes | None]] = []
     for p in parsed:
-        current = store.get(p.name)
+        current = store.get(p.name, tenant=tenant) if store.owner(p.name, tenant) == tenant else None
         if current is not None and current.model_copy(update={"version": p.version}) == p:
             click.echo(f"unchanged {p.name}@{current.version}")
             continue
-        p = p.model_copy(update={"version": store.next_version(p.name)})
-        items.append((f"{p.name}@{p.version}", orjson.dumps(p.model_dump(mode="json"))))
+        p = p.model_copy(update={"version": store.next_version(p.name, tenant)})
+        items.append((f"{owner}{p.name}@{p.version}", orjson.dumps(p.model_dump(mode="json"))))
     asyncio.run(publish(s, items))
     for key, _ in items:
         click.echo(f"applied {key}")
@@ -51,16 +57,20 @@ def apply(ctx: click.Context, file: Path) -> None:
 
 @policies.command(help="Remove every published version of the policy NAME.")
 @click.argument("name")
+@TENANT
 @click.pass_context
-def remove(ctx: click.Context, name: str) -> None:
+def remove(ctx: click.Context, name: str, tenant: str | None) -> None:
     s = settings_of(ctx)
     store = asyncio.run(_store(s))
-    asyncio.run(publish(s, [(f"{name}@{v}", None) for v in store.versions.get(name, {})]))
+    owner = f"{tenant}/" if tenant else ""
+    versions = store.owners.get(tenant, {}).get(name, {})
+    asyncio.run(publish(s, [(f"{owner}{name}@{v}", None) for v in versions]))
     click.echo(f"removed {name}")
 
 
-@policies.command(name="list", help="Show the current version of every policy.")
+@policies.command(name="list", help="Show the current version of every policy (as --tenant sees them).")
+@TENANT
 @click.pass_context
-def list_(ctx: click.Context) -> None:
-    for p in asyncio.run(_store(settings_of(ctx))).latest():
+def list_(ctx: click.Context, tenant: str | None) -> None:
+    for p in asyncio.run(_store(settings_of(ctx))).latest(tenant):
         click.echo(f"{p.name:<30} v{p.version:<4} {' > '.join(s.context_type for s in p.sections)}")

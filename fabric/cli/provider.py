@@ -68,8 +68,15 @@ def prometheus(ctx: click.Context, tenant: str, url: str, service: str, every_s:
 @click.option("--secret", "secrets", multiple=True, required=True, help="system=secret; repeat per system.")
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8702, show_default=True)
+@click.option(
+    "--max-body-bytes", default=1 << 20, show_default=True, help="Larger deliveries are refused unread (413)."
+)
+@click.option("--tolerance-s", default=300.0, show_default=True, help="Signed times further from now are refused.")
 @click.pass_context
-def webhooks(ctx: click.Context, tenant: str, secrets: tuple[str, ...], host: str, port: int) -> None:
+def webhooks(
+    ctx: click.Context, tenant: str, secrets: tuple[str, ...], host: str, port: int, max_body_bytes: int,
+    tolerance_s: float,
+) -> None:  # fmt: skip
     import uvicorn
 
     from fabric.providers.builtin.webhooks import webhook_app
@@ -83,7 +90,8 @@ def webhooks(ctx: click.Context, tenant: str, secrets: tuple[str, ...], host: st
 
     async def main(s: Settings) -> None:
         async with Provider(s, source=f"webhook://{host}:{port}", tenant=tenant) as p:
-            server = uvicorn.Server(uvicorn.Config(webhook_app(p, table), host=host, port=port, log_level="warning"))
+            app = webhook_app(p, table, max_body_bytes=max_body_bytes, tolerance_s=tolerance_s)
+            server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning"))
             await server.serve()
 
     asyncio.run(main(settings_of(ctx)))
@@ -141,10 +149,13 @@ def scaffold(spec: Path | None, url: str | None, out: Path, owner: str) -> None:
 
 @provider.command(help="Publish a provider manifest to the registry (topic <prefix>.registry).")
 @click.argument("manifest", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option(
+    "--tenant", default=None, help="Register it for this tenant only (default: the platform's, for every tenant)."
+)
 @click.pass_context
-def register(ctx: click.Context, manifest: Path) -> None:
+def register(ctx: click.Context, manifest: Path, tenant: str | None) -> None:
     from fabric.registry.manifests import load_manifest, publish_manifest
 
-    m = load_manifest(manifest)
+    m = load_manifest(manifest, tenant)
     asyncio.run(publish_manifest(settings_of(ctx), m))
     click.echo(f"registered {m.kind} {m.id} ({len(m.spec.get('produces') or m.spec.get('consumes') or [])} entries)")

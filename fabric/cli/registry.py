@@ -1,7 +1,7 @@
 """``fabric registry ...``: schemas, compatibility and manifests, through the router's API.
 
-The token comes from ``--token`` / ``FABRIC_TOKEN``; without one, a dev token with the
-``admin`` scope is minted locally (only when no JWKS is configured).
+The token comes from ``--token`` / ``FABRIC_TOKEN``; without one, a dev operator token (tenant
+``security.operator_tenant``, scope ``platform:admin``) is minted locally (only when no JWKS is configured).
 """
 
 from __future__ import annotations
@@ -23,9 +23,9 @@ def _client(s: Settings, token: str | None) -> httpx.Client:
     if not token:
         if s.security.jwks_url:
             raise FabricError("give --token (FABRIC_TOKEN): tokens come from the configured issuer")
-        from fabric.security.tokens import mint
+        from fabric.security.tokens import OPERATOR_SCOPE, mint
 
-        token = mint(s, "registry", ["admin"], sub="fabric-registry-cli", ttl_s=300)
+        token = mint(s, s.security.operator_tenant, ["admin", OPERATOR_SCOPE], sub="fabric-registry-cli", ttl_s=300)
     return httpx.Client(base_url=f"http://{s.router.host}:{s.router.port}",
                         headers={"Authorization": f"Bearer {token}"}, timeout=30)  # fmt: skip
 

@@ -117,6 +117,8 @@ class Router:
                 if rec.value is not None and len(rec.value) > self.max_bytes:
                     raise InvalidEvent(f"event is {len(rec.value)} bytes, over the limit of {self.max_bytes}")
                 env = decode_ingest(rec.value, headers, registry)
+                if len(env.data) > self.max_bytes:  # Avro can decode into much more than it was
+                    raise InvalidEvent(f"decoded data is {len(env.data)} bytes, over the limit of {self.max_bytes}")
                 ct, data = validate(env, registry)
                 provider = next((v.decode(errors="replace") for k, v in headers if k == PROVIDER_HEADER), None)
                 env = self.enrich(env, ct, provider, now)

@@ -23,7 +23,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListen
 from aiokafka.errors import KafkaError
 from aiokafka.partitioner import DefaultPartitioner
 from prometheus_client import Counter, Histogram
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, ResponseError
 
 from fabric.errors import InvalidEvent
 from fabric.pipeline.materialize import STATE_LOST, Change, Materializer, change_from_headers, change_from_record
@@ -343,14 +343,17 @@ class MaterializeStage(Stage):
                 except InvalidEvent as e:
                     if tp not in self.rebuild_target:
                         dead.append(dlq_record(r, e, dlq_topic(self.settings)))
-            n = await self.materializer.apply(
-                tp.topic,
-                tp.partition,
-                changes,
-                last_offset=recs[-1].offset,
-                allow_missing=tp in self.fresh,
-                push_from=self.push_from.get(tp, 0),
-            )
+            try:
+                n = await self.materializer.apply(
+                    tp.topic,
+                    tp.partition,
+                    changes,
+                    last_offset=recs[-1].offset,
+                    allow_missing=tp in self.fresh,
+                    push_from=self.push_from.get(tp, 0),
+                )
+            except ResponseError:  # Redis refused a record (not a lost connection): find it
+                n = await self._apply_isolating(tp, recs, changes, dead)
             if n == STATE_LOST:
                 await self.rebuild({tp: recs[0].offset})
                 continue
@@ -362,6 +365,24 @@ class MaterializeStage(Stage):
             await send_all(self.producer, dead)
             EVENTS.labels("materialize", "dlq").inc(len(dead))
         await self._track_rebuilds()
+
+    async def _apply_isolating(
+        self, tp: TopicPartition, recs: list[Any], changes: list[Change], dead: list[OutRecord]
+    ) -> int:
+        """Apply changes one at a time; one Redis refuses goes to the DLQ with Redis's reason
+        and the partition goes on (it would otherwise be retried forever)."""
+        by_offset = {r.offset: r for r in recs}
+        n = 0
+        for c in changes:
+            try:
+                n += max(0, await self.materializer.apply(tp.topic, tp.partition, [c], last_offset=c.offset,
+                                                          allow_missing=True, push_from=self.push_from.get(tp, 0)))  # fmt: skip
+            except ResponseError as e:
+                log.warning("materialize: Redis refused %s@%d: %s", tp.topic, c.offset, e)
+                reason = InvalidEvent(f"the cache refused the event: {str(e)[:200]}")
+                dead.append(dlq_record(by_offset[c.offset], reason, dlq_topic(self.settings)))
+        await self.materializer.apply(tp.topic, tp.partition, [], last_offset=recs[-1].offset, allow_missing=True)
+        return n
 
     async def _track_rebuilds(self) -> None:
         assert self.consumer is not None

@@ -150,3 +150,64 @@ def check_level(level: str, new: Any, previous: Any) -> list[str]:
     if level in ("FORWARD", "FULL"):
         out += [f"forward: {p}" for p in problems(previous, new)]
     return out
+
+
+def zero_size_items(schema: Any) -> str | None:
+    """The path of an array or map whose items can be written in zero bytes, if any.
+
+    An Avro array is a count followed by its items; when an item takes no bytes (``null``,
+    an empty record, a record of nulls, ``fixed`` of size 0) a record of a few bytes can
+    declare billions of items and expand into gigabytes when decoded. With every item
+    taking at least one byte, a record holds at most as many items as it has bytes, so
+    the event size limit bounds what it decodes into. Such schemas are refused."""
+    named: dict[str, Any] = {}
+
+    def zero(s: Any, seen: frozenset[str]) -> bool:
+        if isinstance(s, str):
+            if s == "null":
+                return True
+            if s in named and s not in seen:
+                return zero(named[s], seen | {s})
+            return False
+        if isinstance(s, list):  # a union writes its branch index: at least one byte
+            return False
+        if isinstance(s, dict):
+            t = s.get("type")
+            if t == "record" or t == "error":
+                return all(zero(f.get("type"), seen) for f in s.get("fields", []) if isinstance(f, dict))
+            if t == "fixed":
+                return s.get("size") == 0
+            if isinstance(t, str | dict | list) and t not in ("array", "map", "enum"):
+                return zero(t, seen)
+        return False
+
+    def walk(s: Any, path: str) -> str | None:
+        if isinstance(s, list):
+            for i, branch in enumerate(s):
+                found = walk(branch, f"{path}[{i}]")
+                if found:
+                    return found
+            return None
+        if not isinstance(s, dict):
+            return None
+        t = s.get("type")
+        if isinstance(s.get("name"), str) and t in ("record", "error", "fixed", "enum"):
+            named[s["name"]] = s
+            named[s["name"].rsplit(".", 1)[-1]] = s
+        if t in ("record", "error"):
+            for f in s.get("fields", []):
+                if isinstance(f, dict):
+                    found = walk(f.get("type"), f"{path}.{f.get('name')}")
+                    if found:
+                        return found
+            return None
+        if t in ("array", "map"):
+            items = s.get("items" if t == "array" else "values")
+            if zero(items, frozenset()):
+                return path or "."
+            return walk(items, f"{path}[]")
+        if isinstance(t, dict | list):
+            return walk(t, path)
+        return None
+
+    return walk(schema, "")

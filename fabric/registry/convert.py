@@ -24,10 +24,10 @@ log = logging.getLogger(__name__)
 Convert = Callable[[bytes], bytes]
 
 
-def converter(store: SchemaStore, consumer: str, context_type: str) -> Convert | None:
-    """A function turning cached event JSON into the consumer's version, or None when the
-    consumer declared none (or the current one)."""
-    want = store.consumer_version(consumer, context_type)
+def converter(store: SchemaStore, tenant: str, consumer: str, context_type: str) -> Convert | None:
+    """A function turning cached event JSON into the version the consumer (``sub``) of
+    ``tenant`` declared, or None when it declared none (or the current one)."""
+    want = store.consumer_version(tenant, consumer, context_type)
     reg = store.registry
     if want is None or context_type not in reg.version or want == reg.version[context_type]:
         return None

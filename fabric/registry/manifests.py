@@ -30,16 +30,26 @@ ENTRY = {"provider": ("event_type", "context_type"), "consumer": ("context_type"
 
 @dataclass(frozen=True)
 class Manifest:
+    """A manifest of one tenant (``tenant``), or of the platform (None: every tenant's default)."""
+
     kind: str  # 'provider' | 'consumer'
     id: str
     spec: dict[str, Any]
+    tenant: str | None = None
 
     @property
     def key(self) -> str:
-        return f"{self.kind}:{self.id}"
+        """``consumer:<tenant>/<id>`` (a tenant's) or ``consumer:<id>`` (the platform's)."""
+        return f"{self.kind}:{self.tenant}/{self.id}" if self.tenant else f"{self.kind}:{self.id}"
 
 
-def parse_manifest(doc: Any, origin: str = "manifest") -> Manifest:
+def split_owner(name: str) -> tuple[str | None, str]:
+    """``acme/page-copilot`` -> (``acme``, ``page-copilot``); a bare name is the platform's (None)."""
+    owner, sep, rest = name.partition("/")
+    return (owner, rest) if sep else (None, name)
+
+
+def parse_manifest(doc: Any, origin: str = "manifest", tenant: str | None = None) -> Manifest:
     if not isinstance(doc, dict) or len(doc) != 1 or next(iter(doc)) not in REQUIRED:
         raise ConfigError(f"{origin}: expected one top-level key, 'provider' or 'consumer'")
     kind, spec = next(iter(doc.items()))
@@ -59,17 +69,17 @@ def parse_manifest(doc: Any, origin: str = "manifest") -> Manifest:
                 raise ConfigError(f"{origin}: {kind} entry [{i}].{key} must be a string")
         if kind == "consumer" and "version" in e and not isinstance(e["version"], int):
             raise ConfigError(f"{origin}: consumer entry [{i}].version must be an integer")
-    if not isinstance(spec["id"], str) or not spec["id"]:
-        raise ConfigError(f"{origin}: {kind}.id must be a non-empty string")
-    return Manifest(kind, spec["id"], spec)
+    if not isinstance(spec["id"], str) or not spec["id"] or "/" in spec["id"] or len(spec["id"]) > 200:
+        raise ConfigError(f"{origin}: {kind}.id must be a non-empty string of at most 200 characters without '/'")
+    return Manifest(kind, spec["id"], spec, tenant)
 
 
-def load_manifest(path: Path) -> Manifest:
+def load_manifest(path: Path, tenant: str | None = None) -> Manifest:
     try:
         doc = yaml.safe_load(path.read_text())
     except (OSError, yaml.YAMLError) as e:
         raise ConfigError(f"cannot read {path}: {e}") from e
-    return parse_manifest(doc, str(path))
+    return parse_manifest(doc, str(path), tenant)
 
 
 async def publish_manifest(settings: Settings, m: Manifest) -> None:

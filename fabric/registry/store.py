@@ -4,9 +4,14 @@ Records (key -> JSON value), everything the fabric versions in one place:
 - ``schema:<subject>:<version>`` -> ``{"subject", "version", "id", "schema"}``
 - ``config:<subject>`` -> ``{"compatibility": "BACKWARD" | "FORWARD" | "FULL" | "NONE"}``
 - ``routing:<version>`` -> ``{"rules": [{"match": "page.*", "context_type": "PageDSL"}, ...]}``
-- ``pattern:<name>`` -> a CEP pattern (its spec carries its version; the CEP stage follows these)
-- ``policy:<name>@<version>`` -> an injection policy (routers follow these)
-- ``provider:<id>``, ``consumer:<id>`` -> the manifest
+- ``pattern:[<tenant>/]<name>`` -> a CEP pattern (its spec carries its version; the CEP stage follows these)
+- ``policy:[<tenant>/]<name>@<version>`` -> an injection policy (routers follow these)
+- ``provider:[<tenant>/]<id>``, ``consumer:[<tenant>/]<id>`` -> the manifest
+
+Schemas, compatibility and routing are platform objects: one for every tenant, written
+by the operator only. Patterns, policies and manifests are tenant objects when their
+name starts with ``<tenant>/``: they apply to that tenant alone and shadow the
+platform's object of the same name for it (docs/security.md, "Two levels").
 
 Every process that reads or writes events holds a ``SchemaStore`` seeded with the
 bundled schemas (each context type's data record is subject ``<ContextType>``
@@ -30,8 +35,8 @@ from typing import Any
 import orjson
 
 from fabric.errors import ConfigError
-from fabric.registry.compat import LEVELS, check_level
-from fabric.registry.manifests import Manifest, parse_manifest
+from fabric.registry.compat import LEVELS, check_level, zero_size_items
+from fabric.registry.manifests import Manifest, parse_manifest, split_owner
 from fabric.settings import Settings
 from fabric.topics.admin import ensure_topics, follow_compacted, read_compacted
 from fabric.topics.codecs import MAGIC
@@ -83,6 +88,9 @@ class SchemaStore:
         try:
             if kind == "schema" and value:
                 d = orjson.loads(value)
+                bomb = zero_size_items(d["schema"])
+                if bomb is not None:
+                    raise ValueError(f"the items of {bomb} can be written in zero bytes")
                 self._add(SchemaVersion(d["subject"], int(d["version"]), int(d["id"]), d["schema"]))
             elif kind == "config":
                 if value:
@@ -101,7 +109,8 @@ class SchemaStore:
                     self.patterns.pop(rest, None)
             elif kind in ("provider", "consumer"):
                 if value:
-                    self.manifests[key] = parse_manifest(orjson.loads(value), key)
+                    owner, _ = split_owner(rest)
+                    self.manifests[key] = parse_manifest(orjson.loads(value), key, owner)
                 else:
                     self.manifests.pop(key, None)
         except (KeyError, ValueError, TypeError, ConfigError) as e:
@@ -125,9 +134,23 @@ class SchemaStore:
             return []
         return check_level(self.level(subject), schema, previous.schema)
 
-    def consumer_version(self, consumer: str, context_type: str) -> int | None:
+    def consumer_manifest(self, tenant: str, consumer: str) -> Manifest | None:
+        """The consumer manifest of ``consumer`` in ``tenant``: the tenant's own, else the platform's."""
+        return self.manifests.get(f"consumer:{tenant}/{consumer}") or self.manifests.get(f"consumer:{consumer}")
+
+    def patterns_of(self, tenant: str) -> dict[str, Any]:
+        """name -> spec of the patterns published for ``tenant``: the platform's, shadowed by its own."""
+        out = {n: s for n, s in self.patterns.items() if "/" not in n}
+        out.update({n.partition("/")[2]: s for n, s in self.patterns.items() if n.startswith(f"{tenant}/")})
+        return out
+
+    def manifests_of(self, tenant: str) -> list[Manifest]:
+        """The manifests a tenant sees: its own and the platform's, never another tenant's."""
+        return [m for m in self.manifests.values() if m.tenant in (None, tenant)]
+
+    def consumer_version(self, tenant: str, consumer: str, context_type: str) -> int | None:
         """The schema version a registered consumer declared for a context type, if any."""
-        m = self.manifests.get(f"consumer:{consumer}")
+        m = self.consumer_manifest(tenant, consumer)
         if m is None:
             return None
         for entry in m.spec.get("consumes", []):

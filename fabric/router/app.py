@@ -15,8 +15,10 @@ from starlette.responses import Response
 from starlette.routing import Route, WebSocketRoute
 
 from fabric.router.assemble import assemble, get_policy, list_policies, put_policy
+from fabric.router.audit_api import audit_records, audit_report
 from fabric.router.contexts import list_composites, list_contexts
 from fabric.router.fastpath import FastPull
+from fabric.router.fastredis import RedisUnavailable
 from fabric.router.ingest import post_events
 from fabric.router.mcp import mcp_http_app
 from fabric.router.registry_api import ROUTES as registry_routes
@@ -30,9 +32,19 @@ ERRORS = Counter("fabric_http_errors_total", "HTTP answers with an error status"
 _enc = msgspec.json.Encoder()
 
 
+#: the Confluent Schema Registry subset answers errors in its own shape
+REGISTRY_PATHS = ("/subjects", "/schemas/ids/", "/compatibility/", "/config")
+
+
 async def problem(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPProblem)
     ERRORS.labels(str(exc.status)).inc()
+    if request.url.path.startswith(REGISTRY_PATHS):
+        body = {"error_code": exc.status * 100 + 1, "message": exc.message}
+        return Response(
+            _enc.encode(body), status_code=exc.status, headers=exc.headers,
+            media_type="application/vnd.schemaregistry.v1+json",
+        )  # fmt: skip
     return Response(
         _enc.encode({"error": exc.message}), status_code=exc.status,
         media_type="application/json", headers=exc.headers,
@@ -105,6 +117,8 @@ def create_app(settings: Settings) -> FastPull:
         *registry_routes,
         Route("/v1/schemas/{context_type}", schema, methods=["GET"]),
         Route("/v1/composites", list_composites, methods=["GET"]),
+        Route("/v1/audit", audit_records, methods=["GET"]),
+        Route("/v1/audit/report", audit_report, methods=["GET"]),
         Route("/v1/events", post_events, methods=["POST"]),
         WebSocketRoute("/v1/subscribe", subscribe),
         Route("/metrics", metrics, methods=["GET"]),
@@ -113,7 +127,7 @@ def create_app(settings: Settings) -> FastPull:
     app = Starlette(
         routes=routes,
         lifespan=lifespan,
-        exception_handlers={HTTPProblem: problem, RedisError: redis_down},
+        exception_handlers={HTTPProblem: problem, RedisError: redis_down, RedisUnavailable: redis_down},
     )
     return FastPull(app, mcp_app)
 
@@ -125,5 +139,6 @@ def run_router(settings: Settings) -> None:
         create_app(settings), host=settings.router.host, port=settings.router.port,
         loop="uvloop", http="httptools", ws="websockets-sansio", log_level="warning",
         ws_ping_interval=settings.router.heartbeat_s, ws_ping_timeout=settings.router.ws_ping_timeout_s,
+        ws_max_size=settings.router.ws_max_message_bytes,
         access_log=False, lifespan="on",
     )  # fmt: skip

@@ -152,14 +152,15 @@ def _item(ct: ContextType, st: RouterState, c: _Candidate, tokens: int) -> Item[
     return Item(ct.name, x.subject, tokens, x.as_of, x.age_ms, x.stale, x.watermark_lag_ms, prov, x.event)
 
 
-def policy_named(store: PolicyStore, spec: str) -> InjectionPolicy:
+def policy_named(store: PolicyStore, spec: str, tenant: str) -> InjectionPolicy:
+    """The policy ``name[@version]`` as ``tenant`` sees it (its own, else the platform's)."""
     name, _, version = spec.partition("@")
     if version and not version.isdigit():
-        raise HTTPProblem(400, f"policy version must be a number: {spec!r}")
-    policy = store.get(name, int(version) if version else None)
+        raise HTTPProblem(400, f"policy version must be a number: {spec[:100]!r}")
+    policy = store.get(name, int(version[:18]) if version else None, tenant)
     if policy is None:
-        known = ", ".join(p.name for p in store.latest())
-        raise HTTPProblem(404, f"no injection policy {spec!r} (known: {known or 'none'})")
+        known = ", ".join(p.name for p in store.latest(tenant))
+        raise HTTPProblem(404, f"no injection policy {spec[:100]!r} (known: {known or 'none'})")
     return policy
 
 
@@ -182,7 +183,7 @@ async def assemble(request: Request) -> Response:
     else:
         if not isinstance(body.get("policy"), str):
             raise HTTPProblem(400, "policy must name an injection policy (GET /v1/policies lists them)")
-        policy = policy_named(st.assembler.store, body["policy"])
+        policy = policy_named(st.assembler.store, body["policy"], who.tenant)
     resource = f"{policy.name}@{policy.version}/{subject}"
     bundle = await st.assembler.assemble(who, subject, policy)
     items = sum(len(s.items) for s in bundle.sections)
@@ -193,25 +194,28 @@ async def assemble(request: Request) -> Response:
 
 async def list_policies(request: Request) -> Response:
     st = state_of(request)
-    await caller(request, "policies.list", "policies")
+    who, _ = await caller(request, "policies.list", "policies")
     store = st.assembler.store
+    versions = store.versions(who.tenant)
     out = [
-        {"name": p.name, "version": p.version, "versions": sorted(store.versions[p.name]),
+        {"name": p.name, "version": p.version, "versions": sorted(versions[p.name]),
+         "owner": "tenant" if store.owner(p.name, who.tenant) else "platform",
          "description": p.description, "sections": [s.context_type for s in p.sections]}
-        for p in store.latest()
+        for p in store.latest(who.tenant)
     ]  # fmt: skip
     return Response(_enc.encode({"policies": out}), media_type="application/json")
 
 
 async def get_policy(request: Request) -> Response:
     st = state_of(request)
-    await caller(request, "policies.read", request.path_params["name"])
-    policy = policy_named(st.assembler.store, request.path_params["name"])
+    who, _ = await caller(request, "policies.read", request.path_params["name"])
+    policy = policy_named(st.assembler.store, request.path_params["name"], who.tenant)
     return Response(_enc.encode(policy.model_dump(mode="json")), media_type="application/json")
 
 
 async def put_policy(request: Request) -> Response:
-    """Publish a new version of a policy (admin scope); every router picks it up."""
+    """Publish a new version of the caller's tenant's policy (admin scope); every router
+    picks it up. It shadows the platform's policy of that name for this tenant only."""
     st = state_of(request)
     name = request.path_params["name"]
     who, trace = await caller(request, "policies.write", name)
@@ -223,7 +227,7 @@ async def put_policy(request: Request) -> Response:
     except (orjson.JSONDecodeError, ValueError):
         raise HTTPProblem(400, "body must be a policy as a JSON object") from None
     store = st.assembler.store
-    doc = {**doc, "name": name, "version": store.next_version(name)}
+    doc = {**doc, "name": name, "version": store.next_version(name, who.tenant)}
     try:
         policy = policy_from(doc, f"policy {name}")
     except ConfigError as e:
@@ -232,7 +236,7 @@ async def put_policy(request: Request) -> Response:
     try:
         await asyncio.wait_for(
             st.producer.send_and_wait(
-                st.settings.topic("registry"), value, key=f"{POLICY}{name}@{policy.version}".encode()
+                st.settings.topic("registry"), value, key=f"{POLICY}{who.tenant}/{name}@{policy.version}".encode()
             ),
             st.settings.router.produce_timeout_s,
         )
@@ -240,7 +244,7 @@ async def put_policy(request: Request) -> Response:
         raise HTTPProblem(
             503, f"the broker did not store the policy ({type(e).__name__}); retry", {"Retry-After": "1"}
         ) from None
-    store.put(policy)
+    store.put(policy, who.tenant)
     st.gate.allow(who, "policies.write", f"{name}@{policy.version}", trace)
     return Response(_enc.encode({"name": name, "version": policy.version}), status_code=201,
                     media_type="application/json")  # fmt: skip

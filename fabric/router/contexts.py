@@ -49,7 +49,7 @@ def build_context(
     as_of, age, stale = freshness(int(at or 0), ct)
     level = int(sens or 1)
     items = None
-    conv = converter(st.schemas.store, who.sub, ct.name) if st.schemas.store.manifests else None
+    conv = converter(st.schemas.store, who.tenant, who.sub, ct.name) if st.schemas.store.manifests else None
     if window is not None:
         gate = st.gate
         items = [

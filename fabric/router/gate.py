@@ -12,6 +12,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from redis.exceptions import RedisError
+
+from fabric.router.fastredis import RedisUnavailable
 from fabric.router.state import HTTPProblem
 from fabric.security.access import AccessRules
 from fabric.security.audit import AuditLog, trace_id_of
@@ -55,6 +58,8 @@ class Gate:
                 await self.limiter.check(who)
             except RateLimited as e:
                 raise self.limited(who, action, resource, trace, e) from None
+            except (RedisUnavailable, RedisError) as e:
+                raise HTTPProblem(503, f"the rate limiter's store is unavailable: {e}", {"Retry-After": "1"}) from None
         return who, trace
 
     def limited(self, who: Principal, action: str, resource: str, trace: str, e: RateLimited) -> HTTPProblem:

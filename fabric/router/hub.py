@@ -51,12 +51,16 @@ SUBSCRIBERS = Gauge("fabric_subscribers", "Open subscriptions")
 
 
 _enc = msgspec.json.Encoder()
-ENTRY_ID = re.compile(r"^\d{1,20}-\d{1,20}$")
+ENTRY_ID = re.compile(r"\d{1,20}-\d{1,20}")
 
 
 def entry_key(entry_id: str) -> tuple[int, int]:
     ms, _, seq = entry_id.partition("-")
     return int(ms), int(seq)
+
+
+def _text(v: Any) -> str:
+    return v.decode() if isinstance(v, bytes) else str(v)
 
 
 def compile_patterns(patterns: list[str]) -> re.Pattern[str]:
@@ -220,14 +224,21 @@ class ChangeHub:
         gap = None
         try:
             info: Any = await self.redis.xinfo_stream(stream)
+        except RedisError:
+            token = "0-0"  # no feed yet: nothing was missed (and no token can be ahead of it)
+        else:
             # The token's own entry already trimmed: changes right after it may have gone too
             # (Redis 7.0's XTRIM leaves max-deleted-entry-id alone, so this is the sure test).
-            first = info.get("recorded-first-entry-id") or (info.get("first-entry") or [b"0-0"])[0]
-            first = first.decode() if isinstance(first, bytes) else str(first)
-            if entry_key(token) < entry_key(first):
+            first = _text(info.get("recorded-first-entry-id") or (info.get("first-entry") or [b"0-0"])[0])
+            end = _text(info.get("last-generated-id") or "0-0")
+            if entry_key(token) > entry_key(end):
+                # Not a token this feed gave out (forged, or from before the cache was reset).
+                # Starting there would start the tenant's shared reader past every future
+                # change, so the subscriber gets what the feed holds instead.
+                gap = f"resume token {token} is past the end of the feed ({end}); sending the changes it holds"
+                token = "0-0"
+            elif entry_key(token) < entry_key(first):
                 gap = f"changes after {token} before {first} are past the retention window and may be lost"
-        except RedisError:
-            pass  # no feed yet: nothing was missed
         if gap:
             sub.offer(("", ""), orjson.dumps({"gap": gap}))
         last = token

@@ -10,6 +10,7 @@ Answers: 202 all accepted, 207 some accepted, 400 none accepted, 413 body too la
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 import jsonschema
@@ -21,6 +22,7 @@ from starlette.responses import Response
 
 from fabric.errors import InvalidEvent, UnknownEventType
 from fabric.pipeline.route import PROVIDER_HEADER
+from fabric.router import bodies
 from fabric.router.state import HTTPProblem, caller, state_of
 from fabric.topics.codecs import decode_structured, validate
 from fabric.topics.registry import Registry
@@ -35,7 +37,10 @@ class Rejected(msgspec.Struct):
 
 class IngestResult(msgspec.Struct):
     accepted: list[str]
+    #: the first ``router.max_rejections_listed`` refused events, each named
     rejected: list[Rejected]
+    #: how many were refused in all
+    rejected_count: int = 0
 
 
 def _pointer(index: int, path: Any) -> str:
@@ -87,7 +92,10 @@ class EdgeValidator:
             ct = self.registry.resolve(etype)
         except UnknownEventType as e:
             return Rejected(index, f"/{index}/type", e.reason, ev_id)
-        encoded = orjson.dumps(event)
+        try:
+            encoded = orjson.dumps(event)
+        except orjson.JSONEncodeError as e:
+            return Rejected(index, f"/{index}", f"event cannot be encoded: {e}", ev_id)
         try:
             validate(decode_structured(encoded), self.registry)
             return encoded
@@ -98,31 +106,48 @@ class EdgeValidator:
             return Rejected(index, f"/{index}{worker_says.pointer}", worker_says.reason, ev_id)
 
 
-def split_body(body: bytes, content_type: str) -> list[tuple[Any, int] | Rejected]:
-    """Parse the body into (event, size) items, or Rejected for lines that are not JSON."""
+async def split_body(body: bytes, content_type: str, max_events: int) -> list[tuple[Any, int] | Rejected]:
+    """Parse the body into (event, size) items, or Rejected for lines that are not JSON.
+    Splitting is bounded (``bodies``); parsing yields to the loop every few milliseconds."""
     stripped = body.lstrip()
     if not stripped:
         raise HTTPProblem(400, "empty body: send a CloudEvent, a JSON array of them, or NDJSON")
     ndjson = "ndjson" in content_type or "jsonl" in content_type
-    if not ndjson:
-        try:
-            doc = orjson.loads(body)
-        except orjson.JSONDecodeError as e:
-            if stripped[:1] == b"{" and b"\n" in stripped.rstrip():
-                ndjson = True  # several objects, one per line
-            else:
-                raise HTTPProblem(400, f"body is not valid JSON: {e}") from None
-        else:
-            if isinstance(doc, list):
-                return [(ev, len(orjson.dumps(ev))) for ev in doc]
-            return [(doc, len(body))]
+    if not ndjson and stripped[:1] == b"{" and b"\n" in stripped.rstrip():
+        try:  # one pretty-printed object, or several objects one per line
+            orjson.loads(body)
+        except orjson.JSONDecodeError:
+            ndjson = True
+    try:
+        raws = await bodies.split_off_loop(body, ndjson, max_events)
+    except bodies.TooMany as e:
+        raise HTTPProblem(413, str(e)) from None
+    except ValueError as e:
+        raise HTTPProblem(400, f"body is not valid JSON: {e}") from None
     items: list[tuple[Any, int] | Rejected] = []
-    for i, line in enumerate(ln for ln in body.splitlines() if ln.strip()):
+    pause = Pause()
+    for i, raw in enumerate(raws):
+        await pause()
         try:
-            items.append((orjson.loads(line), len(line)))
-        except orjson.JSONDecodeError as e:
-            items.append(Rejected(i, f"/{i}", f"line {i + 1} is not valid JSON: {e}"))
+            items.append((orjson.loads(raw), len(raw)))
+        except (orjson.JSONDecodeError, RecursionError) as e:
+            if not ndjson and len(raws) == 1:
+                raise HTTPProblem(400, f"body is not valid JSON: {e}") from None
+            items.append(Rejected(i, f"/{i}", f"{'line' if ndjson else 'element'} {i + 1} is not valid JSON: {e}"))
     return items
+
+
+class Pause:
+    """Awaited in a loop over many items: yields to the event loop once ``every_s`` has passed."""
+
+    def __init__(self, every_s: float = 0.002) -> None:
+        self.every = every_s
+        self.since = time.perf_counter()
+
+    async def __call__(self) -> None:
+        if time.perf_counter() - self.since > self.every:
+            await asyncio.sleep(0)
+            self.since = time.perf_counter()
 
 
 async def post_events(request: Request) -> Response:
@@ -130,10 +155,11 @@ async def post_events(request: Request) -> Response:
     who, trace = await caller(request, "events.write", "events")
     st.gate.require(who, "events:write", "events.write", "events", trace)
     tenant = who.tenant
-    limit = st.settings.router.max_body_bytes
+    limits = st.settings.router
+    limit = limits.max_body_bytes
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > limit:
-        raise HTTPProblem(413, f"body is {declared} bytes, over the limit of {limit}")
+        raise HTTPProblem(413, f"body is {declared[:20]} bytes, over the limit of {limit}")
     chunks, size = [], 0
     async for chunk in request.stream():
         size += len(chunk)
@@ -141,19 +167,22 @@ async def post_events(request: Request) -> Response:
             raise HTTPProblem(413, f"body is over the limit of {limit} bytes")
         chunks.append(chunk)
     body = b"".join(chunks)
-    items = split_body(body, request.headers.get("content-type", ""))
+    items = await split_body(body, request.headers.get("content-type", ""), limits.max_events_per_request)
     accepted: list[tuple[str, bytes, bytes]] = []
     rejected: list[Rejected] = []
+    refused = 0
+    pause = Pause()
     for i, item in enumerate(items):
-        if isinstance(item, Rejected):
-            rejected.append(item)
-            continue
-        event, ev_size = item
-        outcome = st.validator.accept(i, event, tenant, ev_size)
+        await pause()
+        outcome = item if isinstance(item, Rejected) else st.validator.accept(i, item[0], tenant, item[1])
         if isinstance(outcome, Rejected):
-            rejected.append(outcome)
+            refused += 1
+            if len(rejected) < limits.max_rejections_listed:
+                rejected.append(outcome)
         else:
+            event = item[0]  # type: ignore[index]
             accepted.append((event["id"], f"{tenant}/{event['subject']}".encode(), outcome))
+    del items
     if accepted:
         topic = st.settings.topic("ingest")
         headers = [(PROVIDER_HEADER, b"http")]
@@ -167,7 +196,7 @@ async def post_events(request: Request) -> Response:
                 "a resent event with the same id and sequence is applied once",
                 {"Retry-After": "1"},
             ) from None
-    status = 202 if not rejected else (207 if accepted else 400)
-    st.gate.allow(who, "events.write", "events", trace, f"{status} {len(accepted)} accepted, {len(rejected)} rejected")
-    result = IngestResult([a[0] for a in accepted], rejected)
+    status = 202 if not refused else (207 if accepted else 400)
+    st.gate.allow(who, "events.write", "events", trace, f"{status} {len(accepted)} accepted, {refused} rejected")
+    result = IngestResult([a[0] for a in accepted], rejected, refused)
     return Response(msgspec.json.encode(result), status_code=status, media_type="application/json")

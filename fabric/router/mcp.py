@@ -109,9 +109,12 @@ class FabricTokens:
         except Unauthorized as e:
             st.gate.audit.record(None, "mcp", "/mcp", "deny", f"401 {e}", trace_id_of(None))
             return None
+        # the SDK binds a session to (client_id, issuer, subject): the tenant is part of who,
+        # so another tenant's token with the same ``sub`` cannot use or delete the session
+        owner = f"{who.tenant}/{who.sub}"
         return AccessToken(
-            token=token, client_id=who.sub, scopes=sorted(who.scopes), expires_at=int(min(who.expires, 2**31)),
-            subject=who.sub, claims={"tenant": who.tenant},
+            token=token, client_id=owner, scopes=sorted(who.scopes), expires_at=int(min(who.expires, 2**31)),
+            subject=owner, claims={"tenant": who.tenant},
         )  # fmt: skip
 
 
@@ -265,7 +268,7 @@ class FabricMCP:
             return _enc.encode({"context_type": ct.name, "items": items}).decode()
         if name == "assemble_context":
             try:
-                policy = policy_named(st.assembler.store, arg("policy", str))
+                policy = policy_named(st.assembler.store, arg("policy", str), who.tenant)
             except HTTPProblem as e:
                 raise MCPError(NOT_FOUND, e.message) from None
             subject = arg("subject", str)

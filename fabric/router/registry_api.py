@@ -31,10 +31,11 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from fabric.errors import ConfigError
+from fabric.registry.compat import zero_size_items
 from fabric.registry.manifests import parse_manifest
 from fabric.registry.store import FIRST_ID, SchemaVersion, valid_level
 from fabric.router.state import HTTPProblem, RouterState, caller, state_of
-from fabric.security.tokens import Principal
+from fabric.security.tokens import OPERATOR_SCOPE, Principal
 from fabric.topics.registry import GENERIC_SCHEMA_ID, TYPED_ID_OFFSET
 
 CT = "application/vnd.schemaregistry.v1+json"
@@ -62,10 +63,24 @@ async def _reader(request: Request) -> tuple[RouterState, Principal, str]:
 
 
 async def _writer(request: Request) -> tuple[RouterState, Principal, str]:
+    """A tenant's registry write (its own manifests): scope ``registry:write``."""
     st = state_of(request)
     who, trace = await caller(request, "registry.write", request.url.path)
     if not (who.can("registry:write")):
         raise st.gate.forbid(who, "registry.write", request.url.path, trace, "the token lacks scope 'registry:write'")
+    return st, who, trace
+
+
+async def _operator(request: Request) -> tuple[RouterState, Principal, str]:
+    """A write to what every tenant shares (schemas, compatibility, routing): the operator only."""
+    st = state_of(request)
+    who, trace = await caller(request, "registry.write", request.url.path)
+    if not who.operator:
+        raise st.gate.forbid(
+            who, "registry.write", request.url.path, trace,
+            f"schemas, compatibility and routing are platform objects: they change only with the operator scope "
+            f"'{OPERATOR_SCOPE}' (tenant {st.settings.security.operator_tenant!r})",
+        )  # fmt: skip
     return st, who, trace
 
 
@@ -92,9 +107,14 @@ async def _schema_of(request: Request) -> Any:
             raise ValueError("only AVRO schemas are supported")
         schema = orjson.loads(body["schema"]) if isinstance(body["schema"], str) else body["schema"]
         fastavro.parse_schema(schema)
-        return schema
-    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, fastavro.schema.SchemaParseException) as e:
-        raise HTTPProblem(422, f"invalid Avro schema: {e}") from None
+        bomb = zero_size_items(schema)
+    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError, RecursionError,
+            fastavro.schema.SchemaParseException) as e:  # fmt: skip
+        raise HTTPProblem(422, f"invalid Avro schema: {str(e)[:300]}") from None
+    if bomb is not None:
+        raise HTTPProblem(422, f"invalid Avro schema: the items of {bomb} can be written in zero bytes (null, an "
+                               "empty record): a tiny record could declare billions of them")  # fmt: skip
+    return schema
 
 
 async def subjects(request: Request) -> Response:
@@ -153,7 +173,7 @@ async def compatibility(request: Request) -> Response:
 
 
 async def register(request: Request) -> Response:
-    st, who, trace = await _writer(request)
+    st, who, trace = await _operator(request)
     subject = _subject(st, request.path_params["subject"])
     schema = await _schema_of(request)
     store = st.schemas.store
@@ -178,12 +198,7 @@ async def register(request: Request) -> Response:
         sv = SchemaVersion(
             subject, (latest.version if latest else 0) + 1, max([FIRST_ID - 1, *store.by_id]) + 1, schema
         )
-        try:
-            await st.producer.send_and_wait(st.settings.topic("registry"), sv.record(),
-                                            key=f"schema:{subject}:{sv.version}".encode())  # fmt: skip
-        except KafkaError as e:
-            raise HTTPProblem(503, f"the broker did not store the schema ({type(e).__name__}); retry") from None
-        store.apply_record(f"schema:{subject}:{sv.version}", sv.record())
+        await _store(st, f"schema:{subject}:{sv.version}", sv.record())
     finally:
         if await st.redis.get(lock) == token.encode():
             await st.redis.delete(lock)
@@ -196,47 +211,61 @@ async def config(request: Request) -> Response:
     if request.method == "GET":
         st, _, _ = await _reader(request)
         return _json({"compatibilityLevel": st.schemas.store.level(_subject(st, subject))})
-    st, who, trace = await _writer(request)
+    st, who, trace = await _operator(request)
     subject = _subject(st, subject)
     try:
         level = valid_level(orjson.loads(await request.body()).get("compatibility"))
     except (orjson.JSONDecodeError, AttributeError, ValueError) as e:
         return _err(422, 42203, str(e))
-    value = orjson.dumps({"compatibility": level})
-    await st.producer.send_and_wait(st.settings.topic("registry"), value, key=f"config:{subject}".encode())
-    st.schemas.store.apply_record(f"config:{subject}", value)
+    await _store(st, f"config:{subject}", orjson.dumps({"compatibility": level}))
     st.gate.allow(who, "registry.write", f"config:{subject}", trace, level)
     return _json({"compatibility": level})
 
 
 async def manifests(request: Request) -> Response:
+    """A tenant's provider and consumer manifests (and the platform's, read-only): each is
+    stored under the caller's tenant, so its version pins apply to that tenant alone."""
     if request.method == "GET":
-        st, _, _ = await _reader(request)
-        return _json([{m.kind: m.spec} for m in st.schemas.store.manifests.values()])
+        st, who, _ = await _reader(request)
+        return _json([{m.kind: m.spec} for m in st.schemas.store.manifests_of(who.tenant)])
     st, who, trace = await _writer(request)
     try:
-        m = parse_manifest(orjson.loads(await request.body()), "body")
+        # the operator's manifests are the platform's (every tenant's default); a tenant's are its own
+        m = parse_manifest(orjson.loads(await request.body()), "body", tenant=None if who.operator else who.tenant)
     except orjson.JSONDecodeError as e:
         raise HTTPProblem(400, f"body is not JSON: {e}") from None
     except ConfigError as e:
         raise HTTPProblem(400, str(e)) from None
     value = orjson.dumps({m.kind: m.spec})
-    await st.producer.send_and_wait(st.settings.topic("registry"), value, key=m.key.encode())
-    st.schemas.store.apply_record(m.key, value)
+    await _store(st, m.key, value)
     st.gate.allow(who, "registry.write", m.key, trace)
     return _json({"registered": m.key}, 201)
 
 
+async def _store(st: RouterState, key: str, value: bytes) -> None:
+    """Write one registry record and apply it here at once; 503 when the broker does not take it."""
+    try:
+        await asyncio.wait_for(
+            st.producer.send_and_wait(st.settings.topic("registry"), value, key=key.encode()),
+            st.settings.router.produce_timeout_s,
+        )
+    except (KafkaError, TimeoutError) as e:
+        raise HTTPProblem(
+            503, f"the broker did not store {key} ({type(e).__name__}); retry", {"Retry-After": "1"}
+        ) from None
+    st.schemas.store.apply_record(key, value)
+
+
 async def overview(request: Request) -> Response:
-    """Everything versioned in the registry, in one answer."""
-    st, _, _ = await _reader(request)
+    """Everything versioned in the registry that the caller's tenant uses, in one answer."""
+    st, who, _ = await _reader(request)
     store, policies = st.schemas.store, st.assembler.store
     return _json({
         "schemas": {subject: sorted(vs) for subject, vs in sorted(store.subjects.items())},
         "routing": {"version": store.routing_version, "rules": len(st.registry.rules)},
-        "patterns": {name: spec.get("version", 1) for name, spec in sorted(store.patterns.items())},
-        "policies": {name: sorted(vs) for name, vs in sorted(policies.versions.items())},
-        "manifests": sorted(store.manifests),
+        "patterns": {name: spec.get("version", 1) for name, spec in sorted(store.patterns_of(who.tenant).items())},
+        "policies": {name: sorted(vs) for name, vs in sorted(policies.versions(who.tenant).items())},
+        "manifests": sorted(m.key for m in store.manifests_of(who.tenant)),
     })  # fmt: skip
 
 
@@ -246,7 +275,7 @@ async def routing(request: Request) -> Response:
         st, _, _ = await _reader(request)
         rules = [{"match": r.match, "context_type": r.context_type} for r in st.registry.rules]
         return _json({"version": st.schemas.store.routing_version, "rules": rules})
-    st, who, trace = await _writer(request)
+    st, who, trace = await _operator(request)
     try:
         body = orjson.loads(await request.body())
         rules = body["rules"] if isinstance(body, dict) else body
@@ -260,9 +289,7 @@ async def routing(request: Request) -> Response:
     except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as e:
         raise HTTPProblem(400, f"invalid routing: {e}") from None
     version = st.schemas.store.routing_version + 1
-    value = orjson.dumps({"version": version, "rules": rules})
-    await st.producer.send_and_wait(st.settings.topic("registry"), value, key=f"routing:{version}".encode())
-    st.schemas.store.apply_record(f"routing:{version}", value)
+    await _store(st, f"routing:{version}", orjson.dumps({"version": version, "rules": rules}))
     st.gate.allow(who, "registry.write", f"routing:{version}", trace, f"{len(rules)} rules")
     return _json({"version": version})
 

@@ -48,8 +48,12 @@ async def open_state(settings: Settings) -> AsyncIterator[RouterState]:
     """Everything a router needs, started; stopped on exit."""
     registry = Registry.load(settings.schemas_dir)
     await ensure_topics(settings, [ingest_topic(settings), settings.topic("audit"), settings.topic("registry")])
-    redis = aioredis.from_url(settings.redis.url, max_connections=256)
-    hub_redis = aioredis.from_url(settings.redis.url)
+    # a Redis that stops answering fails requests within the timeout (503), never holds them
+    timeout = settings.redis.timeout_s
+    redis = aioredis.from_url(
+        settings.redis.url, max_connections=256, socket_timeout=timeout, socket_connect_timeout=timeout
+    )
+    hub_redis = aioredis.from_url(settings.redis.url, socket_timeout=timeout + 1, socket_connect_timeout=timeout)
     producer = AIOKafkaProducer(
         bootstrap_servers=settings.kafka.bootstrap, client_id=f"{settings.kafka.client_id}-router",
         linger_ms=2, acks="all", max_request_size=settings.router.max_body_bytes + 64 * 1024,
@@ -57,7 +61,7 @@ async def open_state(settings: Settings) -> AsyncIterator[RouterState]:
     )  # fmt: skip
     await producer.start()
     keys = CacheKeys(settings.redis.key_prefix)
-    fast = FastRedis(settings.redis.url)
+    fast = FastRedis(settings.redis.url, timeout)
     gate = await open_gate(settings, registry, fast, producer)
     hub = ChangeHub(
         hub_redis, keys, registry,

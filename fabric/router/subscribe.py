@@ -36,14 +36,28 @@ USAGE = '{"error":"first message must be {\\"subscribe\\": [\\"page.*\\", ...], 
 CLOSE_CODES = {401: 4401, 403: 4403, 429: 4429}
 
 
-def _request(text: str) -> tuple[list[str], str | None]:
-    request: Any = orjson.loads(text)
-    patterns = request["subscribe"]
+class BadRequest(ValueError):
+    """The first message is not a subscription request; the message says what is wrong."""
+
+
+def _request(text: str, max_patterns: int, max_chars: int) -> tuple[list[str], str | None]:
+    try:
+        request: Any = orjson.loads(text)
+        patterns = request["subscribe"]
+    except (orjson.JSONDecodeError, KeyError, TypeError):
+        raise BadRequest(USAGE) from None
     if not isinstance(patterns, list) or not patterns or not all(isinstance(p, str) and p for p in patterns):
-        raise ValueError
+        raise BadRequest(USAGE)
+    if len(patterns) > max_patterns:
+        raise BadRequest(
+            orjson.dumps({"error": f"{len(patterns)} patterns, over the limit of {max_patterns}"}).decode()
+        )
+    long = next((p for p in patterns if len(p) > max_chars), None)
+    if long is not None:
+        raise BadRequest(orjson.dumps({"error": f"pattern {long[:40]!r}... is over {max_chars} characters"}).decode())
     resume = request.get("resume")
-    if resume is not None and (not isinstance(resume, str) or not ENTRY_ID.match(resume)):
-        raise ValueError
+    if resume is not None and (not isinstance(resume, str) or not ENTRY_ID.fullmatch(resume)):
+        raise BadRequest(orjson.dumps({"error": "resume must be a token from a push (like 1700000000000-0)"}).decode())
     return patterns, resume
 
 
@@ -62,13 +76,21 @@ async def subscribe(ws: WebSocket) -> None:
             await ws.close(code=CLOSE_CODES.get(e.status, 4400), reason=e.message[:120])
         return
     await ws.accept()
+    limits = st.settings.router
     try:
-        patterns, resume = _request(await ws.receive_text())
-    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
-        await ws.send_text(USAGE)
+        async with asyncio.timeout(limits.first_message_timeout_s):
+            first = await ws.receive_text()
+        patterns, resume = _request(first, limits.max_patterns, limits.max_pattern_chars)
+    except BadRequest as e:
+        await ws.send_text(str(e))
         await ws.close(code=4400)
         return
-    except WebSocketDisconnect:
+    except TimeoutError:
+        await ws.close(code=4408, reason="no subscription request in time")
+        return
+    except (WebSocketDisconnect, KeyError, RuntimeError):  # gone, or a binary frame where text was due
+        with contextlib.suppress(Exception):
+            await ws.close(code=4400)
         return
     hub = st.hub
     resource = " ".join(patterns)
@@ -81,12 +103,12 @@ async def subscribe(ws: WebSocket) -> None:
         if not t.cancelled() and t.exception() is not None:
             sub.fail(t.exception())
 
-    pinned = f"consumer:{who.sub}"
-
     def versioned(msg: bytes) -> bytes:
         """The change in the schema version this consumer declared, if it declared one."""
         push = orjson.loads(msg)
-        conv = converter(st.schemas.store, who.sub, push.get("context_type", "")) if "event" in push else None
+        conv = (
+            converter(st.schemas.store, who.tenant, who.sub, push.get("context_type", "")) if "event" in push else None
+        )
         if conv is None:
             return msg
         push["event"] = orjson.loads(conv(orjson.dumps(push["event"])))
@@ -109,7 +131,7 @@ async def subscribe(ws: WebSocket) -> None:
             if sub.replaced > reported:
                 reported = sub.replaced
                 await ws.send_text(orjson.dumps({"lagging": True, "coalesced": sub.replaced}).decode())
-            if pinned in st.schemas.store.manifests:  # this consumer declared schema versions
+            if st.schemas.store.consumer_manifest(who.tenant, who.sub):  # this consumer declared versions
                 msg = versioned(msg)
             await ws.send_text(msg.decode())
 

@@ -28,6 +28,10 @@ from fabric.settings import SecuritySettings, Settings
 from fabric.topics.codecs import TENANT
 
 DEV_KID = "fabric-dev-1"
+#: the operator's scope: writes platform objects (context types, schemas, routing, bundled
+#: defaults). Honoured only on tokens of ``security.operator_tenant``; ``admin`` never implies it.
+OPERATOR_SCOPE = "platform:admin"
+MAX_TOKEN_BYTES = 8192
 
 
 class Unauthorized(FabricError):
@@ -52,7 +56,13 @@ class Principal:
     _reads: dict[str, bool] = field(default_factory=dict)
 
     def can(self, scope: str) -> bool:
-        return scope in self.scopes or "admin" in self.scopes
+        """The token carries ``scope``, or ``admin`` (a tenant's every scope, not the operator's)."""
+        return scope in self.scopes or ("admin" in self.scopes and scope != OPERATOR_SCOPE)
+
+    @property
+    def operator(self) -> bool:
+        """May change platform objects (what every tenant shares)."""
+        return OPERATOR_SCOPE in self.scopes
 
     def can_read(self, context_type: str) -> bool:
         """``context:read:<type>``, ``context:read:*`` or ``admin``; composites also by ``composites:read``."""
@@ -107,7 +117,7 @@ def mint(
     extra: dict[str, Any] | None = None,
 ) -> str:
     """A signed token for ``tenant``. Defaults to the dev issuer's key."""
-    if not TENANT.match(tenant):
+    if not TENANT.fullmatch(tenant):
         raise ValueError(f"invalid tenant {tenant!r}")
     now = int(time.time())
     claims: dict[str, Any] = {
@@ -127,17 +137,22 @@ def dev_jwks(settings: Settings) -> dict[str, Any]:
 
 
 class TokenVerifier:
-    """Checks bearer tokens and remembers the good ones until they expire."""
+    """Checks bearer tokens and remembers the good ones until they expire.
+
+    The cache is bounded by count and by bytes (``security.token_cache``,
+    ``security.token_cache_bytes``); tokens over ``MAX_TOKEN_BYTES`` are refused unread."""
 
     def __init__(self, settings: Settings) -> None:
         self.sec: SecuritySettings = settings.security
         self._settings = settings
-        self._keys: dict[str, Any] = {}
+        #: kid -> (key, the one algorithm it verifies)
+        self._keys: dict[str, tuple[Any, str]] = {}
         self._cache: dict[str, Principal] = {}
+        self._cache_bytes = 0
         self._refreshed = 0.0
         self._lock = asyncio.Lock()
         if not self.sec.jwks_url:
-            self._keys[DEV_KID] = load_dev_key(settings.dev_key_file).public_key()
+            self._keys[DEV_KID] = (load_dev_key(settings.dev_key_file).public_key(), "ES256")
 
     async def start(self) -> None:
         if self.sec.jwks_url:
@@ -154,15 +169,12 @@ class TokenVerifier:
                     r = await http.get(self.sec.jwks_url)
                     r.raise_for_status()
                     doc = r.json()
-            except (httpx.HTTPError, ValueError) as e:
+                jwks = jwt.PyJWKSet.from_dict(doc)
+            except (httpx.HTTPError, ValueError, jwt.PyJWTError) as e:
                 if force:
                     raise FabricError(f"cannot fetch the issuer's JWKS from {self.sec.jwks_url}: {e}") from e
                 return
-            keys = {}
-            for k in jwt.PyJWKSet.from_dict(doc).keys:
-                if k.key_id:
-                    keys[k.key_id] = k.key
-            self._keys = keys
+            self._keys = {k.key_id: (k.key, k.algorithm_name) for k in jwks.keys if k.key_id}
 
     async def verify(self, header: str | None) -> Principal:
         """The caller of an ``Authorization`` header value; raises Unauthorized."""
@@ -171,52 +183,75 @@ class TokenVerifier:
         scheme, _, token = header.partition(" ")
         if scheme.lower() != "bearer" or not token:
             raise Unauthorized("the Authorization header must be 'Bearer <token>'")
+        if len(token) > MAX_TOKEN_BYTES:
+            raise Unauthorized(f"token is over {MAX_TOKEN_BYTES} bytes")
         p = self._cache.get(token)
         if p is not None:
             if p.expires > time.time():
                 return p
-            del self._cache[token]
+            self._forget(token)
             raise Unauthorized("token expired")
         try:
             kid = jwt.get_unverified_header(token).get("kid", "")
-        except jwt.InvalidTokenError as e:
+        except jwt.PyJWTError as e:
             raise Unauthorized(f"malformed token: {e}") from None
+        if not isinstance(kid, str):
+            raise Unauthorized("malformed token: kid must be a string")
         if kid not in self._keys and self.sec.jwks_url:
             await self._refresh()
         p = self.check(token, kid)
-        if len(self._cache) >= self.sec.token_cache:
-            self._cache.pop(next(iter(self._cache)))
+        while self._cache and (
+            len(self._cache) >= self.sec.token_cache or self._cache_bytes + len(token) > self.sec.token_cache_bytes
+        ):
+            self._forget(next(iter(self._cache)))
         self._cache[token] = p
+        self._cache_bytes += len(token)
         return p
 
+    def _forget(self, token: str) -> None:
+        if self._cache.pop(token, None) is not None:
+            self._cache_bytes -= len(token)
+
     def check(self, token: str, kid: str) -> Principal:
-        key = self._keys.get(kid)
-        if key is None:
+        found = self._keys.get(kid)
+        if found is None:
             raise Unauthorized(f"token signed by an unknown key {kid!r}")
+        key, algorithm = found
         try:
             claims = jwt.decode(
-                token, key, algorithms=list(self.sec.algorithms), audience=self.sec.audience,
-                issuer=self.sec.issuer, leeway=self.sec.leeway_s,
+                token, key, algorithms=[algorithm] if algorithm else list(self.sec.algorithms),
+                audience=self.sec.audience, issuer=self.sec.issuer, leeway=self.sec.leeway_s,
                 options={"require": ["exp", "iss", "aud", "sub", "tenant"]},
             )  # fmt: skip
         except jwt.ExpiredSignatureError:
             raise Unauthorized("token expired") from None
-        except jwt.InvalidTokenError as e:
+        except (jwt.PyJWTError, ValueError, TypeError) as e:  # a key of another type, a bad alg: refused too
             raise Unauthorized(f"invalid token: {e}") from None
         tenant = claims["tenant"]
-        if not isinstance(tenant, str) or not TENANT.match(tenant):
+        if not isinstance(tenant, str) or not TENANT.fullmatch(tenant):
             raise Unauthorized("invalid token: the tenant claim is not a tenant name")
         scope = claims.get("scope", "")
-        scopes = scope.split() if isinstance(scope, str) else list(scope)
+        if isinstance(scope, str):
+            scopes = scope.split()
+        elif isinstance(scope, list) and all(isinstance(s, str) for s in scope):
+            scopes = list(scope)
+        else:
+            raise Unauthorized("invalid token: scope must be a space-separated string or a list of strings")
         roles = claims.get("roles") or []
-        if not isinstance(roles, list):
-            raise Unauthorized("invalid token: roles must be a list")
+        if not isinstance(roles, list) or not all(isinstance(r, str) for r in roles):
+            raise Unauthorized("invalid token: roles must be a list of strings")
+        if not isinstance(claims["sub"], str) or not isinstance(claims["exp"], int | float):
+            raise Unauthorized("invalid token: sub must be a string and exp a number")
+        if tenant != self.sec.operator_tenant and OPERATOR_SCOPE in scopes:
+            scopes.remove(OPERATOR_SCOPE)  # a tenant's token never acts for the platform
         return Principal(
-            tenant, str(claims["sub"]), frozenset(map(str, roles)), frozenset(map(str, scopes)),
+            tenant, claims["sub"], frozenset(roles), frozenset(scopes),
             float(claims["exp"]) + self.sec.leeway_s, str(claims.get("jti") or claims["sub"]),
         )  # fmt: skip
 
 
 def open_principal(settings: Settings) -> Principal:
     """The caller when auth is off (benchmarks on loopback): every scope, no roles."""
-    return Principal(settings.security.dev_tenant, "anonymous", frozenset(), frozenset({"admin"}), float("inf"), "-")
+    return Principal(
+        settings.security.dev_tenant, "anonymous", frozenset(), frozenset({"admin", OPERATOR_SCOPE}), float("inf"), "-"
+    )

@@ -10,12 +10,13 @@ one row (``FINAL`` sees it as one already).
 
 from __future__ import annotations
 
+import re
 import threading
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlparse
 
-from fabric.errors import BackendUnavailable, MissingExtraError
+from fabric.errors import BackendUnavailable, FabricError, MissingExtraError
 from fabric.settings import Settings
 
 EVENT_COLUMNS = [
@@ -95,11 +96,49 @@ def create_tables(client: Any, settings: Settings) -> None:
         client.command(stmt)
 
 
-def run_query(client: Any, sql: str) -> tuple[list[str], list[list[Any]]]:
-    """Run one SQL statement; returns column names and rows."""
-    with _lock:
-        result = client.query(sql)
+#: functions that reach outside the tables (files, the network, other servers, programs).
+#: ``readonly=1`` already refuses the table functions among them; the scalar ``file()`` it
+#: does not, so every name here is refused wherever it appears in the query.
+FORBIDDEN_FUNCTIONS = frozenset({
+    "file", "url", "urlcluster", "s3", "s3cluster", "gcs", "oss", "cosn", "hdfs", "hdfscluster", "remote",
+    "remotesecure", "cluster", "clusterallreplicas", "executable", "executablepool", "mysql", "postgresql",
+    "sqlite", "mongodb", "redis", "jdbc", "odbc", "azureblobstorage", "azureblobstoragecluster", "iceberg",
+    "icebergs3", "deltalake", "hudi", "input", "dictionary", "dictget", "catboostevaluate", "filesystemavailable",
+    "filesystemcapacity", "filesystemunreserved", "url_cluster", "arrowflight", "ytsaurus", "loop",
+})  # fmt: skip
+_FUNCTION = re.compile(r"^\s*(?:Function|TableFunction) (\w+)", re.MULTILINE)
+READ_ONLY = {"readonly": 1}
+
+
+def run_read_only(client: Any, sql: str) -> tuple[list[str], list[list[Any]]]:
+    """One read-only SQL statement for ``fabric query`` and ``/v1/audit``: column names and rows.
+
+    The engine enforces it (``readonly=1``: no writes, no DDL, no settings changes, no
+    table functions); before that, the engine's own parser lists every function the
+    statement calls (``EXPLAIN AST``), and any in ``FORBIDDEN_FUNCTIONS`` is refused,
+    however it is spelled or commented. Raises FabricError naming what was refused."""
+    if len(sql) > 100_000:
+        raise FabricError("the query is over 100,000 characters")
+    try:
+        with _lock:
+            ast = client.query(f"EXPLAIN AST {sql}", settings=READ_ONLY)
+    except Exception as e:
+        raise FabricError(f"invalid query: {_first_line(e)}") from None
+    for line in (r[0] for r in ast.result_rows):
+        m = _FUNCTION.match(line)
+        if m and m.group(1).lower() in FORBIDDEN_FUNCTIONS:
+            raise FabricError(f"function {m.group(1)}() is not allowed: queries read the fabric's tables only")
+    try:
+        with _lock:
+            result = client.query(sql, settings=READ_ONLY)
+    except Exception as e:
+        raise FabricError(_first_line(e)) from None
     return list(result.column_names), [list(r) for r in result.result_rows]
+
+
+def _first_line(e: Exception) -> str:
+    text = str(e).strip().splitlines()
+    return text[0][:500] if text else type(e).__name__
 
 
 def insert(client: Any, table: str, rows: list[list[Any]], columns: list[str]) -> None:

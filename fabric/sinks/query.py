@@ -2,7 +2,9 @@
 
 A ClickHouse server is queried directly. The embedded engine directory can be open
 in one process only, so when a running sink owns it the SQL goes to that sink's
-loopback query server; otherwise this process opens the directory itself.
+query channel, a Unix socket only the fabric's own user can open; otherwise this
+process opens the directory itself. Either way the statement runs read-only
+(``run_read_only``): no writes, no settings changes, no file/url/remote functions.
 """
 
 from __future__ import annotations
@@ -13,9 +15,9 @@ from typing import Any
 
 import httpx
 
-from fabric.errors import FabricError
+from fabric.errors import BackendUnavailable, FabricError
 from fabric.settings import Settings
-from fabric.sinks.clickhouse import connect, create_tables, run_query
+from fabric.sinks.clickhouse import connect, create_tables, run_read_only
 from fabric.sinks.sink import owner_file
 
 
@@ -25,17 +27,25 @@ def _owner(settings: Settings) -> dict[str, Any] | None:
         os.kill(int(info["pid"]), 0)
     except (FileNotFoundError, ValueError, KeyError, ProcessLookupError, json.JSONDecodeError):
         return None
+    if "socket" not in info:
+        return None
     if info.get("path") != str(settings.clickhouse.chdb_path.resolve()):
         return None
     return info
 
 
-def query(settings: Settings, sql: str) -> tuple[list[str], list[list[Any]]]:
-    """Column names and rows of one SQL statement; raises FabricError with ClickHouse's message."""
+def query(settings: Settings, sql: str, open_local: bool = True) -> tuple[list[str], list[list[Any]]]:
+    """Column names and rows of one read-only SQL statement; raises FabricError with
+    ClickHouse's message. ``open_local=False`` (the router): never open the embedded
+    engine's directory here, only ask the sink that owns it (BackendUnavailable if none)."""
     if settings.clickhouse.embedded:
         owner = _owner(settings)
+        if owner is None and not open_local:
+            raise BackendUnavailable("the embedded ClickHouse engine is not served: is fabric sink running?")
         if owner is not None:
-            r = httpx.post(f"http://127.0.0.1:{owner['port']}/query", content=sql.encode(), timeout=60)
+            transport = httpx.HTTPTransport(uds=str(owner["socket"]))
+            with httpx.Client(transport=transport, timeout=60) as http:
+                r = http.post("http://sink/query", content=sql.encode())
             body = r.json()
             if r.status_code != 200:
                 raise FabricError(body.get("error", r.text))
@@ -43,7 +53,7 @@ def query(settings: Settings, sql: str) -> tuple[list[str], list[list[Any]]]:
     client = connect(settings)
     try:
         create_tables(client, settings)
-        return run_query(client, sql)
+        return run_read_only(client, sql)
     except FabricError:
         raise
     except Exception as e:

@@ -4,8 +4,8 @@ Its own consumer group, so a slow or failing ClickHouse never holds up the worke
 rows are inserted in batches (``clickhouse.batch_rows`` or every
 ``clickhouse.flush_interval_s``), offsets are committed only after an insert
 succeeded, and a failed insert is retried with backoff. The process owns the
-embedded engine directory and answers ``fabric query`` on a loopback port recorded
-in ``.fabric/run/chdb-owner.json``.
+embedded engine directory and answers ``fabric query`` (read-only) on a Unix socket
+that only its own user can open, recorded in ``.fabric/run/chdb-owner.json``.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from fabric.errors import InvalidEvent
+from fabric.errors import FabricError, InvalidEvent
 from fabric.registry.store import RegistryFollower, SchemaStore
 from fabric.settings import Settings
 from fabric.sinks.clickhouse import (
@@ -41,7 +41,7 @@ from fabric.sinks.clickhouse import (
     create_tables,
     insert,
     insert_isolating,
-    run_query,
+    run_read_only,
     table_answers,
 )
 from fabric.topics.admin import all_topics, dlq_topic, ensure_topics, typed_topics
@@ -237,12 +237,43 @@ def owner_file(settings: Settings) -> Path:
     return settings.data_dir / "run" / "chdb-owner.json"
 
 
+def query_socket(settings: Settings) -> Path:
+    """The query channel's Unix socket: mode 0600 in a 0700 directory, so only the user
+    running the fabric can connect (a browser page or another local user cannot)."""
+    path = (settings.data_dir / "run" / "sink-query.sock").resolve()
+    if len(str(path)) > 100:  # AF_UNIX paths are limited to 108 bytes
+        import hashlib
+        import tempfile
+
+        tag = hashlib.sha256(str(path).encode()).hexdigest()[:16]
+        path = Path(tempfile.gettempdir()) / f"fabric-{os.getuid()}-{tag}" / "sink-query.sock"
+    return path
+
+
+def bind_private(path: Path) -> socket.socket:
+    """A listening Unix socket only this user can connect to (created 0600, never wider)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    os.chmod(path.parent, 0o700)
+    path.unlink(missing_ok=True)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    old = os.umask(0o177)
+    try:
+        sock.bind(str(path))
+    finally:
+        os.umask(old)
+    os.chmod(path, 0o600)
+    return sock
+
+
 def query_app(sink: Sink) -> Starlette:
+    """Read-only SQL for ``fabric query`` (``run_read_only``: no writes, no settings, no
+    file/url/remote functions)."""
+
     async def query(request: Request) -> Response:
-        sql = (await request.body()).decode()
         try:
-            cols, rows = await asyncio.to_thread(run_query, sink.client, sql)
-        except Exception as e:
+            sql = (await request.body()).decode()
+            cols, rows = await asyncio.to_thread(run_read_only, sink.client, sql)
+        except (FabricError, UnicodeDecodeError) as e:
             return Response(orjson.dumps({"error": str(e)}), status_code=400, media_type="application/json")
         return Response(
             orjson.dumps({"columns": cols, "rows": rows}, default=_default),
@@ -273,15 +304,14 @@ async def serve(settings: Settings) -> None:
     server = None
     owner = owner_file(settings)
     if settings.clickhouse.embedded:
-        sock = socket.socket()
-        sock.bind(("127.0.0.1", 0))
+        path = query_socket(settings)
+        sock = bind_private(path)
         config = uvicorn.Config(query_app(sink), log_level="warning", lifespan="off")
         server = uvicorn.Server(config)
         server_task = asyncio.create_task(server.serve(sockets=[sock]))
         owner.parent.mkdir(parents=True, exist_ok=True)
         owner.write_text(json.dumps({
-            "pid": os.getpid(), "port": sock.getsockname()[1],
-            "path": str(settings.clickhouse.chdb_path.resolve()),
+            "pid": os.getpid(), "socket": str(path), "path": str(settings.clickhouse.chdb_path.resolve()),
         }))  # fmt: skip
     log.info("sink running")
     try:
@@ -291,3 +321,4 @@ async def serve(settings: Settings) -> None:
             server.should_exit = True
             await server_task
             owner.unlink(missing_ok=True)
+            query_socket(settings).unlink(missing_ok=True)

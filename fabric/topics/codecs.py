@@ -40,7 +40,7 @@ _PATH = re.compile(r" - at `\$(.*)`$")
 _SEGMENT = re.compile(r"\.([^.\[]+)|\[(\d+|\.\.\.)\]")
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 #: What a tenant may be called: it becomes part of Redis keys and Kafka keys.
-TENANT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+TENANT = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")  # use fullmatch: "$" lets a trailing newline in
 
 Headers = Sequence[tuple[str, bytes]]
 
@@ -176,7 +176,7 @@ def decode_ingest(value: bytes | None, headers: Headers, registry: Registry) -> 
 
 def validate(env: Envelope, registry: Registry) -> tuple[ContextType, Any]:
     """Check an envelope against its context type; returns the type and the decoded data."""
-    if not TENANT.match(env.tenant):
+    if not TENANT.fullmatch(env.tenant):
         raise InvalidEvent("tenant must be 1-64 of A-Z a-z 0-9 _ . - (not starting with _ . -)", "/tenant")
     if not env.subject:
         raise InvalidEvent("subject must not be empty", "/subject")

@@ -3,6 +3,7 @@ endpoint, signed webhooks, and a SQLite table; each run as ``fabric provider ...
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sqlite3
 import time
@@ -107,17 +108,71 @@ async def test_signed_webhooks_become_saas_records(fabric: Fabric, tenant: str, 
 
         await eventually(up)
         unsigned = await c.post(url, content=body)
-        forged = await c.post(url, content=body, headers={"x-fabric-signature": sign(b"guess", body)})
+        forged = await c.post(url, content=body, headers=sign(b"guess", body, "d-1"))
         assert unsigned.status_code == forged.status_code == 401
         bad = json.dumps({"object": "Account"}).encode()
-        r = await c.post(url, content=bad, headers={"x-fabric-signature": sign(b"s3cret", bad)})
+        r = await c.post(url, content=bad, headers=sign(b"s3cret", bad, "d-0"))
         assert r.status_code == 400 and r.json()["pointer"] == "/0/record_id"
-        r = await c.post(url, content=body, headers={"x-fabric-signature": sign(b"s3cret", body)})
+        r = await c.post(url, content=body, headers=sign(b"s3cret", body, "d-1"))
         assert r.status_code == 202, r.text
     record = await eventually(lambda: pull(fabric, tenant, "SaaSRecord", "A-7"))
     assert record["event"]["type"] == "saas.account.updated" and record["sequence"] == 2
     assert record["event"]["data"]["fields"] == {"name": "Initech", "tier": "gold", "arr": 120000}
     assert record["changes"] == 1  # the refused deliveries published nothing
+
+
+async def test_webhook_replays_big_bodies_and_bad_headers_are_refused(
+    fabric: Fabric, tenant: str, run_provider: Any
+) -> None:
+    """Finding 4: a replayed delivery set a record back; unsigned 300 MB bodies were read
+    whole before the 401; a signature header with byte 0xFF answered 500."""
+    port = free_port()
+    run_provider("webhooks", "--tenant", tenant, "--secret", "crm=s3cret", "--port", str(port),
+                 "--max-body-bytes", "65536")  # fmt: skip
+    url = f"http://127.0.0.1:{port}/hooks/crm"
+
+    def delivery(tier: str) -> bytes:
+        return json.dumps({"object": "Account", "record_id": "A-9", "fields": {"tier": tier}}).encode()
+
+    old, new = delivery("silver"), delivery("gold")
+    async with httpx.AsyncClient(timeout=30) as c:
+
+        async def up() -> bool:
+            try:
+                await c.get(url)
+                return True
+            except httpx.HTTPError:
+                return False
+
+        await eventually(up)
+        first = sign(b"s3cret", old, "d-old")
+        assert (await c.post(url, content=old, headers=first)).status_code == 202
+        await eventually(lambda: pull(fabric, tenant, "SaaSRecord", "A-9"))
+        assert (await c.post(url, content=new, headers=sign(b"s3cret", new, "d-new"))).status_code == 202
+        # the old delivery replayed: the same headers are seen again, or a signed time long past
+        again = await c.post(url, content=old, headers=first)
+        assert again.status_code == 200 and again.json()["duplicate"] is True
+        stale = await c.post(url, content=old, headers=sign(b"s3cret", old, "d-other", at=int(time.time()) - 3600))
+        assert stale.status_code == 401 and "replayed" in stale.json()["error"]
+        # a body over the cap is refused before it is read, signed or not
+        big = b"x" * (2 << 20)
+        r = await c.post(url, content=big)
+        assert r.status_code == 413
+        # malformed headers are 401, not 500
+        for bad in ({b"x-fabric-signature": b"t=\xff,v1=\xff", b"x-fabric-delivery": b"d"},
+                    {b"x-fabric-signature": b"sha256=abc"},
+                    {b"x-fabric-signature": b"t=1,v1=00", b"x-fabric-delivery": b"\xff"}):  # fmt: skip
+            r = await c.post(url, content=new, headers=bad)
+            assert r.status_code == 401, (bad, r.status_code, r.text)
+
+    async def gold() -> bool:
+        got = await pull(fabric, tenant, "SaaSRecord", "A-9")
+        return bool(got) and got["event"]["data"]["fields"]["tier"] == "gold" and got["changes"] == 2
+
+    await eventually(gold)
+    await asyncio.sleep(1.0)  # nothing else arrives: the replays published nothing
+    got = await pull(fabric, tenant, "SaaSRecord", "A-9")
+    assert got is not None and got["changes"] == 2 and got["event"]["data"]["fields"]["tier"] == "gold"
 
 
 async def test_sqlite_table_is_polled(fabric: Fabric, tenant: str, tmp_path: Path, run_provider: Any) -> None:

@@ -26,7 +26,7 @@ from mcp.client.streamable_http import streamable_http_client
 from mcp.shared._httpx_utils import create_mcp_http_client
 
 from fabric.settings import Settings
-from fabric.testing import bearer
+from fabric.testing import bearer, operator
 from fabric.topics.codecs import confluent_frame
 from tests.integration.conftest import Fabric, eventually, start_fabric, variant
 
@@ -57,7 +57,7 @@ def avro(schema: Any, record: dict[str, Any]) -> bytes:
 async def test_schema_evolution_end_to_end(own_fabric: Fabric, tenant: str) -> None:
     fab = own_fabric
     s: Settings = fab.settings
-    admin = bearer(s, tenant, ["admin"])
+    admin = operator(s)  # schemas and routing are platform objects
     async with httpx.AsyncClient(base_url=fab.url, headers=admin, timeout=15) as http:
         assert "PageDSL" in (await http.get("/subjects")).json()
         assert (await http.get("/subjects/PageDSL/versions")).json() == [1]
@@ -90,7 +90,8 @@ async def test_schema_evolution_end_to_end(own_fabric: Fabric, tenant: str) -> N
         # a consumer that declared version 1
         manifest = {"consumer": {"id": "old-copilot", "owner": "copilots",
                                  "consumes": [{"context_type": "PageDSL", "version": 1}]}}  # fmt: skip
-        assert (await http.post("/v1/registry/manifests", json=manifest)).status_code == 201
+        tenant_admin = bearer(s, tenant, ["admin"])  # a manifest is the tenant's: it pins its callers only
+        assert (await http.post("/v1/registry/manifests", json=manifest, headers=tenant_admin)).status_code == 201
 
     old = bearer(s, tenant, ["context:read:*"], sub="old-copilot")
     new = bearer(s, tenant, ["context:read:*"], sub="new-copilot")

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import pytest
 
+from fabric.router import bodies
 from fabric.router.contexts import freshness
 from fabric.router.hub import compile_patterns
 from fabric.router.ingest import Rejected, split_body
@@ -16,15 +17,31 @@ def test_glob_patterns_over_event_types() -> None:
     assert compile_patterns(["*"]).match("anything.at.all")
 
 
-def test_split_body_forms() -> None:
-    assert split_body(b'{"a": 1}', "application/json") == [({"a": 1}, 8)]
-    assert [e for e, _ in split_body(b'[{"a": 1}, 2]', "application/json")] == [{"a": 1}, 2]  # type: ignore[misc]
-    items = split_body(b'{"a": 1}\n{"b": 2}\n', "application/json")
+async def test_split_body_forms() -> None:
+    assert await split_body(b'{"a": 1}', "application/json", 10) == [({"a": 1}, 8)]
+    assert [e for e, _ in await split_body(b'[{"a": 1}, 2]', "application/json", 10)] == [{"a": 1}, 2]  # type: ignore[misc]
+    items = await split_body(b'{"a": 1}\n{"b": 2}\n', "application/json", 10)
     assert [i[0] for i in items] == [{"a": 1}, {"b": 2}]  # type: ignore[index]
-    items = split_body(b'{"a": 1}\nnope\n', "application/x-ndjson")
+    items = await split_body(b'{"a": 1}\nnope\n', "application/x-ndjson", 10)
     assert isinstance(items[1], Rejected) and items[1].pointer == "/1"
     with pytest.raises(HTTPProblem, match="empty body"):
-        split_body(b"  ", "application/json")
+        await split_body(b"  ", "application/json", 10)
+    with pytest.raises(HTTPProblem, match="not valid JSON"):
+        await split_body(b"[1, 2", "application/json", 10)
+
+
+async def test_split_body_refuses_more_events_than_a_request_may_carry() -> None:
+    with pytest.raises(HTTPProblem, match="holds 11 events, over the limit of 10") as e:
+        await split_body(b"[" + b"1," * 10 + b"1]", "application/json", 10)
+    assert e.value.status == 413
+    # many elements: split in the helper process (the event loop stays free), refused all the same
+    body = b"1\n" * (bodies.INLINE_ELEMENTS * 2)
+    assert bodies.elements_at_most(body) > bodies.INLINE_ELEMENTS
+    with pytest.raises(HTTPProblem, match=f"holds {bodies.INLINE_ELEMENTS * 2} events") as e:
+        await split_body(body, "application/x-ndjson", 10_000)
+    assert e.value.status == 413
+    assert len(await split_body(body, "application/x-ndjson", 10**6)) == bodies.INLINE_ELEMENTS * 2
+    bodies.shutdown()
 
 
 def test_freshness_flags_stale_past_ttl(registry: Registry) -> None:

@@ -118,13 +118,29 @@ def test_rate_limit_leases_start_at_one_and_double_while_used_up() -> None:
     for _ in range(9):
         assert not limiter.take_local(w)
         cmd = limiter.command(w)
-        wants.append(cmd[-1])
-        limiter.settle(w, [cmd[-1], 0])  # granted in full
+        wants.append(cmd[-2])
+        limiter.settle(w, [cmd[-2], 0])  # granted in full
         while limiter.take_local(w):
             pass
     assert wants == [1, 2, 4, 8, 16, 32, 50, 50, 50]  # capped by the default token rate (1,000/s: 50)
     other = Principal("acme", "y", frozenset(), frozenset(), 1e12, "another-token")
-    assert limiter.command(other)[-1] == 1  # a new caller starts small
+    assert limiter.command(other)[-2] == 1  # a new caller starts small
     with pytest.raises(RateLimited) as e:
         limiter.settle(other, [0, 1500])
     assert e.value.retry_after == "2"
+
+
+def test_rate_limit_leases_renewed_at_once_add_up_and_lapsed_ones_give_back() -> None:
+    from fabric.security import ratelimit
+    from fabric.security.ratelimit import RateLimiter
+
+    limiter = RateLimiter(None, "p", Settings().security)  # type: ignore[arg-type]
+    w = who([])
+    # three requests found the lease empty at once; each renewal was granted 10 tokens
+    for _ in range(3):
+        limiter.settle(w, [10, 0])
+    assert sum(1 for _ in iter(lambda: limiter.take_local(w), False)) == 27  # 30 less the 3 requests
+    limiter.settle(w, [10, 0])
+    limiter.leases["acme", w.token_id][1] = ratelimit.time.monotonic() - 1  # the lease lapsed, 9 unused
+    cmd = limiter.command(w)
+    assert cmd[-1] == 9 and limiter.leases["acme", w.token_id][0] == 0  # they go back with the renewal

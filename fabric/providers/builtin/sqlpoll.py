@@ -24,11 +24,11 @@ from fabric.errors import ConfigError, MissingExtraError
 from fabric.providers.sdk import Provider
 from fabric.topics.envelope import Envelope
 
-IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
+IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
 
 
 def _ident(name: str, what: str) -> str:
-    if not IDENT.match(name):
+    if not IDENT.fullmatch(name):
         raise ConfigError(f"{what} {name!r} is not a plain SQL identifier")
     return name
 
