@@ -4,7 +4,7 @@ A ClickHouse server is queried directly. The embedded engine directory can be op
 in one process only, so when a running sink owns it the SQL goes to that sink's
 query channel, a Unix socket only the fabric's own user can open; otherwise this
 process opens the directory itself. Either way the statement runs read-only
-(``run_read_only``): no writes, no settings changes, no file/url/remote functions.
+(``run_statement``): no writes, no settings changes, no file/url/remote functions.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import httpx
 
 from fabric.errors import BackendUnavailable, FabricError
 from fabric.settings import Settings
-from fabric.sinks.clickhouse import connect, create_tables, run_read_only
+from fabric.sinks.clickhouse import connect, create_tables, run_statement
 from fabric.sinks.sink import owner_file
 
 
@@ -53,7 +53,7 @@ def query(settings: Settings, sql: str, open_local: bool = True) -> tuple[list[s
     client = connect(settings)
     try:
         create_tables(client, settings)
-        return run_read_only(client, sql)
+        return run_statement(client, sql)
     except FabricError:
         raise
     except Exception as e:

@@ -41,7 +41,7 @@ from fabric.sinks.clickhouse import (
     create_tables,
     insert,
     insert_isolating,
-    run_read_only,
+    run_statement,
     table_answers,
 )
 from fabric.topics.admin import all_topics, dlq_topic, ensure_topics, typed_topics
@@ -240,13 +240,13 @@ def owner_file(settings: Settings) -> Path:
 def query_socket(settings: Settings) -> Path:
     """The query channel's Unix socket: mode 0600 in a 0700 directory, so only the user
     running the fabric can connect (a browser page or another local user cannot)."""
-    path = (settings.data_dir / "run" / "sink-query.sock").resolve()
-    if len(str(path)) > 100:  # AF_UNIX paths are limited to 108 bytes
-        import hashlib
-        import tempfile
+    import hashlib
+    import tempfile
 
-        tag = hashlib.sha256(str(path).encode()).hexdigest()[:16]
-        path = Path(tempfile.gettempdir()) / f"fabric-{os.getuid()}-{tag}" / "sink-query.sock"
+    engine = hashlib.sha256(str(settings.clickhouse.chdb_path.resolve()).encode()).hexdigest()[:12]
+    path = (settings.data_dir / "run" / f"sink-query-{engine}.sock").resolve()
+    if len(str(path)) > 100:  # AF_UNIX paths are limited to 108 bytes
+        path = Path(tempfile.gettempdir()) / f"fabric-{os.getuid()}-{engine}" / "sink-query.sock"
     return path
 
 
@@ -266,13 +266,13 @@ def bind_private(path: Path) -> socket.socket:
 
 
 def query_app(sink: Sink) -> Starlette:
-    """Read-only SQL for ``fabric query`` (``run_read_only``: no writes, no settings, no
+    """Read-only SQL for ``fabric query`` (``run_statement``: no writes, no settings, no
     file/url/remote functions)."""
 
     async def query(request: Request) -> Response:
         try:
             sql = (await request.body()).decode()
-            cols, rows = await asyncio.to_thread(run_read_only, sink.client, sql)
+            cols, rows = await asyncio.to_thread(run_statement, sink.client, sql)
         except (FabricError, UnicodeDecodeError) as e:
             return Response(orjson.dumps({"error": str(e)}), status_code=400, media_type="application/json")
         return Response(

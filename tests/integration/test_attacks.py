@@ -134,6 +134,7 @@ async def test_a_tenants_pattern_sees_only_its_events(fabric: Fabric, two: tuple
 patterns:
   - name: {name}
     key: subject
+    time: processing
     sequence:
       within: 1m
       steps:

@@ -60,7 +60,7 @@ def tokens(fabric: Fabric) -> st.SearchStrategy[dict[str, str]]:
         {},
         good,
         operator(s),
-        {"Authorization": "Bearer "},
+        {"Authorization": "Bearer x"},
         {"Authorization": "Basic Zm9vOmJhcg=="},
         {"Authorization": "Bearer " + "x" * 9000},
         {"Authorization": "Bearer " + jwt.encode({"tenant": "fuzz"}, rsa_key, algorithm="RS256", headers={"kid": DEV_KID})},

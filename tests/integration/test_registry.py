@@ -155,14 +155,16 @@ async def test_schema_evolution_end_to_end(own_fabric: Fabric, tenant: str) -> N
                   "sequence": 1, "data": {"system": "helpdesk", "object": "Ticket", "record_id": "T-1",
                                           "fields": {"title": "VPN down"}}}  # fmt: skip
 
+        mine = bearer(s, tenant, ["admin"])
+
         async def routed() -> bool:  # the worker follows the registry; a resend before it has is dead-lettered
-            await http.post("/v1/events", json=ticket)
-            return (await http.get("/v1/contexts/SaaSRecord/T-1")).status_code == 200
+            await http.post("/v1/events", json=ticket, headers=mine)
+            return (await http.get("/v1/contexts/SaaSRecord/T-1", headers=mine)).status_code == 200
 
         await eventually(routed, timeout=30, interval=0.5)
-        overview = (await http.get("/v1/registry")).json()
+        overview = (await http.get("/v1/registry", headers=mine)).json()
         assert overview["schemas"]["PageDSL"] == [1, 2] and overview["routing"]["version"] == 1
-        assert "consumer:old-copilot" in overview["manifests"] and "page-copilot" in overview["policies"]
+        assert f"consumer:{tenant}/old-copilot" in overview["manifests"] and "page-copilot" in overview["policies"]
 
     # the sink decoded both versions into ClickHouse
     def stored() -> bool:
