@@ -98,7 +98,7 @@ def test_no_http_endpoint_answers_5xx(fabric: Fabric) -> None:
 
 
 def test_the_websocket_never_fails_with_a_server_error(fabric: Fabric) -> None:
-    @settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
+    @settings(max_examples=8, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
     @given(bodies, tokens(fabric))
     def one(body: bytes, auth: dict[str, str]) -> None:
         try:
