@@ -16,8 +16,7 @@ from aiokafka import AIOKafkaProducer
 
 from fabric.assembly.policy import InjectionPolicy, parse_policies, policy_from
 from fabric.errors import ConfigError
-from fabric.registry.manifests import split_owner
-from fabric.registry.store import POLICY
+from fabric.registry.store import POLICY, split_owner
 from fabric.settings import Settings
 from fabric.topics.admin import ensure_topics, follow_compacted, read_compacted
 

@@ -31,7 +31,7 @@ from fabric.errors import InvalidEvent
 from fabric.pipeline.enrich import new_traceparent
 from fabric.pipeline.route import CACHE_JSON, OutRecord, cache_headers
 from fabric.pipeline.stages import EVENTS, Stage, consumer, producer, send_all
-from fabric.registry.store import PATTERN
+from fabric.registry.store import PATTERN, split_owner
 from fabric.settings import Settings
 from fabric.topics.admin import all_topics, ensure_topics, read_compacted, typed_topics
 from fabric.topics.codecs import decode_structured, decode_typed, encode_typed, validate
@@ -174,24 +174,17 @@ class CepStage(Stage):
         """Compile what runs now: the platform's patterns (bundled, then ``pattern:<name>``
         records) for every tenant, and each tenant's own (``pattern:<tenant>/<name>``) for
         that tenant alone, shadowing the platform's pattern of the same name for it."""
-        platform: dict[str, Any] = dict(self.bundled)
-        own: dict[tuple[str, str], Any] = {}
-        for name, spec in self.overrides.items():
-            tenant, sep, short = name.partition("/")
-            if sep:
-                if spec is None:
-                    own.pop((tenant, short), None)
-                else:
-                    own[tenant, short] = spec
-            elif spec is None:
-                platform.pop(name, None)
-            else:
-                platform[name] = spec
+        specs: dict[tuple[str | None, str], Any] = {(None, n): s for n, s in self.bundled.items()}
+        for full, spec in self.overrides.items():
+            specs[split_owner(full)] = spec  # None: a tombstone removes it
         shadowed: dict[str, set[str]] = {}
-        for tenant, short in own:
-            shadowed.setdefault(short, set()).add(tenant)
+        for owner, name in specs:
+            if owner is not None and specs[owner, name] is not None:
+                shadowed.setdefault(name, set()).add(owner)
         patterns = []
-        for (owner, name), spec in [*(((None, n), s) for n, s in platform.items()), *own.items()]:
+        for (owner, name), spec in specs.items():
+            if spec is None:
+                continue
             try:
                 compiled = compile_pattern(spec)
                 if compiled.name != name:

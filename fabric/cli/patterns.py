@@ -17,12 +17,10 @@ import orjson
 from aiokafka import AIOKafkaProducer
 
 from fabric.cep.patterns import load_patterns
-from fabric.cli.main import settings_of
-from fabric.errors import FabricError
+from fabric.cli.main import owner_option, settings_of
 from fabric.registry.store import PATTERN
 from fabric.settings import Settings
 from fabric.topics.admin import ensure_topics, read_compacted
-from fabric.topics.codecs import TENANT as TENANT_NAME
 
 
 async def _publish(s: Settings, items: list[tuple[str, bytes | None]]) -> None:
@@ -43,16 +41,7 @@ async def current(s: Settings) -> dict[str, Any]:
     return {k.removeprefix(PATTERN): orjson.loads(v) for k, v in records.items() if v and k.startswith(PATTERN)}
 
 
-TENANT = click.option(
-    "--tenant", default=None,
-    help="A tenant's own patterns: they see only its events and shadow the platform's of the same name for it.",
-)  # fmt: skip
-
-
-def _tenant(tenant: str) -> str:
-    if not TENANT_NAME.fullmatch(tenant):
-        raise FabricError(f"invalid tenant {tenant!r}")
-    return tenant
+TENANT = owner_option("patterns (they see only its events)")
 
 
 @click.group(help="Add, change or remove CEP patterns while the worker runs (kept in <prefix>.registry).")
@@ -68,7 +57,7 @@ def patterns() -> None:
 def apply(ctx: click.Context, file: Path, replace: bool, tenant: str | None) -> None:
     s = settings_of(ctx)
     compiled = load_patterns(file.read_text())  # raises PatternError naming pattern and field
-    owner = f"{_tenant(tenant)}/" if tenant else ""
+    owner = f"{tenant}/" if tenant else ""
     items: list[tuple[str, bytes | None]] = [(f"{owner}{p.name}", orjson.dumps(p.source)) for p in compiled]
     if replace:
         names = {f"{owner}{p.name}" for p in compiled}
@@ -84,7 +73,7 @@ def apply(ctx: click.Context, file: Path, replace: bool, tenant: str | None) -> 
 @TENANT
 @click.pass_context
 def remove(ctx: click.Context, name: str, tenant: str | None) -> None:
-    asyncio.run(_publish(settings_of(ctx), [(f"{_tenant(tenant)}/{name}" if tenant else name, None)]))
+    asyncio.run(_publish(settings_of(ctx), [(f"{tenant}/{name}" if tenant else name, None)]))
     click.echo(f"removed {name}")
 
 

@@ -14,12 +14,10 @@ import orjson
 
 from fabric.assembly.policy import parse_policies
 from fabric.assembly.store import PolicyStore, load_published, publish
-from fabric.cli.main import settings_of
+from fabric.cli.main import owner_option, settings_of
 from fabric.settings import Settings
 
-TENANT = click.option(
-    "--tenant", default=None, help="The tenant's own policies (default: the platform's, every tenant's default)."
-)
+TENANT = owner_option("policies")
 
 
 async def _store(s: Settings) -> PolicyStore:

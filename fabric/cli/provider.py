@@ -13,7 +13,7 @@ from pathlib import Path
 
 import click
 
-from fabric.cli.main import settings_of
+from fabric.cli.main import owner_option, settings_of
 from fabric.errors import FabricError
 from fabric.providers.sdk import Provider
 from fabric.settings import Settings
@@ -149,9 +149,7 @@ def scaffold(spec: Path | None, url: str | None, out: Path, owner: str) -> None:
 
 @provider.command(help="Publish a provider manifest to the registry (topic <prefix>.registry).")
 @click.argument("manifest", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option(
-    "--tenant", default=None, help="Register it for this tenant only (default: the platform's, for every tenant)."
-)
+@owner_option("manifest")
 @click.pass_context
 def register(ctx: click.Context, manifest: Path, tenant: str | None) -> None:
     from fabric.registry.manifests import load_manifest, publish_manifest

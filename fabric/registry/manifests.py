@@ -43,12 +43,6 @@ class Manifest:
         return f"{self.kind}:{self.tenant}/{self.id}" if self.tenant else f"{self.kind}:{self.id}"
 
 
-def split_owner(name: str) -> tuple[str | None, str]:
-    """``acme/page-copilot`` -> (``acme``, ``page-copilot``); a bare name is the platform's (None)."""
-    owner, sep, rest = name.partition("/")
-    return (owner, rest) if sep else (None, name)
-
-
 def parse_manifest(doc: Any, origin: str = "manifest", tenant: str | None = None) -> Manifest:
     if not isinstance(doc, dict) or len(doc) != 1 or next(iter(doc)) not in REQUIRED:
         raise ConfigError(f"{origin}: expected one top-level key, 'provider' or 'consumer'")

@@ -36,7 +36,7 @@ import orjson
 
 from fabric.errors import ConfigError
 from fabric.registry.compat import LEVELS, check_level, zero_size_items
-from fabric.registry.manifests import Manifest, parse_manifest, split_owner
+from fabric.registry.manifests import Manifest, parse_manifest
 from fabric.settings import Settings
 from fabric.topics.admin import ensure_topics, follow_compacted, read_compacted
 from fabric.topics.codecs import MAGIC
@@ -47,6 +47,13 @@ FIRST_ID = 1000  # ids the registry hands out start here; below are the bundled 
 PATTERN = "pattern:"  # + name: a CEP pattern (fabric patterns)
 POLICY = "policy:"  # + name@version: an injection policy (fabric policies)
 ROUTING = "routing:"  # + version: the event-type -> context-type rules
+
+
+def split_owner(name: str) -> tuple[str | None, str]:
+    """A record's name as (owner, name): ``acme/page-copilot`` -> (``acme``, ``page-copilot``);
+    a bare name is the platform's (None)."""
+    owner, sep, rest = name.partition("/")
+    return (owner, rest) if sep else (None, name)
 
 
 def canonical(schema: Any) -> str:
@@ -140,8 +147,9 @@ class SchemaStore:
 
     def patterns_of(self, tenant: str) -> dict[str, Any]:
         """name -> spec of the patterns published for ``tenant``: the platform's, shadowed by its own."""
-        out = {n: s for n, s in self.patterns.items() if "/" not in n}
-        out.update({n.partition("/")[2]: s for n, s in self.patterns.items() if n.startswith(f"{tenant}/")})
+        named = [(split_owner(full), spec) for full, spec in self.patterns.items()]
+        out = {name: spec for (owner, name), spec in named if owner is None}
+        out.update({name: spec for (owner, name), spec in named if owner == tenant})
         return out
 
     def manifests_of(self, tenant: str) -> list[Manifest]:

@@ -67,7 +67,8 @@ async def split_off_loop(body: bytes, ndjson: bool, max_events: int) -> list[byt
 
 
 def shutdown() -> None:
+    """Stop the helper process (it is started on first use)."""
     global _pool
     if _pool is not None:
-        _pool.shutdown(wait=False, cancel_futures=True)
+        _pool.shutdown(wait=True, cancel_futures=True)
         _pool = None

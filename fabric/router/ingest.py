@@ -115,8 +115,8 @@ async def split_body(body: bytes, content_type: str, max_events: int) -> list[tu
     ndjson = "ndjson" in content_type or "jsonl" in content_type
     if not ndjson and stripped[:1] == b"{" and b"\n" in stripped.rstrip():
         try:  # one pretty-printed object, or several objects one per line
-            orjson.loads(body)
-        except orjson.JSONDecodeError:
+            return [(orjson.loads(body), len(body))]
+        except (orjson.JSONDecodeError, RecursionError):
             ndjson = True
     try:
         raws = await bodies.split_off_loop(body, ndjson, max_events)

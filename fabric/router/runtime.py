@@ -15,6 +15,7 @@ from fabric.assembly.store import PolicyStore, follow, load_published
 from fabric.errors import ConfigError
 from fabric.pipeline.materialize import CacheKeys
 from fabric.registry.store import RegistryFollower, SchemaStore
+from fabric.router import bodies
 from fabric.router.assemble import Assembler
 from fabric.router.fastredis import FastRedis
 from fabric.router.gate import Gate
@@ -93,3 +94,4 @@ async def open_state(settings: Settings) -> AsyncIterator[RouterState]:
         await producer.stop()
         await redis.aclose()
         await hub_redis.aclose()
+        bodies.shutdown()

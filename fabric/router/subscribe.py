@@ -32,7 +32,7 @@ from fabric.router.contexts import iso
 from fabric.router.hub import ENTRY_ID, SubscriberClosed
 from fabric.router.state import HTTPProblem, caller, state_of
 
-USAGE = '{"error":"first message must be {\\"subscribe\\": [\\"page.*\\", ...], \\"resume\\": \\"<token>\\"?}"}'
+USAGE = 'first message must be {"subscribe": ["page.*", ...], "resume": "<token>"?}'
 CLOSE_CODES = {401: 4401, 403: 4403, 429: 4429}
 
 
@@ -49,15 +49,13 @@ def _request(text: str, max_patterns: int, max_chars: int) -> tuple[list[str], s
     if not isinstance(patterns, list) or not patterns or not all(isinstance(p, str) and p for p in patterns):
         raise BadRequest(USAGE)
     if len(patterns) > max_patterns:
-        raise BadRequest(
-            orjson.dumps({"error": f"{len(patterns)} patterns, over the limit of {max_patterns}"}).decode()
-        )
+        raise BadRequest(f"{len(patterns)} patterns, over the limit of {max_patterns}")
     long = next((p for p in patterns if len(p) > max_chars), None)
     if long is not None:
-        raise BadRequest(orjson.dumps({"error": f"pattern {long[:40]!r}... is over {max_chars} characters"}).decode())
+        raise BadRequest(f"pattern {long[:40]!r}... is over {max_chars} characters")
     resume = request.get("resume")
     if resume is not None and (not isinstance(resume, str) or not ENTRY_ID.fullmatch(resume)):
-        raise BadRequest(orjson.dumps({"error": "resume must be a token from a push (like 1700000000000-0)"}).decode())
+        raise BadRequest("resume must be a token from a push (like 1700000000000-0)")
     return patterns, resume
 
 
@@ -82,7 +80,7 @@ async def subscribe(ws: WebSocket) -> None:
             first = await ws.receive_text()
         patterns, resume = _request(first, limits.max_patterns, limits.max_pattern_chars)
     except BadRequest as e:
-        await ws.send_text(str(e))
+        await ws.send_text(orjson.dumps({"error": str(e)}).decode())
         await ws.close(code=4400)
         return
     except TimeoutError:

@@ -91,22 +91,29 @@ async def test_prometheus_endpoint_is_scraped(fabric: Fabric, tenant: str, run_p
         thread.join(5)
 
 
-async def test_signed_webhooks_become_saas_records(fabric: Fabric, tenant: str, run_provider: Any) -> None:
+async def webhook_receiver(run_provider: Any, tenant: str, *args: str) -> str:
+    """Start ``fabric provider webhooks`` (system crm, secret s3cret); its URL once it answers."""
     port = free_port()
-    run_provider("webhooks", "--tenant", tenant, "--secret", "crm=s3cret", "--port", str(port))
+    run_provider("webhooks", "--tenant", tenant, "--secret", "crm=s3cret", "--port", str(port), *args)
     url = f"http://127.0.0.1:{port}/hooks/crm"
+
+    async def up() -> bool:
+        try:
+            async with httpx.AsyncClient(timeout=2) as c:
+                await c.get(url)
+            return True
+        except httpx.HTTPError:
+            return False
+
+    await eventually(up)
+    return url
+
+
+async def test_signed_webhooks_become_saas_records(fabric: Fabric, tenant: str, run_provider: Any) -> None:
+    url = await webhook_receiver(run_provider, tenant)
     body = json.dumps({"object": "Account", "record_id": "A-7", "action": "updated", "sequence": 2,
                        "fields": {"name": "Initech", "tier": "gold", "arr": 120000}}).encode()  # fmt: skip
     async with httpx.AsyncClient(timeout=10) as c:
-
-        async def up() -> bool:
-            try:
-                await c.get(url)
-                return True
-            except httpx.HTTPError:
-                return False
-
-        await eventually(up)
         unsigned = await c.post(url, content=body)
         forged = await c.post(url, content=body, headers=sign(b"guess", body, "d-1"))
         assert unsigned.status_code == forged.status_code == 401
@@ -126,25 +133,13 @@ async def test_webhook_replays_big_bodies_and_bad_headers_are_refused(
 ) -> None:
     """Finding 4: a replayed delivery set a record back; unsigned 300 MB bodies were read
     whole before the 401; a signature header with byte 0xFF answered 500."""
-    port = free_port()
-    run_provider("webhooks", "--tenant", tenant, "--secret", "crm=s3cret", "--port", str(port),
-                 "--max-body-bytes", "65536")  # fmt: skip
-    url = f"http://127.0.0.1:{port}/hooks/crm"
+    url = await webhook_receiver(run_provider, tenant, "--max-body-bytes", "65536")
 
     def delivery(tier: str) -> bytes:
         return json.dumps({"object": "Account", "record_id": "A-9", "fields": {"tier": tier}}).encode()
 
     old, new = delivery("silver"), delivery("gold")
     async with httpx.AsyncClient(timeout=30) as c:
-
-        async def up() -> bool:
-            try:
-                await c.get(url)
-                return True
-            except httpx.HTTPError:
-                return False
-
-        await eventually(up)
         first = sign(b"s3cret", old, "d-old")
         assert (await c.post(url, content=old, headers=first)).status_code == 202
         await eventually(lambda: pull(fabric, tenant, "SaaSRecord", "A-9"))
