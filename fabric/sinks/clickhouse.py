@@ -140,14 +140,16 @@ def run_read_only(client: Any, sql: str) -> tuple[list[str], list[list[Any]]]:
 MAINTENANCE = re.compile(r"(?i)\s*(DETACH|ATTACH)\s+TABLE\s+fabric\.(events|dlq|audit)\s*;?\s*")
 
 
-def run_statement(client: Any, sql: str) -> tuple[list[str], list[list[Any]]]:
-    """``run_read_only``, except the exact maintenance statements ``DETACH|ATTACH TABLE
-    fabric.<events|dlq|audit>`` (nothing else that writes, and nothing in them to inject)."""
+def run_statement(client: Any, sql: str, writer: Any = None) -> tuple[list[str], list[list[Any]]]:
+    """``run_read_only`` on ``client``, except the exact maintenance statements ``DETACH|ATTACH
+    TABLE fabric.<events|dlq|audit>`` (nothing else that writes, nothing in them to inject),
+    run on ``writer`` (default ``client``). Give a long-lived writer a ``client`` of its own:
+    the embedded engine leaves a session read-only after a refused read-only statement."""
     m = MAINTENANCE.fullmatch(sql)
     if m is None:
         return run_read_only(client, sql)
     with _lock:
-        client.command(f"{m.group(1).upper()} TABLE fabric.{m.group(2).lower()}")
+        (writer or client).command(f"{m.group(1).upper()} TABLE fabric.{m.group(2).lower()}")
     return [], []
 
 

@@ -119,6 +119,9 @@ class Sink:
         self.settings = settings
         self.registry = Registry.load(settings.schemas_dir)
         self.client: Any = None
+        #: a session of its own for ``fabric query``: a refused read-only statement leaves its
+        #: session read-only, which must never happen to the session that inserts
+        self.reader: Any = None
         self.db = settings.clickhouse.database
 
     async def open(self) -> None:
@@ -127,6 +130,7 @@ class Sink:
             try:
                 self.client = await asyncio.to_thread(connect, self.settings)
                 await asyncio.to_thread(create_tables, self.client, self.settings)
+                self.reader = await asyncio.to_thread(connect, self.settings)
                 return
             except Exception as e:
                 log.warning("sink: ClickHouse not ready (%s); retrying in %.1f s", e, delay)
@@ -272,7 +276,7 @@ def query_app(sink: Sink) -> Starlette:
     async def query(request: Request) -> Response:
         try:
             sql = (await request.body()).decode()
-            cols, rows = await asyncio.to_thread(run_statement, sink.client, sql)
+            cols, rows = await asyncio.to_thread(run_statement, sink.reader, sql, sink.client)
         except (FabricError, UnicodeDecodeError) as e:
             return Response(orjson.dumps({"error": str(e)}), status_code=400, media_type="application/json")
         return Response(

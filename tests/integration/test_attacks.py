@@ -78,6 +78,22 @@ def test_query_channel_is_private_and_read_only(fabric: Fabric) -> None:
     raw.close()
 
 
+async def test_refused_queries_leave_the_sinks_writes_alone(fabric: Fabric, two: tuple[str, str]) -> None:
+    """A read-only statement the engine refuses leaves its session read-only: it must not be
+    the session the sink inserts with."""
+    assert fabric.cli("query", "DROP TABLE fabric.events").returncode != 0
+    acme, _ = two
+    async with httpx.AsyncClient(base_url=fabric.url, headers=bearer(fabric.settings, acme), timeout=15) as c:
+        assert (await c.post("/v1/events", json=page(acme, "after-refusals"))).status_code == 202
+
+    def landed() -> bool:
+        sql = f"SELECT count() AS n FROM fabric.events WHERE tenant = '{acme}'"
+        r = fabric.cli("query", sql, "--format", "json")
+        return r.returncode == 0 and orjson.loads(r.stdout)[0]["n"] == 1
+
+    await eventually(landed, timeout=60)
+
+
 # ------------------------------------------------------------------ 2. platform and tenant objects
 
 
