@@ -35,7 +35,7 @@ from bench.env import BenchEnv, save
 from bench.hist import histogram, record, summary
 from bench.loadgen import drive, http_get
 from fabric.settings import SecuritySettings
-from fabric.testing import bearer
+from fabric.testing import bearer, operator
 from fabric.topics.registry import Registry
 
 VICTIM, ATTACKER = "victim", "mallory"
@@ -154,22 +154,23 @@ async def forged_resume(env: BenchEnv) -> dict[str, Any]:
     tenant = f"r{uuid.uuid4().hex[:6]}"
     ws_url = env.procs.url.replace("http", "ws") + "/v1/subscribe"
     got: list[Any] = []
-    async with websockets.connect(ws_url, additional_headers=bearer(s, tenant)) as honest:
-        await honest.send(orjson.dumps({"subscribe": ["page.*"]}).decode())
-        await honest.recv()
-        # the forger connects while the honest one is connected, and before it
+    async with httpx.AsyncClient(base_url=env.procs.url, headers=bearer(s, tenant), timeout=10) as c:
+        await c.post("/v1/events", json=page(tenant, "first"))  # the tenant has a feed
+        # the forger connects first, while nobody reads the tenant's feed yet
         async with websockets.connect(ws_url, additional_headers=bearer(s, tenant)) as forger:
             await forger.send(orjson.dumps({"subscribe": ["page.*"], "resume": "9999999999999-0"}).decode())
             forged_answer = (await forger.recv())[:200]
-            async with httpx.AsyncClient(base_url=env.procs.url, headers=bearer(s, tenant), timeout=10) as c:
+            async with websockets.connect(ws_url, additional_headers=bearer(s, tenant)) as honest:
+                await honest.send(orjson.dumps({"subscribe": ["page.*"]}).decode())
+                await honest.recv()
                 for i in range(10):
                     await c.post("/v1/events", json=page(tenant, f"p{i}"))
-            deadline = time.monotonic() + 5
-            while time.monotonic() < deadline and len([m for m in got if "event" in m]) < 10:
-                try:
-                    got.append(orjson.loads(await asyncio.wait_for(honest.recv(), 0.5)))
-                except TimeoutError:
-                    pass
+                deadline = time.monotonic() + 5
+                while time.monotonic() < deadline and len([m for m in got if "event" in m]) < 10:
+                    try:
+                        got.append(orjson.loads(await asyncio.wait_for(honest.recv(), 0.5)))
+                    except TimeoutError:
+                        pass
     return {"forged_answer": forged_answer, "honest_pushes_of_10": len([m for m in got if "event" in m])}
 
 
@@ -191,12 +192,11 @@ def varint(n: int) -> bytes:
 
 async def avro_bomb(env: BenchEnv, probe: Probe) -> dict[str, Any]:
     s = env.settings
-    operator = {**bearer(s, "platform", ["admin", "platform:admin", "registry:write"])}
     schema = copy.deepcopy(Registry.load(s.schemas_dir).schemas.data_raw("DocChunk"))
     schema["fields"].append({"name": "pad", "type": {"type": "array", "items": "null"}, "default": []})
     async with httpx.AsyncClient(base_url=env.procs.url, timeout=30) as c:
         r = await c.post("/subjects/DocChunk/versions", json={"schema": orjson.dumps(schema).decode()},
-                         headers=operator)  # fmt: skip
+                         headers=operator(s))  # fmt: skip
     registered = {"status": r.status_code, "answer": r.text[:200]}
     if r.status_code != 200:
         return {"registered": registered}
@@ -294,6 +294,7 @@ async def run(quick: bool = False) -> dict[str, Any]:
                 await asyncio.sleep(0.1)
         probe = Probe(env.procs.url, bearer(s, VICTIM, ["context:read:PageDSL"]), "/v1/contexts/PageDSL/probe")
         result: dict[str, Any] = {}
+        only = set(filter(None, os.environ.get("BENCH_ABUSE_ONLY", "").split(",")))
         for name, scenario in [
             ("stall", lambda: stall(env, probe)),
             ("resume", lambda: forged_resume(env)),
@@ -301,6 +302,8 @@ async def run(quick: bool = False) -> dict[str, Any]:
             ("avro", lambda: avro_bomb(env, probe)),
             ("redis_down", lambda: redis_down(env)),
         ]:
+            if only and name not in only:
+                continue
             print(f"  {name} ...", flush=True)
             try:
                 result[name] = await scenario()

@@ -217,9 +217,11 @@ class TokenVerifier:
         if found is None:
             raise Unauthorized(f"token signed by an unknown key {kid!r}")
         key, algorithm = found
+        if algorithm not in self.sec.algorithms:
+            raise Unauthorized(f"key {kid!r} is for {algorithm!r}, not one of {', '.join(self.sec.algorithms)}")
         try:
             claims = jwt.decode(
-                token, key, algorithms=[algorithm] if algorithm else list(self.sec.algorithms),
+                token, key, algorithms=[algorithm],
                 audience=self.sec.audience, issuer=self.sec.issuer, leeway=self.sec.leeway_s,
                 options={"require": ["exp", "iss", "aud", "sub", "tenant"]},
             )  # fmt: skip

@@ -52,7 +52,7 @@ bodies = (
 )
 
 
-def tokens(fabric: Fabric) -> st.SearchStrategy[dict[str, str]]:
+def tokens(fabric: Fabric, oversized: bool = True) -> st.SearchStrategy[dict[str, str]]:
     s = fabric.settings
     rsa_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     good = bearer(s, "fuzz", ["admin", "audit:read", "registry:write"])
@@ -62,7 +62,7 @@ def tokens(fabric: Fabric) -> st.SearchStrategy[dict[str, str]]:
         operator(s),
         {"Authorization": "Bearer x"},
         {"Authorization": "Basic Zm9vOmJhcg=="},
-        {"Authorization": "Bearer " + "x" * 9000},
+        *([{"Authorization": "Bearer " + "x" * 9000}] if oversized else []),
         {"Authorization": "Bearer " + jwt.encode({"tenant": "fuzz"}, rsa_key, algorithm="RS256", headers={"kid": DEV_KID})},
         {"Authorization": "Bearer " + mint(s, "fuzz", [], extra={"scope": 7})},
         {"Authorization": "Bearer " + mint(s, "fuzz", [], extra={"roles": [1, {"a": 2}]})},
@@ -98,8 +98,10 @@ def test_no_http_endpoint_answers_5xx(fabric: Fabric) -> None:
 
 
 def test_the_websocket_never_fails_with_a_server_error(fabric: Fabric) -> None:
-    @settings(max_examples=8, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
-    @given(bodies, tokens(fabric))
+    @settings(max_examples=30, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
+    # A header line over 8 KB never reaches the router on the WebSocket path: uvicorn's
+    # websockets-sansio drops the handshake unanswered (docs/security.md, what must front it).
+    @given(bodies, tokens(fabric, oversized=False))
     def one(body: bytes, auth: dict[str, str]) -> None:
         try:
             with connect(fabric.ws_url, additional_headers=auth, open_timeout=10) as ws:
