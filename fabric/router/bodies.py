@@ -56,14 +56,21 @@ def elements_at_most(body: bytes) -> int:
     return body.count(b",") + body.count(b"\n") + 1
 
 
+def start() -> ProcessPoolExecutor:
+    """The helper process, started now if it is not running (starting it holds the event
+    loop for some 20 ms, so the router does it while it starts, not on a request)."""
+    global _pool
+    if _pool is None:
+        _pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
+        _pool.submit(int)  # spawn it now
+    return _pool
+
+
 async def split_off_loop(body: bytes, ndjson: bool, max_events: int) -> list[bytes]:
     """``split``, in the helper process when the body may hold many elements."""
     if elements_at_most(body) <= INLINE_ELEMENTS:
         return split(body, ndjson, max_events)
-    global _pool
-    if _pool is None:
-        _pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
-    return await asyncio.get_running_loop().run_in_executor(_pool, split, body, ndjson, max_events)
+    return await asyncio.get_running_loop().run_in_executor(start(), split, body, ndjson, max_events)
 
 
 def shutdown() -> None:

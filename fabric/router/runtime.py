@@ -80,6 +80,7 @@ async def open_state(settings: Settings) -> AsyncIterator[RouterState]:
     state.assembler = Assembler(state, store)
     tasks = [asyncio.create_task(watch_cache(state)), asyncio.create_task(follow(settings, store))]
     gate.audit.start()
+    bodies.start()
     try:
         yield state
     finally:
