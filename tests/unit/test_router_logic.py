@@ -34,13 +34,13 @@ async def test_split_body_refuses_more_events_than_a_request_may_carry() -> None
     with pytest.raises(HTTPProblem, match="holds 11 events, over the limit of 10") as e:
         await split_body(b"[" + b"1," * 10 + b"1]", "application/json", 10)
     assert e.value.status == 413
-    # many elements: split in the helper process (the event loop stays free), refused all the same
-    body = b"1\n" * (bodies.INLINE_ELEMENTS * 2)
-    assert bodies.elements_at_most(body) > bodies.INLINE_ELEMENTS
-    with pytest.raises(HTTPProblem, match=f"holds {bodies.INLINE_ELEMENTS * 2} events") as e:
+    # a big body: split in the helper process (the event loop stays free), refused all the same
+    n = bodies.INLINE_BYTES  # lines of 2 bytes: twice the inline size
+    body = b"1\n" * n
+    with pytest.raises(HTTPProblem, match=f"holds {n} lines") as e:
         await split_body(body, "application/x-ndjson", 10_000)
     assert e.value.status == 413
-    assert len(await split_body(body, "application/x-ndjson", 10**6)) == bodies.INLINE_ELEMENTS * 2
+    assert len(await split_body(body, "application/x-ndjson", 10**6)) == n
     bodies.shutdown()
 
 
