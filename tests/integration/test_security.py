@@ -166,6 +166,43 @@ async def test_scopes_and_sensitivity_are_enforced_and_audited(fabric: Fabric, t
     assert any(orjson.loads(x)["action"] == "context.assemble" for x in allowed.stdout.splitlines())
 
 
+async def test_a_tenants_security_team_reads_its_own_audit_trail(fabric: Fabric, tenants: tuple[str, str]) -> None:
+    a, b = tenants
+    s = fabric.settings
+    auditor_a = bearer(s, a, ["audit:read"], sub="sec-team")
+    async with httpx.AsyncClient(base_url=fabric.url, timeout=15) as c:
+        assert (await c.post("/v1/events", json=page(a, "p"), headers=bearer(s, a))).status_code == 202
+        narrow = bearer(s, a, ["context:read:LogEntry"], sub="narrow-bot")
+        assert (await c.get("/v1/contexts/PageDSL/p", headers=narrow)).status_code == 403
+        assert (await c.post("/v1/events", json=page(b, "q"), headers=bearer(s, b, sub="b-writer"))).status_code == 202
+        # without the scope: 403; the tenant is always the token's
+        assert (await c.get("/v1/audit", headers=bearer(s, a))).status_code == 403
+
+        async def denied() -> list[dict[str, Any]]:
+            r = await c.get("/v1/audit", params={"since": "10m", "decision": "deny"}, headers=auditor_a)
+            assert r.status_code == 200, r.text
+            return list(r.json()["records"])
+
+        rows = await eventually(denied, timeout=30, interval=0.5)
+        assert {(r["subject"], r["action"]) for r in rows} >= {("narrow-bot", "context.read")}
+        everything = (await c.get("/v1/audit", params={"since": "10m", "limit": 1000}, headers=auditor_a)).json()
+        assert everything["records"] and all(r["subject"] != "b-writer" for r in everything["records"])
+        b_rows = (await c.get("/v1/audit", params={"since": "10m"}, headers=bearer(s, b, ["audit:read"]))).json()
+        assert all(r["subject"] != "narrow-bot" for r in b_rows["records"])  # b never sees a's trail
+        bad = await c.get("/v1/audit", params={"since": "yesterday'; DROP"}, headers=auditor_a)
+        assert bad.status_code == 400 and "since" in bad.json()["error"]
+        report = (await c.get("/v1/audit/report", params={"since": "1h"}, headers=auditor_a)).json()
+        assert report["tenant"] == a
+        assert {"action": "context.read", "decision": "deny"} in [
+            {"action": r["action"], "decision": r["decision"]} for r in report["by_action"]
+        ]
+        assert any(r["reason"].startswith("403") for r in report["denials_by_reason"])
+        assert any(r["subject"] == "narrow-bot" and r["denied"] >= 1 for r in report["top_subjects"])
+    out = fabric.cli("audit", "report", "--tenant", a, "--since", "1h", "--json")
+    assert out.returncode == 0, out.stderr
+    assert orjson.loads(out.stdout)["top_subjects"]
+
+
 async def test_bad_tokens_are_401(fabric: Fabric, tenant: str) -> None:
     s = fabric.settings
     stranger = ec.generate_private_key(ec.SECP256R1())
