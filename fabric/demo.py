@@ -78,7 +78,9 @@ async def _watch(
         await ws.recv()
         ready.set()
         async for msg in ws:
-            seen.append(orjson.loads(msg))
+            m = orjson.loads(msg)
+            if "event" in m:  # a change; heartbeats and lagging notices are not pushes of data
+                seen.append(m)
 
 
 async def scenario(settings: Settings, router_url: str, live_seconds: float = 0.0) -> int:

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -27,16 +28,31 @@ def alive(pid: int) -> bool:
     return state != "Z"
 
 
-def test_fabric_run_plays_the_scenario_and_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
+def run_env(tmp_path: Path, **router: Any) -> dict[str, str]:
+    """The environment of a ``fabric run`` on free loopback ports under ``tmp_path``."""
     s = Settings(
         data_dir=tmp_path,
         kafka=KafkaSettings(bootstrap=f"127.0.0.1:{free_port()}", session_timeout_ms=3000),
         redis=RedisSettings(url=f"redis://127.0.0.1:{free_port()}/0"),
         clickhouse=ClickHouseSettings(url=f"chdb://{tmp_path / 'chdb'}"),
-        router=RouterSettings(port=free_port()),
+        router=RouterSettings(port=free_port(), **router),
         worker=WorkerSettings(metrics_port=0),
     )
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FABRIC_")} | s.to_env()
+    return {k: v for k, v in os.environ.items() if not k.startswith("FABRIC_")} | s.to_env()
+
+
+def test_fabric_run_with_a_duration_exits_0_past_idle_heartbeats(tmp_path: Path) -> None:
+    """The demo's other tenant gets heartbeats while idle; they are not leaked pushes
+    (``make run`` left for 15 s or more ended with an error)."""
+    env = run_env(tmp_path, heartbeat_s=1.0) | {"FABRIC_RUN_DURATION": "6"}
+    done = subprocess.run([sys.executable, "-m", "fabric", "run"], env=env, capture_output=True, text=True,
+                          timeout=240, cwd=ROOT)  # fmt: skip
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
+    assert "tenant globex received 0 pushes (isolation)" in done.stdout
+
+
+def test_fabric_run_plays_the_scenario_and_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
+    env = run_env(tmp_path)
     log = tmp_path / "run.out"
     with open(log, "wb") as out:
         proc = subprocess.Popen(
