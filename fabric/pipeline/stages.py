@@ -226,6 +226,15 @@ class RouteStage(Stage):
             EVENTS.labels("route", "dlq").inc(len(result.dead))
 
 
+#: Redis errors about Redis, not about what was sent: the batch is retried, never dead-lettered
+_TRANSIENT = ("OOM", "BUSY", "LOADING", "READONLY", "MASTERDOWN", "TRYAGAIN", "CLUSTERDOWN", "MOVED", "ASK", "NOSCRIPT")
+
+
+def refuses_records(e: ResponseError) -> bool:
+    """Whether Redis refused what it was sent (a record to dead-letter), not its own state."""
+    return not str(e).startswith(_TRANSIENT)
+
+
 class MaterializeStage(Stage):
     """Typed topics -> Redis hot cache and per-tenant change feed.
 
@@ -352,7 +361,9 @@ class MaterializeStage(Stage):
                     allow_missing=tp in self.fresh,
                     push_from=self.push_from.get(tp, 0),
                 )
-            except ResponseError:  # Redis refused a record (not a lost connection): find it
+            except ResponseError as e:
+                if not refuses_records(e):
+                    raise  # Redis as a whole cannot write now: the stage retries the batch
                 n = await self._apply_isolating(tp, recs, changes, dead)
             if n == STATE_LOST:
                 await self.rebuild({tp: recs[0].offset})
@@ -378,6 +389,8 @@ class MaterializeStage(Stage):
                 n += max(0, await self.materializer.apply(tp.topic, tp.partition, [c], last_offset=c.offset,
                                                           allow_missing=True, push_from=self.push_from.get(tp, 0)))  # fmt: skip
             except ResponseError as e:
+                if not refuses_records(e):
+                    raise
                 log.warning("materialize: Redis refused %s@%d: %s", tp.topic, c.offset, e)
                 reason = InvalidEvent(f"the cache refused the event: {str(e)[:200]}")
                 dead.append(dlq_record(by_offset[c.offset], reason, dlq_topic(self.settings)))

@@ -91,3 +91,14 @@ def test_cache_headers_round_trip_awkward_names(registry: Registry) -> None:
     )  # fmt: skip
     c = change_from_headers("LogEntry", "stream", dict(cache_headers(env)), 9)
     assert c is not None and (c.tenant, c.type, c.subject, c.id, c.offset) == ("t.1", "log.entry", "a/b c", "x/y z", 9)
+
+
+def test_only_redis_errors_about_the_records_dead_letter_them() -> None:
+    from redis.exceptions import ResponseError
+
+    from fabric.pipeline.stages import refuses_records
+
+    assert refuses_records(ResponseError("ERR string exceeds maximum allowed size (proto-max-bulk-len)"))
+    assert not refuses_records(ResponseError("OOM command not allowed when used memory > 'maxmemory'."))
+    assert not refuses_records(ResponseError("BUSY Redis is busy running a script."))
+    assert not refuses_records(ResponseError("LOADING Redis is loading the dataset in memory"))
