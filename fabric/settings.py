@@ -37,6 +37,17 @@ class KafkaSettings(_Part):
     # How long the broker may hold a fetch with no data. Tansu answers only when it runs
     # out, not when data arrives, so this bounds the latency each stage adds.
     fetch_max_wait_ms: int = 5
+    broker: str = Field("tansu", description="the embedded broker 'fabric dev up' starts: 'kafka' or 'tansu'")
+    version: str = Field("4.1.0", description="the Apache Kafka version the embedded broker runs")
+    heap_mb: int = Field(512, description="the embedded Apache Kafka broker's JVM heap")
+    controller_port: int = Field(0, description="the embedded KRaft controller's port; 0: the bootstrap port + 1")
+
+    @field_validator("broker")
+    @classmethod
+    def _broker(cls, v: str) -> str:
+        if v not in ("kafka", "tansu"):
+            raise ValueError(f"kafka.broker must be 'kafka' or 'tansu', got {v!r}")
+        return v
 
     @property
     def group_prefix(self) -> str:

@@ -33,7 +33,7 @@ from fabric.pipeline.route import CACHE_JSON, OutRecord, cache_headers
 from fabric.pipeline.stages import EVENTS, Stage, consumer, producer, send_all
 from fabric.registry.store import PATTERN, split_owner
 from fabric.settings import Settings
-from fabric.topics.admin import all_topics, ensure_topics, read_compacted, typed_topics
+from fabric.topics.admin import all_topics, ensure_topics, partitions_of, read_compacted, typed_topics
 from fabric.topics.codecs import decode_structured, decode_typed, encode_typed, validate
 from fabric.topics.registry import Registry
 
@@ -115,8 +115,7 @@ class CepStage(Stage):
             fetch_max_wait_ms=100,
         )  # fmt: skip
         await self.patterns_consumer.start()
-        parts = self.patterns_consumer.partitions_for_topic(s.topic("registry")) or {0}
-        self.patterns_consumer.assign([TopicPartition(s.topic("registry"), p) for p in sorted(parts)])
+        self.patterns_consumer.assign(await partitions_of(self.patterns_consumer, s.topic("registry")))
         # patterns applied so far (``pattern:<name>`` records of the registry), then the
         # state checkpointed for them
         for key, spec in (await read_compacted(s, s.topic("registry"))).items():

@@ -21,10 +21,18 @@ def dev() -> None:
 
 
 @dev.command(help="Start the broker and Redis; fine to run twice.")
-@click.option("--timeout", default=20.0, show_default=True, help="Seconds to wait for each part.")
+@click.option("--timeout", default=60.0, show_default=True, help="Seconds to wait for each part.")
+@click.option(
+    "--broker", type=click.Choice(["kafka", "tansu"]), default=None,
+    help="Apache Kafka (KRaft, JDK; jars resolved by Maven once) or Tansu (light, memory only). "
+    "Default: FABRIC_KAFKA__BROKER.",
+)  # fmt: skip
 @click.pass_context
-def up(ctx: click.Context, timeout: float) -> None:
-    _print(Stack(settings_of(ctx)).up(timeout))
+def up(ctx: click.Context, timeout: float, broker: str | None) -> None:
+    s = settings_of(ctx)
+    if broker:
+        s = s.model_copy(update={"kafka": s.kafka.model_copy(update={"broker": broker})})
+    _print(Stack(s).up(timeout))
 
 
 @dev.command(help="Stop what 'fabric dev up' started.")

@@ -1,4 +1,5 @@
-"""The embedded dev stack: the Tansu broker and Redis on loopback, data under ``.fabric/``.
+"""The embedded dev stack: a broker (Apache Kafka in KRaft mode, or Tansu) and Redis on
+loopback, data under ``.fabric/``.
 
 ``up`` is idempotent: a part that already answers on its port and whose PID file is
 ours is left alone. A part that cannot start fails with one sentence saying why
@@ -18,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
+from fabric.dev import kafka
 from fabric.errors import StackError
 from fabric.settings import Settings
 
@@ -124,14 +126,22 @@ class Stack:
         r = urlparse(self.settings.redis.url)
         rhost, rport = r.hostname or "127.0.0.1", r.port or 6379
         redis_dir = (self.settings.data_dir / "redis").resolve()
+        broker = (
+            ["{kafka}"]
+            if self.settings.kafka.broker == "kafka"
+            else [
+                "{tansu}",
+                "broker",
+                "--listener-url",
+                f"tcp://{khost}:{kport}",
+                "--advertised-listener-url",
+                f"tcp://{khost}:{kport}",
+                "--storage-engine",
+                "memory://tansu/",
+            ]
+        )
         return [
-            Part(
-                "broker", khost, int(kport),
-                ["{tansu}", "broker", "--listener-url", f"tcp://{khost}:{kport}",
-                 "--advertised-listener-url", f"tcp://{khost}:{kport}",
-                 "--storage-engine", "memory://tansu/"],
-                self.run_dir,
-            ),
+            Part("broker", khost, int(kport), broker, self.run_dir),
             Part(
                 "redis", rhost, rport,
                 ["{redis}", "--bind", rhost, "--port", str(rport), "--save", "",
@@ -168,8 +178,7 @@ class Stack:
             old = self._children.pop(part.name, None)
             if old is not None:  # a child of ours that died: reap it
                 old.wait()
-            binary = tansu_binary() if part.name == "broker" else redis_binary()
-            argv = [str(binary) if a in ("{tansu}", "{redis}") else a for a in part.argv]
+            argv = self._command(part)
             with part.logfile.open("ab") as log:
                 proc = subprocess.Popen(
                     argv,
@@ -199,6 +208,12 @@ class Stack:
                 time.sleep(0.05)
             out.append(PartStatus(part.name, f"{part.host}:{part.port}", proc.pid, True, "started"))
         return out
+
+    def _command(self, part: Part) -> list[str]:
+        if part.argv == ["{kafka}"]:
+            return kafka.prepare(self.settings)  # resolves the jars and formats storage on first use
+        binary = tansu_binary() if part.name == "broker" else redis_binary()
+        return [str(binary) if a in ("{tansu}", "{redis}") else a for a in part.argv]
 
     def down(self, timeout: float = 10.0) -> list[PartStatus]:
         out = []

@@ -57,13 +57,31 @@ async def ensure_topics(s: Settings, topics: list[str], timeout: float = 30.0) -
             await admin.close()
 
 
+async def partitions_of(c: AIOKafkaConsumer, topic: str, timeout: float = 15.0) -> list[TopicPartition]:
+    """Every partition of ``topic``. A consumer that subscribed to nothing knows no topic's
+    partitions until it asks for the cluster's metadata (Tansu answered with all topics
+    anyway; Apache Kafka does not), so ask, until a topic just created shows up: reading
+    partition 0 alone misses records."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        # what ``c.topics()`` reads, kept: its partitions are what we need (aiokafka has no
+        # public call for one unsubscribed topic's partitions)
+        cluster = await c._client.fetch_all_metadata()
+        parts = cluster.partitions_for_topic(topic)
+        if parts:
+            return [TopicPartition(topic, p) for p in sorted(parts)]
+        if asyncio.get_running_loop().time() > deadline:
+            raise BackendUnavailable(f"topic {topic} has no partitions on {c._client.hosts}")
+        await asyncio.sleep(0.2)
+
+
 async def read_compacted(s: Settings, topic: str) -> dict[str, bytes | None]:
     """A compacted topic read to its end: the last value per key (None: removed)."""
     c = AIOKafkaConsumer(bootstrap_servers=s.kafka.bootstrap, enable_auto_commit=False, auto_offset_reset="earliest")
     await c.start()
     out: dict[str, bytes | None] = {}
     try:
-        parts = [TopicPartition(topic, p) for p in sorted(c.partitions_for_topic(topic) or {0})]
+        parts = await partitions_of(c, topic)
         c.assign(parts)
         ends = await c.end_offsets(parts)
         while [tp for tp in parts if await c.position(tp) < ends[tp]]:
@@ -81,7 +99,7 @@ async def follow_compacted(s: Settings, topic: str, apply: Callable[[str, bytes 
     c = AIOKafkaConsumer(bootstrap_servers=s.kafka.bootstrap, enable_auto_commit=False, fetch_max_wait_ms=200)
     await c.start()
     try:
-        parts = [TopicPartition(topic, p) for p in sorted(c.partitions_for_topic(topic) or {0})]
+        parts = await partitions_of(c, topic)
         c.assign(parts)
         await c.seek_to_end(*parts)
         while True:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import subprocess
 import sys
 import threading
@@ -34,6 +35,8 @@ from fabric.settings import (
 from fabric.testing import bearer
 
 T = TypeVar("T")
+#: the broker the suite runs on: FABRIC_TEST_BROKER=kafka (Apache Kafka, KRaft) or tansu
+BROKER = os.environ.get("FABRIC_TEST_BROKER", "tansu")
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -119,6 +122,7 @@ def stack_settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
             partitions=4,
             # fast failover: Tansu lets a restarted member in once the dead one's session ends
             session_timeout_ms=3000,
+            broker=BROKER,
         ),
         redis=RedisSettings(url=f"redis://127.0.0.1:{free_port()}/0", key_prefix="fabric"),
         clickhouse=ClickHouseSettings(url=f"chdb://{data / 'chdb'}", flush_interval_s=0.3),
