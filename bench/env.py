@@ -33,7 +33,7 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 
 class BenchEnv:
-    def __init__(self, name: str, partitions: int = 4) -> None:
+    def __init__(self, name: str, partitions: int = 4, broker: str = "tansu", fetch_max_wait_ms: int = 5) -> None:
         self.name = name
         data = Path(".fabric/bench").resolve() / name
         shutil.rmtree(data, ignore_errors=True)
@@ -41,7 +41,13 @@ class BenchEnv:
         self.settings = Settings(
             data_dir=data,
             kafka=KafkaSettings(
-                bootstrap=f"127.0.0.1:{free_port()}", topic_prefix="b", partitions=partitions, session_timeout_ms=3000
+                bootstrap=f"127.0.0.1:{free_port()}",
+                topic_prefix="b",
+                partitions=partitions,
+                session_timeout_ms=3000,
+                broker=broker,
+                controller_port=free_port(),
+                fetch_max_wait_ms=fetch_max_wait_ms,
             ),
             redis=RedisSettings(url=f"redis://127.0.0.1:{free_port()}/0"),
             clickhouse=ClickHouseSettings(url=f"chdb://{data / 'chdb'}"),
@@ -57,7 +63,7 @@ class BenchEnv:
         self.extra: list[subprocess.Popen[bytes]] = []
 
     def __enter__(self) -> BenchEnv:
-        self.stack.up()
+        self.stack.up(timeout=120)
         return self
 
     def __exit__(self, *exc: object | TracebackType) -> None:
