@@ -31,7 +31,7 @@ import orjson
 import websockets
 from aiokafka import AIOKafkaProducer
 
-from bench.env import BenchEnv, save
+from bench.env import BenchEnv, rss_mb, save
 from bench.hist import histogram, record, summary
 from bench.loadgen import drive, http_get
 from fabric.settings import SecuritySettings
@@ -39,14 +39,6 @@ from fabric.testing import bearer, operator
 from fabric.topics.registry import Registry
 
 VICTIM, ATTACKER = "victim", "mallory"
-
-
-def rss_mb(pid: int) -> float:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return round(int(line.split()[1]) / 1024, 1)
-    return 0.0
 
 
 def page(tenant: str, subject: str, seq: int = 1) -> dict[str, Any]:

@@ -147,6 +147,15 @@ async def wait_http(url: str, timeout: float = 30) -> None:
                 await asyncio.sleep(0.1)
 
 
+def rss_mb(pid: int) -> float:
+    """A process's resident memory in MB."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return round(int(line.split()[1]) / 1024, 1)
+    return 0.0
+
+
 def machine() -> dict[str, Any]:
     return {
         "cpus": len(__import__("os").sched_getaffinity(0)),

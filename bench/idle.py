@@ -13,7 +13,7 @@ import os
 import time
 from typing import Any
 
-from bench.env import BenchEnv, save
+from bench.env import BenchEnv, rss_mb, save
 
 TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -22,14 +22,6 @@ def cpu_s(pid: int) -> float:
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(") ", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / TICKS  # utime + stime
-
-
-def rss_mb(pid: int) -> float:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return round(int(line.split()[1]) / 1024, 1)
-    return 0.0
 
 
 async def one(broker: str, fetch_wait_ms: int, seconds: float) -> dict[str, Any]:
