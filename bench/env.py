@@ -33,7 +33,7 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 
 class BenchEnv:
-    def __init__(self, name: str, partitions: int = 4, broker: str = "tansu", fetch_max_wait_ms: int = 5) -> None:
+    def __init__(self, name: str, partitions: int = 4, broker: str = "tansu", fetch_max_wait_ms: int = 0) -> None:
         self.name = name
         data = Path(".fabric/bench").resolve() / name
         shutil.rmtree(data, ignore_errors=True)

@@ -35,12 +35,18 @@ class KafkaSettings(_Part):
     # (on Tansu about twice this). Real Kafka refuses less than group.min.session.timeout.ms.
     session_timeout_ms: int = 6_000
     # How long the broker may hold a fetch with no data. Tansu answers only when it runs
-    # out, not when data arrives, so this bounds the latency each stage adds.
-    fetch_max_wait_ms: int = 5
+    # out, not when data arrives, so there this bounds the latency each stage adds (5 ms);
+    # Apache Kafka answers as soon as data arrives, so long polls cost nothing (500 ms).
+    fetch_max_wait_ms: int = Field(0, description="0: 500 on Apache Kafka (broker=kafka), 5 on Tansu")
     broker: str = Field("tansu", description="the embedded broker 'fabric dev up' starts: 'kafka' or 'tansu'")
     version: str = Field("4.1.0", description="the Apache Kafka version the embedded broker runs")
     heap_mb: int = Field(512, description="the embedded Apache Kafka broker's JVM heap")
     controller_port: int = Field(0, description="the embedded KRaft controller's port; 0: the bootstrap port + 1")
+
+    @property
+    def fetch_wait_ms(self) -> int:
+        """The fetch wait consumers use: ``fetch_max_wait_ms``, or the broker's default."""
+        return self.fetch_max_wait_ms or (500 if self.broker == "kafka" else 5)
 
     @field_validator("broker")
     @classmethod

@@ -54,7 +54,7 @@ def consumer(settings: Settings, topics: list[str], group: str) -> AIOKafkaConsu
         enable_auto_commit=False,
         auto_offset_reset="earliest",
         max_partition_fetch_bytes=4 * 1024 * 1024,
-        fetch_max_wait_ms=k.fetch_max_wait_ms,
+        fetch_max_wait_ms=k.fetch_wait_ms,
         session_timeout_ms=k.session_timeout_ms,
         heartbeat_interval_ms=max(200, k.session_timeout_ms // 5),
         rebalance_timeout_ms=k.session_timeout_ms,
