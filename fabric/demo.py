@@ -20,8 +20,8 @@ from typing import Any
 import httpx
 import orjson
 import websockets
-from aiokafka import AIOKafkaProducer
 
+from fabric import kafka_clients
 from fabric.providers.sdk import Provider
 from fabric.settings import Settings
 from fabric.testing import bearer
@@ -128,8 +128,8 @@ async def scenario(settings: Settings, router_url: str, live_seconds: float = 0.
     )
 
     # 3. database change capture and CRM (plain Kafka client, CloudEvents binary mode)
-    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka.bootstrap)
-    await producer.start()
+    producer = kafka_clients.producer(settings)
+    await kafka_clients.start(settings, producer)
     try:
         topic = settings.topic("ingest")
         schema = {"database": "shop", "table": "orders", "change": "altered", "primary_key": ["id"],

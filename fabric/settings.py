@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from fabric.errors import ConfigError
@@ -38,10 +38,74 @@ class KafkaSettings(_Part):
     # out, not when data arrives, so there this bounds the latency each stage adds (5 ms);
     # Apache Kafka answers as soon as data arrives, so long polls cost nothing (500 ms).
     fetch_max_wait_ms: int = Field(0, description="0: 500 on Apache Kafka (broker=kafka), 5 on Tansu")
-    broker: str = Field("tansu", description="the embedded broker 'fabric dev up' starts: 'kafka' or 'tansu'")
+    broker: str = Field("kafka", description="the embedded broker 'fabric dev up' starts: 'kafka' or 'tansu'")
     version: str = Field("4.1.0", description="the Apache Kafka version the embedded broker runs")
     heap_mb: int = Field(512, description="the embedded Apache Kafka broker's JVM heap")
     controller_port: int = Field(0, description="the embedded KRaft controller's port; 0: the bootstrap port + 1")
+    brokers: int = Field(1, description="nodes of the embedded Apache Kafka cluster (1 or 3), on ports 2 apart")
+    # Topics the fabric creates. 0: as many copies as there are brokers (at most 3), and
+    # writes need all but one of them in sync (1 on a single broker).
+    replication_factor: int = Field(0, description="copies of each topic the fabric creates; 0: min(brokers, 3)")
+    min_insync_replicas: int = Field(0, description="replicas an acks=all write needs; 0: replication_factor - 1")
+    transactional: bool = Field(True, description="route in Kafka transactions (exactly once); off on Tansu")
+    # Connecting to a managed Kafka (docs in README "Managed Kafka")
+    security_protocol: str = Field("PLAINTEXT", description="PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL")
+    sasl_mechanism: str = Field("PLAIN", description="PLAIN, SCRAM-SHA-256, SCRAM-SHA-512 or OAUTHBEARER")
+    sasl_username: str = Field("", description="the SASL user; for OAUTHBEARER the OAuth client id")
+    sasl_password: SecretStr = Field(SecretStr(""), description="its password; for OAUTHBEARER the client secret")
+    oauth_token_url: str = Field("", description="OAUTHBEARER: the OAuth token endpoint (client-credentials grant)")
+    oauth_scope: str = Field("", description="OAUTHBEARER: the scope to ask for")
+    ssl_cafile: Path | None = Field(None, description="PEM CA bundle that signs the brokers; none: the system CAs")
+    ssl_certfile: Path | None = Field(None, description="PEM client certificate (mutual TLS)")
+    ssl_keyfile: Path | None = Field(None, description="its private key")
+    ssl_key_password: SecretStr = Field(SecretStr(""), description="the private key's password, if any")
+    ssl_check_hostname: bool = True
+
+    @field_validator("ssl_cafile", "ssl_certfile", "ssl_keyfile", mode="before")
+    @classmethod
+    def _no_path(cls, v: Any) -> Any:
+        return None if v == "" else v
+
+    @field_validator("security_protocol")
+    @classmethod
+    def _protocol(cls, v: str) -> str:
+        if v not in ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"):
+            raise ValueError(f"kafka.security_protocol must be PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL, got {v!r}")
+        return v
+
+    @field_validator("sasl_mechanism")
+    @classmethod
+    def _mechanism(cls, v: str) -> str:
+        if v not in ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER"):
+            raise ValueError(
+                f"kafka.sasl_mechanism must be PLAIN, SCRAM-SHA-256, SCRAM-SHA-512 or OAUTHBEARER, got {v!r}"
+            )
+        return v
+
+    @model_validator(mode="after")
+    def _sasl_complete(self) -> KafkaSettings:
+        if self.security_protocol.startswith("SASL"):
+            if not self.sasl_username:
+                raise ValueError(f"kafka.security_protocol {self.security_protocol} needs kafka.sasl_username")
+            if self.sasl_mechanism == "OAUTHBEARER" and not self.oauth_token_url:
+                raise ValueError("kafka.sasl_mechanism OAUTHBEARER needs kafka.oauth_token_url")
+        if self.brokers not in (1, 3):
+            raise ValueError(f"kafka.brokers must be 1 or 3, got {self.brokers}")
+        return self
+
+    @property
+    def replicas(self) -> int:
+        """Copies of each topic the fabric creates."""
+        return self.replication_factor or min(self.brokers, 3)
+
+    @property
+    def min_insync(self) -> int:
+        return self.min_insync_replicas or max(1, self.replicas - 1)
+
+    @property
+    def transactions(self) -> bool:
+        """Whether stages that can run in transactions do (Tansu's are not used)."""
+        return self.transactional and self.broker == "kafka"
 
     @property
     def fetch_wait_ms(self) -> int:
@@ -202,7 +266,11 @@ class Settings(BaseSettings):
                "FABRIC_MAX_EVENT_BYTES": str(self.max_event_bytes),
                "FABRIC_PATTERNS_FILE": str(self.patterns_file or "")}  # fmt: skip
         for part in ("kafka", "redis", "clickhouse", "router", "worker", "security"):
-            for name, value in getattr(self, part).model_dump(mode="json").items():
+            dumped = getattr(self, part).model_dump(mode="json")
+            for name, value in dumped.items():
+                value = getattr(getattr(self, part), name) if name.endswith("password") else value
+                if isinstance(value, SecretStr):
+                    value = value.get_secret_value()
                 text = json.dumps(value) if isinstance(value, dict | list) else str(value if value is not None else "")
                 env[f"FABRIC_{part.upper()}__{name.upper()}"] = text
         return env

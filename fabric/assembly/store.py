@@ -12,8 +12,8 @@ import logging
 from pathlib import Path
 
 import orjson
-from aiokafka import AIOKafkaProducer
 
+from fabric import kafka_clients
 from fabric.assembly.policy import InjectionPolicy, parse_policies, policy_from
 from fabric.errors import ConfigError
 from fabric.registry.store import POLICY, split_owner
@@ -103,10 +103,4 @@ async def publish(settings: Settings, items: list[tuple[str, bytes | None]]) -> 
     """Write policy records (``name@version`` -> JSON, or None to remove)."""
     topic = settings.topic("registry")
     await ensure_topics(settings, [topic])
-    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka.bootstrap, acks="all")
-    await producer.start()
-    try:
-        for key, value in items:
-            await producer.send_and_wait(topic, value, key=f"{POLICY}{key}".encode())
-    finally:
-        await producer.stop()
+    await kafka_clients.publish(settings, topic, [(f"{POLICY}{key}".encode(), value) for key, value in items])

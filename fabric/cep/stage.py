@@ -21,16 +21,17 @@ from typing import Any
 
 import msgspec
 import orjson
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import KafkaError
 
+from fabric import kafka_clients
 from fabric.cep.matcher import Composite, Late, Matcher, Output, Position
 from fabric.cep.patterns import Pattern, compile_pattern, load_patterns, scoped
 from fabric.cep.predicates import PatternError
 from fabric.errors import InvalidEvent
 from fabric.pipeline.enrich import new_traceparent
 from fabric.pipeline.route import CACHE_JSON, OutRecord, cache_headers
-from fabric.pipeline.stages import EVENTS, Stage, consumer, producer, send_all
+from fabric.pipeline.stages import EVENTS, Stage, send_all
 from fabric.registry.store import PATTERN, split_owner
 from fabric.settings import Settings
 from fabric.topics.admin import all_topics, ensure_topics, partitions_of, read_compacted, typed_topics
@@ -110,11 +111,8 @@ class CepStage(Stage):
             s, [*all_topics(s, self.registry), s.topic("late"), s.topic("registry"), s.topic("cep-checkpoints")]
         )
         self.checkpoint_key = f"{s.kafka.group_prefix}.cep".encode()
-        self.patterns_consumer = AIOKafkaConsumer(
-            bootstrap_servers=s.kafka.bootstrap, enable_auto_commit=False, auto_offset_reset="earliest",
-            fetch_max_wait_ms=100,
-        )  # fmt: skip
-        await self.patterns_consumer.start()
+        self.patterns_consumer = kafka_clients.consumer(s)
+        await kafka_clients.start(s, self.patterns_consumer)
         self.patterns_consumer.assign(await partitions_of(self.patterns_consumer, s.topic("registry")))
         # patterns applied so far (``pattern:<name>`` records of the registry), then the
         # state checkpointed for them
@@ -134,15 +132,13 @@ class CepStage(Stage):
             restored = self.matcher.restore(snap["matcher"], processed)
             log.warning("cep: restored %s from the checkpoint", ", ".join(restored) or "no pattern")
         self.composites_topic = s.topic(self.registry["Composite"].topic)
-        self._producer = self.producer = producer(s)
-        await self.producer.start()
+        self._producer = self.producer = kafka_clients.producer(s)
+        await kafka_clients.start(s, self.producer)
         sources = [t for t in typed_topics(s, self.registry) if t != self.composites_topic]
-        self.consumer = consumer(s, [], f"{s.kafka.group_prefix}.cep")
+        self.consumer = kafka_clients.consumer(s, group=f"{s.kafka.group_prefix}.cep")
         self.consumer.subscribe(sources, listener=_FromCheckpoint(self))
-        self.checkpoints = AIOKafkaProducer(
-            bootstrap_servers=s.kafka.bootstrap, acks="all", compression_type="gzip", max_request_size=16 << 20
-        )
-        await self.checkpoints.start()
+        self.checkpoints = kafka_clients.producer(s, compression_type="gzip", max_request_size=16 << 20)
+        await kafka_clients.start(s, self.checkpoints)
 
     async def on_started(self) -> None:
         await super().on_started()

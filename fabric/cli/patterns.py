@@ -14,8 +14,8 @@ from typing import Any
 
 import click
 import orjson
-from aiokafka import AIOKafkaProducer
 
+from fabric import kafka_clients
 from fabric.cep.patterns import load_patterns
 from fabric.cli.main import owner_option, settings_of
 from fabric.registry.store import PATTERN
@@ -25,13 +25,7 @@ from fabric.topics.admin import ensure_topics, read_compacted
 
 async def _publish(s: Settings, items: list[tuple[str, bytes | None]]) -> None:
     await ensure_topics(s, [s.topic("registry")])
-    p = AIOKafkaProducer(bootstrap_servers=s.kafka.bootstrap, acks="all")
-    await p.start()
-    try:
-        for name, value in items:
-            await p.send_and_wait(s.topic("registry"), value, key=f"{PATTERN}{name}".encode())
-    finally:
-        await p.stop()
+    await kafka_clients.publish(s, s.topic("registry"), [(f"{PATTERN}{name}".encode(), v) for name, v in items])
 
 
 async def current(s: Settings) -> dict[str, Any]:

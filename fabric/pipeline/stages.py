@@ -11,10 +11,13 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import fcntl
 import logging
 import random
+import socket
 import time
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 import mode
@@ -25,6 +28,7 @@ from aiokafka.partitioner import DefaultPartitioner
 from prometheus_client import Counter, Histogram
 from redis.exceptions import RedisError, ResponseError
 
+from fabric import kafka_clients
 from fabric.errors import InvalidEvent
 from fabric.pipeline.materialize import STATE_LOST, Change, Materializer, change_from_headers, change_from_record
 from fabric.pipeline.route import OutRecord, Router, dlq_record
@@ -42,34 +46,6 @@ BATCH_SECONDS = Histogram(
     "fabric_worker_batch_seconds", "Time to handle one batch", ["stage"],
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
 )  # fmt: skip
-
-
-def consumer(settings: Settings, topics: list[str], group: str) -> AIOKafkaConsumer:
-    k = settings.kafka
-    return AIOKafkaConsumer(
-        *topics,
-        bootstrap_servers=k.bootstrap,
-        client_id=k.client_id,
-        group_id=group,
-        enable_auto_commit=False,
-        auto_offset_reset="earliest",
-        max_partition_fetch_bytes=4 * 1024 * 1024,
-        fetch_max_wait_ms=k.fetch_wait_ms,
-        session_timeout_ms=k.session_timeout_ms,
-        heartbeat_interval_ms=max(200, k.session_timeout_ms // 5),
-        rebalance_timeout_ms=k.session_timeout_ms,
-    )
-
-
-def producer(settings: Settings) -> AIOKafkaProducer:
-    return AIOKafkaProducer(
-        bootstrap_servers=settings.kafka.bootstrap,
-        client_id=settings.kafka.client_id,
-        linger_ms=2,
-        max_batch_size=512 * 1024,
-        max_request_size=settings.max_event_bytes + 64 * 1024,
-        acks="all",
-    )
 
 
 _partitions: dict[str, list[int]] = {}
@@ -150,6 +126,11 @@ class Stage(mode.Service):
     async def tick(self) -> None:
         """Called between batches; stages override it for periodic work."""
 
+    async def commit(self, batch: dict[Any, list[Any]]) -> None:
+        """Mark the batch done in the consumer group (after ``handle`` succeeded)."""
+        assert self.consumer is not None
+        await self.consumer.commit()
+
     async def on_started(self) -> None:
         self.add_future(self._run())
 
@@ -157,7 +138,7 @@ class Stage(mode.Service):
         assert self.consumer is not None
         # Joining the group waits for the broker's rebalance; doing it here, not in
         # on_start, lets every stage of the worker join at the same time.
-        await self.consumer.start()
+        await kafka_clients.start(self.settings, self.consumer)
         wait = self.settings.worker.batch_wait_ms
         while not self.should_stop:
             try:
@@ -171,7 +152,7 @@ class Stage(mode.Service):
                     await self.follower.catch_up()  # a schema version registered moments ago
                 with BATCH_SECONDS.labels(self.stage).time():
                     await self.handle(batch)
-                await self.consumer.commit()
+                await self.commit(batch)
                 self.batches += 1
             except asyncio.CancelledError:
                 raise
@@ -199,7 +180,16 @@ class Stage(mode.Service):
 
 
 class RouteStage(Stage):
-    """``ctx.ingest`` -> decode, validate, enrich -> typed topics, or ``ctx.dlq``."""
+    """``ctx.ingest`` -> decode, validate, enrich -> typed topics, or ``ctx.dlq``.
+
+    On Apache Kafka each batch is one transaction: its records and its input offsets are
+    committed together or not at all (consume-transform-produce), so a worker killed
+    mid-batch leaves nothing that ``read_committed`` readers see, and the next owner of
+    the partition routes the batch again. The transactional id is this worker's slot
+    (``worker_slot``): a worker restarted after a crash takes the same one, which makes
+    the broker abort the dead worker's open transaction at once instead of after
+    ``transaction_timeout_ms``.
+    """
 
     stage = "route"
 
@@ -207,9 +197,22 @@ class RouteStage(Stage):
         s = self.settings
         await ensure_topics(s, all_topics(s, self.registry))
         self.router = Router(s, self.registry)
-        self._producer = self.producer = producer(s)
-        await self.producer.start()
-        self.consumer = consumer(s, [ingest_topic(s)], f"{s.kafka.group_prefix}.route")
+        self.group = f"{s.kafka.group_prefix}.route"
+        self.transactional_id: str | None = None
+        if s.kafka.transactions:
+            self._slot = WorkerSlot.claim(s.data_dir / "run", "route")
+            self.transactional_id = f"{self.group}.{socket.gethostname()}.{self._slot.number}"
+        await self._open_producer()
+        self.consumer = kafka_clients.consumer(s, ingest_topic(s), group=self.group)
+
+    async def _open_producer(self) -> None:
+        if self.transactional_id is None:
+            self._producer = self.producer = kafka_clients.producer(self.settings)
+        else:
+            self._producer = self.producer = kafka_clients.producer(
+                self.settings, transactional_id=self.transactional_id, transaction_timeout_ms=30_000
+            )
+        await kafka_clients.start(self.settings, self.producer)
 
     async def on_stop(self) -> None:
         if self.consumer:
@@ -220,10 +223,50 @@ class RouteStage(Stage):
     async def handle(self, batch: dict[Any, list[Any]]) -> None:
         records = [r for recs in batch.values() for r in recs]
         result = self.router.route(records)
-        await send_all(self.producer, result.ok + result.dead)
+        if self.transactional_id is None:
+            await send_all(self.producer, result.ok + result.dead)
+        else:
+            offsets = {tp: recs[-1].offset + 1 for tp, recs in batch.items()}
+            try:
+                async with self.producer.transaction():
+                    await send_all(self.producer, result.ok + result.dead)
+                    await self.producer.send_offsets_to_transaction(offsets, self.group)
+            except KafkaError:
+                # aborted, or the producer can no longer be used (fenced, timed out): a new
+                # one with the same id starts clean; the stage rewinds and routes the batch again
+                await self.producer.stop()
+                await self._open_producer()
+                raise
         EVENTS.labels("route", "ok").inc(len(result.ok))
         if result.dead:
             EVENTS.labels("route", "dlq").inc(len(result.dead))
+
+    async def commit(self, batch: dict[Any, list[Any]]) -> None:
+        if self.transactional_id is None:
+            await super().commit(batch)  # else the offsets were committed with the transaction
+
+
+class WorkerSlot:
+    """A small number this worker holds while it runs, the lowest one free on this host
+    and data dir: an exclusive lock on ``<run_dir>/<name>-<n>.lock``. The kernel drops the
+    lock when the process dies, however it dies, so a restarted worker gets the same number."""
+
+    def __init__(self, number: int, handle: Any) -> None:
+        self.number = number
+        self._handle = handle
+
+    @classmethod
+    def claim(cls, run_dir: Path, name: str, limit: int = 1024) -> WorkerSlot:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        for n in range(limit):
+            handle = (run_dir / f"{name}-{n}.lock").open("a")
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                handle.close()
+                continue
+            return cls(n, handle)
+        raise RuntimeError(f"more than {limit} {name} workers share {run_dir}")
 
 
 #: Redis errors about Redis, not about what was sent: the batch is retried, never dead-lettered
@@ -263,9 +306,9 @@ class MaterializeStage(Stage):
         self._next_watermark = 0.0
         self.applied_ts: dict[TopicPartition, int] = {}  # Kafka timestamp of the last applied record
         self._positioning = asyncio.Lock()  # assignment and the flush check must not interleave
-        self._producer = self.producer = producer(s)
-        await self.producer.start()
-        self.consumer = consumer(s, [], f"{s.kafka.group_prefix}.materialize")
+        self._producer = self.producer = kafka_clients.producer(s)
+        await kafka_clients.start(s, self.producer)
+        self.consumer = kafka_clients.consumer(s, group=f"{s.kafka.group_prefix}.materialize")
         self.consumer.subscribe(typed_topics(s, self.registry), listener=_Reposition(self))
 
     async def on_stop(self) -> None:

@@ -14,9 +14,9 @@ import asyncio
 from dataclasses import dataclass, field
 from typing import Any
 
-from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
+from fabric import kafka_clients
 from fabric.errors import InvalidEvent, PublishError
 from fabric.pipeline.route import PROVIDER_HEADER
 from fabric.settings import Settings
@@ -53,15 +53,14 @@ class Provider:
         self.retries = retries
         self.retry_backoff_s = retry_backoff_s
         self.topic = settings.topic("ingest")
-        self._producer = AIOKafkaProducer(
-            bootstrap_servers=settings.kafka.bootstrap, client_id=f"provider-{source}",
-            linger_ms=linger_ms, acks="all", request_timeout_ms=int(delivery_timeout_s * 1000),
-            max_request_size=settings.max_event_bytes + 64 * 1024,
+        self._producer = kafka_clients.producer(
+            settings, client_id=f"provider-{source}", linger_ms=linger_ms,
+            request_timeout_ms=int(delivery_timeout_s * 1000),
         )  # fmt: skip
         self._headers = [(PROVIDER_HEADER, source.encode())]
 
     async def start(self) -> None:
-        await self._producer.start()
+        await kafka_clients.start(self.settings, self._producer)
 
     async def stop(self) -> None:
         await self._producer.stop()

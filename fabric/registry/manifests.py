@@ -18,8 +18,8 @@ from typing import Any
 
 import orjson
 import yaml
-from aiokafka import AIOKafkaProducer
 
+from fabric import kafka_clients
 from fabric.errors import ConfigError
 from fabric.settings import Settings
 from fabric.topics.admin import ensure_topics
@@ -79,9 +79,4 @@ def load_manifest(path: Path, tenant: str | None = None) -> Manifest:
 async def publish_manifest(settings: Settings, m: Manifest) -> None:
     topic = settings.topic("registry")
     await ensure_topics(settings, [topic])
-    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka.bootstrap, acks="all")
-    await producer.start()
-    try:
-        await producer.send_and_wait(topic, orjson.dumps({m.kind: m.spec}), key=m.key.encode())
-    finally:
-        await producer.stop()
+    await kafka_clients.publish(settings, topic, [(m.key.encode(), orjson.dumps({m.kind: m.spec}))])

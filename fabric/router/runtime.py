@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 import redis.asyncio as aioredis
 from aiokafka import AIOKafkaProducer
 
+from fabric import kafka_clients
 from fabric.assembly.store import PolicyStore, follow, load_published
 from fabric.errors import ConfigError
 from fabric.pipeline.materialize import CacheKeys
@@ -55,12 +56,12 @@ async def open_state(settings: Settings) -> AsyncIterator[RouterState]:
         settings.redis.url, max_connections=256, socket_timeout=timeout, socket_connect_timeout=timeout
     )
     hub_redis = aioredis.from_url(settings.redis.url, socket_timeout=timeout + 1, socket_connect_timeout=timeout)
-    producer = AIOKafkaProducer(
-        bootstrap_servers=settings.kafka.bootstrap, client_id=f"{settings.kafka.client_id}-router",
-        linger_ms=2, acks="all", max_request_size=settings.router.max_body_bytes + 64 * 1024,
+    producer = kafka_clients.producer(
+        settings, client_id=f"{settings.kafka.client_id}-router",
+        max_request_size=settings.router.max_body_bytes + 64 * 1024,
         request_timeout_ms=int(settings.router.produce_timeout_s * 1000),
     )  # fmt: skip
-    await producer.start()
+    await kafka_clients.start(settings, producer)
     keys = CacheKeys(settings.redis.key_prefix)
     fast = FastRedis(settings.redis.url, timeout)
     gate = await open_gate(settings, registry, fast, producer)

@@ -21,7 +21,6 @@ from typing import Any
 
 import orjson
 import uvicorn
-from aiokafka import AIOKafkaConsumer
 from aiokafka.errors import KafkaError
 from prometheus_client import Counter
 from starlette.applications import Starlette
@@ -29,6 +28,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from fabric import kafka_clients
 from fabric.errors import FabricError, InvalidEvent
 from fabric.registry.store import RegistryFollower, SchemaStore
 from fabric.settings import Settings
@@ -166,14 +166,10 @@ class Sink:
         await ensure_topics(s, all_topics(s, self.registry))
         dlq, audit = dlq_topic(s), s.topic("audit")
         await ensure_topics(s, [audit])
-        consumer = AIOKafkaConsumer(
-            *typed_topics(s, self.registry), dlq, audit,
-            bootstrap_servers=s.kafka.bootstrap, group_id=f"{s.kafka.group_prefix}.sink",
-            enable_auto_commit=False, auto_offset_reset="earliest",
-            session_timeout_ms=s.kafka.session_timeout_ms,
-            heartbeat_interval_ms=max(200, s.kafka.session_timeout_ms // 5),
-        )  # fmt: skip
-        await consumer.start()
+        consumer = kafka_clients.consumer(
+            s, *typed_topics(s, self.registry), dlq, audit, group=f"{s.kafka.group_prefix}.sink"
+        )
+        await kafka_clients.start(s, consumer)
         follower = RegistryFollower(s, SchemaStore(self.registry))
         await follower.start()
         events: list[list[Any]] = []

@@ -8,9 +8,10 @@ import logging
 from collections.abc import Callable
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.admin import NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 
+from fabric import kafka_clients
 from fabric.errors import BackendUnavailable
 from fabric.settings import Settings
 from fabric.topics.registry import Registry
@@ -34,18 +35,32 @@ def all_topics(s: Settings, registry: Registry) -> list[str]:
     return [ingest_topic(s), dlq_topic(s), *typed_topics(s, registry)]
 
 
+#: topics that are tables: the last record per key is what counts, so Kafka keeps only that
+TABLES = ("registry", "cep-checkpoints")
+
+
+def new_topic(s: Settings, name: str) -> NewTopic:
+    """How the fabric creates a topic: partitions, replicas and ``min.insync.replicas`` from
+    settings, ``cleanup.policy=compact`` for the tables."""
+    k = s.kafka
+    configs = {"min.insync.replicas": str(k.min_insync)}
+    if name.removeprefix(f"{k.topic_prefix}.") in TABLES:
+        configs["cleanup.policy"] = "compact"
+    return NewTopic(name, k.partitions, k.replicas, topic_configs=configs)
+
+
 async def ensure_topics(s: Settings, topics: list[str], timeout: float = 30.0) -> None:
     """Create missing topics; retries while the broker is starting."""
     deadline = asyncio.get_running_loop().time() + timeout
     while True:
-        admin = AIOKafkaAdminClient(bootstrap_servers=s.kafka.bootstrap, client_id=s.kafka.client_id)
+        admin = kafka_clients.admin(s)
         try:
-            await admin.start()
+            await kafka_clients.start(s, admin)
             existing = set(await admin.list_topics())
             missing = [t for t in topics if t not in existing]
             if missing:
                 try:
-                    await admin.create_topics([NewTopic(t, s.kafka.partitions, 1) for t in missing])
+                    await admin.create_topics([new_topic(s, t) for t in missing])
                 except TopicAlreadyExistsError:
                     pass
             return
@@ -77,8 +92,8 @@ async def partitions_of(c: AIOKafkaConsumer, topic: str, timeout: float = 15.0) 
 
 async def read_compacted(s: Settings, topic: str) -> dict[str, bytes | None]:
     """A compacted topic read to its end: the last value per key (None: removed)."""
-    c = AIOKafkaConsumer(bootstrap_servers=s.kafka.bootstrap, enable_auto_commit=False, auto_offset_reset="earliest")
-    await c.start()
+    c = kafka_clients.consumer(s)
+    await kafka_clients.start(s, c)
     out: dict[str, bytes | None] = {}
     try:
         parts = await partitions_of(c, topic)
@@ -96,8 +111,8 @@ async def read_compacted(s: Settings, topic: str) -> dict[str, bytes | None]:
 async def follow_compacted(s: Settings, topic: str, apply: Callable[[str, bytes | None], None]) -> None:
     """Call ``apply(key, value)`` for every record written to ``topic`` from now on (value None:
     removed); runs until cancelled. Pair with ``read_compacted`` for what came before."""
-    c = AIOKafkaConsumer(bootstrap_servers=s.kafka.bootstrap, enable_auto_commit=False, fetch_max_wait_ms=200)
-    await c.start()
+    c = kafka_clients.consumer(s)
+    await kafka_clients.start(s, c)
     try:
         parts = await partitions_of(c, topic)
         c.assign(parts)

@@ -36,7 +36,7 @@ from fabric.testing import bearer
 
 T = TypeVar("T")
 #: the broker the suite runs on: FABRIC_TEST_BROKER=kafka (Apache Kafka, KRaft) or tansu
-BROKER = os.environ.get("FABRIC_TEST_BROKER", "tansu")
+BROKER = os.environ.get("FABRIC_TEST_BROKER", "kafka")
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -122,6 +122,7 @@ def stack_settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
             partitions=4,
             # fast failover: Tansu lets a restarted member in once the dead one's session ends
             session_timeout_ms=3000,
+            controller_port=free_port(),
             broker=BROKER,
         ),
         redis=RedisSettings(url=f"redis://127.0.0.1:{free_port()}/0", key_prefix="fabric"),

@@ -20,7 +20,7 @@ from fabric.pipeline.materialize import CacheKeys
 from fabric.providers import Provider
 from fabric.settings import ClickHouseSettings, KafkaSettings, RedisSettings, RouterSettings, Settings
 from fabric.testing import bearer
-from tests.integration.conftest import Fabric, eventually, free_port, start_fabric
+from tests.integration.conftest import BROKER, Fabric, eventually, free_port, start_fabric
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -30,7 +30,13 @@ def own_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Stack,
     data = tmp_path_factory.mktemp("faults")
     s = Settings(
         data_dir=data,
-        kafka=KafkaSettings(bootstrap=f"127.0.0.1:{free_port()}", topic_prefix="f", session_timeout_ms=3000),
+        kafka=KafkaSettings(
+            bootstrap=f"127.0.0.1:{free_port()}",
+            controller_port=free_port(),
+            topic_prefix="f",
+            session_timeout_ms=3000,
+            broker=BROKER,
+        ),
         redis=RedisSettings(url=f"redis://127.0.0.1:{free_port()}/0"),
         clickhouse=ClickHouseSettings(url=f"chdb://{data / 'chdb'}"),
         router=RouterSettings(port=free_port(), produce_timeout_s=2.0),

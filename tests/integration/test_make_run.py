@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from fabric.settings import ClickHouseSettings, KafkaSettings, RedisSettings, RouterSettings, Settings, WorkerSettings
-from tests.integration.conftest import ROOT, free_port
+from tests.integration.conftest import BROKER, ROOT, free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -32,7 +32,9 @@ def run_env(tmp_path: Path, **router: Any) -> dict[str, str]:
     """The environment of a ``fabric run`` on free loopback ports under ``tmp_path``."""
     s = Settings(
         data_dir=tmp_path,
-        kafka=KafkaSettings(bootstrap=f"127.0.0.1:{free_port()}", session_timeout_ms=3000),
+        kafka=KafkaSettings(
+            bootstrap=f"127.0.0.1:{free_port()}", controller_port=free_port(), session_timeout_ms=3000, broker=BROKER
+        ),
         redis=RedisSettings(url=f"redis://127.0.0.1:{free_port()}/0"),
         clickhouse=ClickHouseSettings(url=f"chdb://{tmp_path / 'chdb'}"),
         router=RouterSettings(port=free_port(), **router),
