@@ -20,6 +20,7 @@ import httpx
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.abc import AbstractTokenProvider
 from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.conn import create_conn
 from aiokafka.errors import KafkaConnectionError, KafkaError, SaslAuthenticationFailed, UnsupportedSaslMechanismError
 
 from fabric.errors import ConfigError
@@ -174,31 +175,32 @@ def explain(settings: Settings, e: BaseException) -> ConfigError | None:
 async def start(settings: Settings, client: _Startable) -> None:
     """``client.start()``, with a wrong password or CA reported as the setting to fix.
 
-    aiokafka logs a failed TLS handshake and reports only that it could not connect; in
-    that case one raw TLS handshake with the same context tells the two apart."""
+    aiokafka logs why it could not connect and raises only that it could not; in that
+    case one connection made the same way (TLS handshake, SASL exchange) says why."""
     try:
         await client.start()
     except KafkaError as e:
         why = explain(settings, e)
-        if why is None and isinstance(e, KafkaConnectionError) and settings.kafka.security_protocol.endswith("SSL"):
-            why = await _probe_tls(settings)
+        if why is None and isinstance(e, KafkaConnectionError) and settings.kafka.security_protocol != "PLAINTEXT":
+            why = await _probe(settings)
         if why is not None:
             raise why from e
         raise
 
 
-async def _probe_tls(settings: Settings) -> ConfigError | None:
-    ctx = ssl_context(settings.kafka)
+async def _probe(settings: Settings) -> ConfigError | None:
+    args = connection(settings)
+    args.pop("bootstrap_servers")
     for address in settings.kafka.bootstrap.split(","):
         host, _, port = address.strip().rpartition(":")
         try:
-            _, w = await asyncio.wait_for(asyncio.open_connection(host, int(port), ssl=ctx), 5.0)
-        except (OSError, TimeoutError) as e:
+            conn = await asyncio.wait_for(create_conn(host, int(port), **args), 10.0)
+        except (OSError, TimeoutError, KafkaError) as e:
             why = explain(settings, e)
             if why is not None:
                 return why
             continue
-        w.close()
+        conn.close()
     return None
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from fabric.cli.main import settings_of
+from fabric.dev.kafka import nodes
 from fabric.dev.stack import PartStatus, Stack
 
 
@@ -27,12 +28,28 @@ def dev() -> None:
     help="Apache Kafka (KRaft, JDK; jars resolved by Maven once) or Tansu (light, memory only). "
     "Default: FABRIC_KAFKA__BROKER.",
 )  # fmt: skip
+@click.option(
+    "--brokers", type=click.Choice(["1", "3"]), default=None,
+    help="Apache Kafka nodes: 3 starts a KRaft cluster on loopback (topics get 3 replicas, "
+    "min.insync.replicas 2). Default: FABRIC_KAFKA__BROKERS.",
+)  # fmt: skip
 @click.pass_context
-def up(ctx: click.Context, timeout: float, broker: str | None) -> None:
+def up(ctx: click.Context, timeout: float, broker: str | None, brokers: str | None) -> None:
     s = settings_of(ctx)
+    update: dict[str, object] = {}
     if broker:
-        s = s.model_copy(update={"kafka": s.kafka.model_copy(update={"broker": broker})})
+        update["broker"] = broker
+    if brokers:
+        update["brokers"] = int(brokers)
+    if update:
+        s = s.model_copy(update={"kafka": s.kafka.model_validate({**s.kafka.model_dump(), **update})})
     _print(Stack(s).up(timeout))
+    if s.kafka.brokers > 1:
+        addresses = ",".join(f"{n.host}:{n.port}" for n in nodes(s))
+        click.echo(
+            f"a {s.kafka.brokers}-node cluster: give the fabric's processes (and 'fabric dev down') "
+            f"FABRIC_KAFKA__BROKERS={s.kafka.brokers} FABRIC_KAFKA__BOOTSTRAP={addresses}"
+        )
 
 
 @dev.command(help="Stop what 'fabric dev up' started.")

@@ -8,7 +8,9 @@ import uvloop
 from fabric.cli.main import settings_of
 
 
-@click.command(help="Run the pipeline worker (Faust): ingest -> validate -> enrich -> route -> Redis.")
+@click.command(
+    help="Run the pipeline worker: ingest -> validate -> enrich -> route (Kafka transactions) -> Redis, and CEP."
+)
 @click.option(
     "--stages", default="route,materialize,cep", show_default=True,
     help="Comma-separated stages this process runs (route, materialize, cep; cep needs FABRIC_PATTERNS_FILE).",

@@ -14,6 +14,7 @@ import os
 import shutil
 import subprocess
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 
 from fabric.errors import StackError
@@ -89,51 +90,104 @@ def _cluster_id() -> str:
             return cid
 
 
-def controller_port(settings: Settings) -> int:
+@dataclass(frozen=True)
+class Node:
+    """One KRaft node of the embedded cluster: a broker and a controller."""
+
+    id: int
+    host: str
+    port: int
+    controller_port: int
+    home: Path
+
+
+def nodes(settings: Settings) -> list[Node]:
+    """The embedded cluster's nodes. One node listens on the bootstrap address, its
+    controller on ``kafka.controller_port`` (or the next port); with ``kafka.brokers=3``
+    the bootstrap lists the three brokers (or gives the first; the others follow two
+    ports apart) and each controller listens one port above its broker."""
     k = settings.kafka
-    return k.controller_port or int(k.bootstrap.split(",")[0].rpartition(":")[2]) + 1
+    addresses = [a.strip().rpartition(":") for a in k.bootstrap.split(",")]
+    host, port = addresses[0][0], int(addresses[0][2])
+    home = (settings.data_dir / "kafka").resolve()
+    if k.brokers == 1:
+        return [Node(1, host, port, k.controller_port or port + 1, home)]
+    ports = [int(a[2]) for a in addresses] if len(addresses) == k.brokers else [port + 2 * i for i in range(k.brokers)]
+    return [Node(i + 1, host, p, p + 1, home / f"node-{i + 1}") for i, p in enumerate(ports)]
 
 
-def prepare(settings: Settings) -> list[str]:
+def controller_port(settings: Settings) -> int:
+    return nodes(settings)[0].controller_port
+
+
+def node_config(settings: Settings, node: Node, extra: dict[str, str] | None = None) -> dict[str, str]:
+    """``server.properties`` of one node; ``extra`` adds or replaces entries (listeners
+    with TLS and SASL, for instance)."""
+    k = settings.kafka
+    cluster = nodes(settings)
+    replicas = min(len(cluster), 3)
+    props = {
+        "process.roles": "broker,controller",
+        "node.id": str(node.id),
+        "controller.quorum.voters": ",".join(f"{n.id}@{n.host}:{n.controller_port}" for n in cluster),
+        "listeners": f"PLAINTEXT://{node.host}:{node.port},CONTROLLER://{node.host}:{node.controller_port}",
+        "advertised.listeners": f"PLAINTEXT://{node.host}:{node.port}",
+        "controller.listener.names": "CONTROLLER",
+        "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+        "log.dirs": str(node.home / "data"),
+        "num.partitions": str(k.partitions),
+        "default.replication.factor": str(replicas),
+        "offsets.topic.replication.factor": str(replicas),
+        "transaction.state.log.replication.factor": str(replicas),
+        "transaction.state.log.min.isr": str(max(1, replicas - 1)),
+        "min.insync.replicas": str(max(1, replicas - 1)),
+        "group.initial.rebalance.delay.ms": "0",
+        "group.min.session.timeout.ms": str(min(6000, k.session_timeout_ms)),
+        # a crashed producer's open transaction is aborted within seconds, not a minute
+        "transaction.abort.timed.out.transaction.cleanup.interval.ms": "1000",
+        # events over the fabric's limit must reach the worker to be dead-lettered with a reason
+        "message.max.bytes": str(max(8 << 20, 4 * settings.max_event_bytes)),
+    }
+    return {**props, **(extra or {})}
+
+
+def prepare(
+    settings: Settings, node: Node | None = None, extra: dict[str, str] | None = None, scram: tuple[str, ...] = ()
+) -> list[str]:
     """Resolve the jars, write the node's configuration, format its storage once; the
-    command that runs the broker."""
+    command that runs the broker. ``scram`` adds SCRAM users at format time
+    (``SCRAM-SHA-256=[name=alice,password=...]``)."""
     java = _tool("java", "openjdk-17-jre-headless")
     k = settings.kafka
     lib = resolve(k.version)
-    home = (settings.data_dir / "kafka").resolve()
-    data = home / "data"
-    home.mkdir(parents=True, exist_ok=True)
-    host, _, port = k.bootstrap.split(",")[0].rpartition(":")
-    ctl = controller_port(settings)
-    props = home / "server.properties"
-    props.write_text(
-        "\n".join([
-            "process.roles=broker,controller", "node.id=1",
-            f"controller.quorum.voters=1@{host}:{ctl}",
-            f"listeners=PLAINTEXT://{host}:{port},CONTROLLER://{host}:{ctl}",
-            f"advertised.listeners=PLAINTEXT://{host}:{port}",
-            "controller.listener.names=CONTROLLER",
-            "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
-            f"log.dirs={data}", f"num.partitions={k.partitions}",
-            "offsets.topic.replication.factor=1", "transaction.state.log.replication.factor=1",
-            "transaction.state.log.min.isr=1", "group.initial.rebalance.delay.ms=0",
-            f"group.min.session.timeout.ms={min(6000, k.session_timeout_ms)}",
-            # events over the fabric's limit must reach the worker to be dead-lettered with a reason
-            f"message.max.bytes={max(8 << 20, 4 * settings.max_event_bytes)}",
-        ]) + "\n"
-    )  # fmt: skip
-    (home / "log4j2.yaml").write_text(_LOG4J)
+    node = node or nodes(settings)[0]
+    data = node.home / "data"
+    node.home.mkdir(parents=True, exist_ok=True)
+    props = node.home / "server.properties"
+    props.write_text("".join(f"{key}={value}\n" for key, value in node_config(settings, node, extra).items()))
+    (node.home / "log4j2.yaml").write_text(_LOG4J)
     classpath = f"{lib}/*"
     if not (data / "meta.properties").exists():
         shutil.rmtree(data, ignore_errors=True)
+        quorum = ["--standalone"] if k.brokers == 1 else []
+        users = [arg for user in scram for arg in ("--add-scram", user)]
         fmt = subprocess.run(
-            [java, "-cp", classpath, "kafka.tools.StorageTool", "format", "-t", _cluster_id(),
-             "-c", str(props), "--standalone"],
+            [java, "-cp", classpath, "kafka.tools.StorageTool", "format", "-t", cluster_id(settings),
+             "-c", str(props), *quorum, *users],
             capture_output=True, text=True, timeout=120,
         )  # fmt: skip
         if fmt.returncode != 0:
             raise StackError(f"cannot format Kafka's storage in {data}: {fmt.stderr.strip()[-300:]}")
     return [
         java, f"-Xms{k.heap_mb}m", f"-Xmx{k.heap_mb}m", "-XX:+UseG1GC", "-Djava.awt.headless=true",
-        f"-Dlog4j2.configurationFile={home / 'log4j2.yaml'}", "-cp", classpath, "kafka.Kafka", str(props),
+        f"-Dlog4j2.configurationFile={node.home / 'log4j2.yaml'}", "-cp", classpath, "kafka.Kafka", str(props),
     ]  # fmt: skip
+
+
+def cluster_id(settings: Settings) -> str:
+    """The cluster's id, made once and kept under the data dir: every node is formatted with it."""
+    path = (settings.data_dir / "kafka" / "cluster.id").resolve()
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(_cluster_id())
+    return path.read_text().strip()

