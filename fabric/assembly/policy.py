@@ -1,5 +1,5 @@
 """Injection policies: what a copilot gets in its prompt for a subject, in what order, within
-what budget (``schemas/policies/injection.yaml``, docs/serving.md).
+what budget (``fabric/schemas/policies/injection.yaml``, docs/serving.md).
 
 A policy is a list of sections, each one context type. A section picks its candidates
 either by ``subjects`` (looked up directly) or from the type's most recently changed

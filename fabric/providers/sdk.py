@@ -52,6 +52,7 @@ class Provider:
         self.registry = registry or Registry.load(settings.schemas_dir)
         self.retries = retries
         self.retry_backoff_s = retry_backoff_s
+        self.delivery_timeout_s = delivery_timeout_s
         self.topic = settings.topic("ingest")
         self._producer = kafka_clients.producer(
             settings, client_id=f"provider-{source}", linger_ms=linger_ms,
@@ -115,7 +116,7 @@ class Provider:
                     )
                 except KafkaError as err:
                     futures.append(_failed(err))
-            results = await asyncio.gather(*futures, return_exceptions=True)
+            results = await _settled(futures, self.delivery_timeout_s)
             failed = [(e, r) for e, r in zip(pending, results, strict=True) if isinstance(r, BaseException)]
             pending = [e for e, _ in failed]
             if failed:
@@ -126,6 +127,23 @@ class Provider:
                 f"{len(pending)} event(s) could not be delivered after {self.retries} retries: {last_error!r}",
                 [(e.id, repr(last_error)) for e in pending],
             )
+
+
+async def _settled(futures: list[asyncio.Future[Any]], timeout: float) -> list[Any]:
+    """Each delivery's result or error, waiting at most ``timeout``: an idempotent producer
+    keeps retrying a request the broker does not answer, so a delivery still open then
+    counts as failed (TimeoutError) and is sent again; it may still land, so a retried
+    event can arrive twice, with the same id (the cache and ClickHouse keep one)."""
+    if futures:
+        await asyncio.wait(futures, timeout=timeout)
+    out: list[Any] = []
+    for f in futures:
+        if f.done():
+            out.append(f.exception() or f.result())
+        else:
+            f.add_done_callback(lambda f: f.cancelled() or f.exception())  # retrieved: no warning later
+            out.append(TimeoutError(f"the broker did not acknowledge the event within {timeout} s"))
+    return out
 
 
 def _failed(err: Exception) -> asyncio.Future[Any]:

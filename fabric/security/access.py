@@ -1,4 +1,4 @@
-"""Attribute-based access rules on sensitivity and context type (``schemas/policies/access.yaml``).
+"""Attribute-based access rules on sensitivity and context type (``fabric/schemas/policies/access.yaml``).
 
 The rules are evaluated once per (context type, sensitivity level) when loaded, so
 at request time a check is a table lookup: which rule, if any, denies this caller.

@@ -4,7 +4,7 @@ Ingest formats, told apart by their first bytes and headers:
 
 1. Confluent wire format: magic byte 0, a 4-byte big-endian schema id, Avro body.
    Id 1 is the generic envelope (``data`` = JSON bytes); the typed envelope ids are in
-   ``schemas/registry/context-types.yaml``.
+   ``fabric/schemas/registry/context-types.yaml``.
 2. CloudEvents binary mode: attributes in ``ce_*`` headers, the value is ``data``
    (JSON, or Confluent-framed Avro of the bare data record with ``content-type:
    application/avro``).

@@ -1,7 +1,7 @@
 """The first registry: context types and the event-type -> context-type mapping, from files.
 
-``schemas/registry/context-types.yaml`` declares each context type (kind, typed topic,
-Avro schema, Confluent schema id); ``schemas/registry/event-types.yaml`` maps event
+``fabric/schemas/registry/context-types.yaml`` declares each context type (kind, typed topic,
+Avro schema, Confluent schema id); ``fabric/schemas/registry/event-types.yaml`` maps event
 type globs (``page.*``) to context types, first match wins.
 """
 

@@ -174,7 +174,7 @@ def avro_to_msgspec(avro: Any, named: dict[str, Any]) -> Any:
 
 
 class Schemas:
-    """Parsed schemas of every context type, loaded once from ``schemas/avro``."""
+    """Parsed schemas of every context type, loaded once from ``fabric/schemas/avro``."""
 
     def __init__(self, directory: Path, context_types: dict[str, str]) -> None:
         """``context_types`` maps a context type name to its Avro record's full name."""

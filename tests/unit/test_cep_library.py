@@ -7,7 +7,7 @@ from pathlib import Path
 from fabric.cep.patterns import load_patterns
 from fabric.testing import composites, ev, run_patterns
 
-LIBRARY = (Path(__file__).resolve().parents[2] / "schemas" / "patterns" / "library.yaml").read_text()
+LIBRARY = (Path(__file__).resolve().parents[2] / "fabric" / "schemas" / "patterns" / "library.yaml").read_text()
 
 
 def fired(events: list[dict[str, object]], flush_s: float = 10_000) -> list[tuple[str, str]]:

@@ -63,7 +63,7 @@ def test_registry_routes_by_glob_first_match_wins(registry: Registry) -> None:
 def test_registry_refuses_rules_to_unknown_types(tmp_path: Path) -> None:
     import shutil
 
-    root = Path(__file__).resolve().parents[2] / "schemas"
+    root = Path(__file__).resolve().parents[2] / "fabric" / "schemas"
     shutil.copytree(root, tmp_path / "schemas")
     (tmp_path / "schemas/registry/event-types.yaml").write_text('- {match: "x.*", context_type: Weather}\n')
     with pytest.raises(ConfigError, match="unknown context type 'Weather'"):

@@ -1,0 +1,109 @@
+"""Apache Kafka beside Tansu, in one run: what each broker costs and how fast the fabric is
+on it. Per broker, on a fresh stack:
+
+- **start**: seconds until the broker answers (Kafka's jars already resolved), and its memory;
+- **floor**: produce -> consume latency of the broker alone, one producer and one
+  consumer built by ``fabric.kafka_clients`` (the fabric's own settings: acks=all, the
+  broker's fetch wait), 1,000 records/s, open loop;
+- **push**: an event produced to ``ctx.ingest`` -> the WebSocket frame a subscriber
+  receives, through route, materialize and the router, 1 subscriber at 1,000 events/s,
+  with its ratio to the floor (the floor is one hop; the path has three);
+- **worker**: events/s through route -> materialize, one worker process (on Kafka, in
+  transactions);
+- **idle**: CPU of the whole fabric (broker, Redis, worker with CEP, sink, router) over
+  60 s with nothing flowing (15 s with ``--quick``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+from bench import idle, push, worker
+from bench.env import BenchEnv, rss_mb, save
+from bench.hist import histogram, record, summary
+from fabric import kafka_clients
+from fabric.topics.admin import ensure_topics, partitions_of
+
+
+async def floor(env: BenchEnv, rate: int, seconds: float) -> dict[str, Any]:
+    s = env.settings
+    topic = s.topic("floor")
+    await ensure_topics(s, [topic])
+    consumer = kafka_clients.consumer(s)
+    await consumer.start()
+    consumer.assign(await partitions_of(consumer, topic))
+    await consumer.seek_to_end(*consumer.assignment())
+    producer = kafka_clients.producer(s, linger_ms=1)
+    await producer.start()
+    h = histogram()
+    total = int(rate * seconds)
+
+    async def receive() -> None:
+        got = 0
+        while got < total:
+            batch = await consumer.getmany(timeout_ms=1000)
+            now = time.time_ns()
+            for recs in batch.values():
+                for r in recs:
+                    record(h, (now - int(r.value)) / 1e9)
+                    got += 1
+
+    reader = asyncio.create_task(receive())
+    t0 = time.perf_counter()
+    sent = 0
+    try:
+        while sent < total:
+            due = min(total, int((time.perf_counter() - t0) * rate) + 1)
+            while sent < due:
+                await producer.send(topic, str(time.time_ns()).encode(), key=str(sent % 64).encode())
+                sent += 1
+            await asyncio.sleep(0.001)
+        await asyncio.wait_for(reader, 30)
+    finally:
+        reader.cancel()
+        await producer.stop()
+        await consumer.stop()
+    return summary(h)
+
+
+async def one_broker(broker: str, quick: bool) -> dict[str, Any]:
+    seconds = 3.0 if quick else 8.0
+    started = time.monotonic()
+    with BenchEnv(f"brokers-{broker}", broker=broker) as env:
+        up_s = round(time.monotonic() - started, 2)
+        broker_pid = next(p.pid() for p in env.stack.parts() if p.name == "broker")
+        assert broker_pid is not None
+        base = await floor(env, 1000, seconds)
+        env.procs.start("worker")
+        env.procs.start("router")
+        env.procs.wait_ready()
+        await asyncio.sleep(2)
+        pushed = await push.one(env, 1, 1000, seconds, 0)
+        memory = rss_mb(broker_pid)
+    n = 50_000 if quick else 200_000
+    throughput = await worker.fabric_workers(1, n, 15.0 if quick else 40.0, broker=broker)
+    idle_run = await idle.one(broker, 0, 15.0 if quick else 60.0)
+    out = {
+        "broker": broker, "start_s": up_s, "broker_rss_mb": memory, "floor": base,
+        "push": {k: pushed[k] for k in ("p50_ms", "p99_ms", "p999_ms", "max_ms", "received", "expected")},
+        "push_over_floor": {p: round(pushed[f"{p}_ms"] / base[f"{p}_ms"], 1) for p in ("p50", "p99", "p999")},
+        "worker_events_per_s": throughput["events_per_s"], "idle_cores": idle_run["cores"],
+        "idle_per_process": idle_run["per_process"],
+    }  # fmt: skip
+    print(f"  {broker:<6} up {up_s} s, {memory} MB; floor p50/p99/p999 {base['p50_ms']}/{base['p99_ms']}/"
+          f"{base['p999_ms']} ms; push {pushed['p50_ms']}/{pushed['p99_ms']}/{pushed['p999_ms']} ms; "
+          f"worker {throughput['events_per_s']} events/s; idle {idle_run['cores']} of a core", flush=True)  # fmt: skip
+    return out
+
+
+async def run(quick: bool = False) -> dict[str, Any]:
+    rows = [await one_broker("kafka", quick), await one_broker("tansu", quick)]
+    summary = {
+        r["broker"]: {"start_s": r["start_s"], "floor_p99_ms": r["floor"]["p99_ms"], "push_p99_ms": r["push"]["p99_ms"],
+                      "worker_events_per_s": r["worker_events_per_s"], "idle_cores": r["idle_cores"]}
+        for r in rows
+    }  # fmt: skip
+    save("brokers", {"quick": quick, "summary": summary, "runs": rows})
+    return {"summary": summary}
