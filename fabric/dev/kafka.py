@@ -143,6 +143,9 @@ def node_config(settings: Settings, node: Node, extra: dict[str, str] | None = N
         "min.insync.replicas": str(max(1, replicas - 1)),
         "group.initial.rebalance.delay.ms": "0",
         "group.min.session.timeout.ms": str(min(6000, k.session_timeout_ms)),
+        # a killed node is fenced, and its partitions get new leaders, after 4 s (default 9 s)
+        "broker.session.timeout.ms": "4000",
+        "broker.heartbeat.interval.ms": "1000",
         # a crashed producer's open transaction is aborted within seconds, not a minute
         "transaction.abort.timed.out.transaction.cleanup.interval.ms": "1000",
         # events over the fabric's limit must reach the worker to be dead-lettered with a reason

@@ -26,7 +26,6 @@ import httpx
 import orjson
 import pytest
 import redis.asyncio as aioredis
-from aiokafka import TopicPartition
 
 from fabric import kafka_clients
 from fabric.client import ContextClient
@@ -44,7 +43,8 @@ from tests.integration.conftest import Fabric, eventually, start_fabric
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 SUBJECTS = 500
-VERSIONS = 100  # 50,000 events: versions 1..50 of each subject by the SDK, 51..100 over HTTP
+VERSIONS = 100  # 50,000 events: the SDK sends pages 0..249, HTTP pages 250..499, 100 versions each
+HALF = SUBJECTS // 2
 
 
 def _free_pairs(n: int) -> list[int]:
@@ -98,16 +98,13 @@ def page(tenant: str, subject: int, seq: int) -> dict[str, Any]:
 
 async def leaders(s: Settings, topic: str) -> Counter[int]:
     """How many partitions of ``topic`` each broker leads."""
-    c = kafka_clients.consumer(s)
-    await c.start()
+    admin = kafka_clients.admin(s)
+    await admin.start()
     try:
-        await partitions_of(c, topic)
-        cluster = c._client.cluster
-        return Counter(
-            cluster.leader_for_partition(TopicPartition(topic, p)) for p in cluster.partitions_for_topic(topic)
-        )
+        (described,) = await admin.describe_topics([topic])
+        return Counter(int(p["leader"]) for p in described["partitions"])
     finally:
-        await c.stop()
+        await admin.close()
 
 
 class Flow:
@@ -122,17 +119,17 @@ class Flow:
 
     async def sdk(self) -> None:
         async with Provider(self.s, source="lowcode://designer", tenant=self.tenant, delivery_timeout_s=60) as p:
-            for seq in range(1, VERSIONS // 2 + 1):
+            for seq in range(1, VERSIONS + 1):
                 events = [p.event("page.updated", f"page-{i}", page(self.tenant, i, seq)["data"], sequence=seq,
-                                  id=f"{self.tenant}-{i}-{seq}") for i in range(SUBJECTS)]  # fmt: skip
+                                  id=f"{self.tenant}-{i}-{seq}") for i in range(HALF)]  # fmt: skip
                 await p.publish_many(events)
                 await asyncio.sleep(0.05)
 
     async def http(self) -> None:
         headers = bearer(self.s, self.tenant)
         async with httpx.AsyncClient(base_url=self.fab.url, headers=headers, timeout=30) as c:
-            for seq in range(VERSIONS // 2 + 1, VERSIONS + 1):
-                batch = [page(self.tenant, i, seq) for i in range(SUBJECTS)]
+            for seq in range(1, VERSIONS + 1):
+                batch = [page(self.tenant, i, seq) for i in range(HALF, SUBJECTS)]
                 while (r := await c.post("/v1/events", json=batch)).status_code != 202:
                     assert r.status_code == 503, r.text  # the broker did not acknowledge: send again
                     self.http_resent += 1
