@@ -209,7 +209,7 @@ class Sink:
                     waiting >= s.clickhouse.batch_rows or loop.time() - last_flush >= s.clickhouse.flush_interval_s
                 ):
                     await self._flush(events, dead, trail)
-                    await consumer.commit()
+                    await _commit(consumer)
                     events, dead, trail = [], [], []
                     last_flush = loop.time()
                 elif not waiting:
@@ -217,7 +217,7 @@ class Sink:
         finally:
             if events or dead or trail:
                 await self._flush(events, dead, trail)
-                await consumer.commit()
+                await _commit(consumer)
             await consumer.stop()
             await follower.stop()
 
@@ -228,6 +228,17 @@ class Sink:
             await self._insert("dlq", dead, DLQ_COLUMNS)
         if trail:
             await self._insert("audit", trail, AUDIT_COLUMNS)
+
+
+async def _commit(consumer: Any) -> None:
+    """Commit what was flushed. A commit refused because the group is rebalancing (a broker
+    died, a member joined) is not an error for the sink: the rows are in ClickHouse, and
+    whoever gets those partitions reads them again, which the tables collapse (they are
+    keyed by Kafka position)."""
+    try:
+        await consumer.commit()
+    except KafkaError as e:  # CommitFailedError, RebalanceInProgressError, a broker away
+        log.warning("sink: offsets not committed (%s); the next owner re-reads rows already written", e)
 
 
 # ------------------------------------------------------------------ query server
