@@ -11,7 +11,10 @@ on it. Per broker, on a fresh stack:
 - **worker**: events/s through route -> materialize, one worker process (on Kafka, in
   transactions);
 - **idle**: CPU of the whole fabric (broker, Redis, worker with CEP, sink, router) over
-  60 s with nothing flowing (15 s with ``--quick``).
+  60 s with nothing flowing (15 s with ``--quick``);
+- **takeover**: with the default session timeout (6 s), a worker killed with SIGKILL
+  while events flow: seconds until the cache changes again, (a) when it is restarted
+  at once, (b) when a second worker that was running all along takes its partitions.
 """
 
 from __future__ import annotations
@@ -21,9 +24,10 @@ import time
 from typing import Any
 
 from bench import idle, push, worker
-from bench.env import BenchEnv, rss_mb, save
+from bench.env import BenchEnv, event, rss_mb, save
 from bench.hist import histogram, record, summary
 from fabric import kafka_clients
+from fabric.pipeline.materialize import CacheKeys
 from fabric.topics.admin import ensure_topics, partitions_of
 
 
@@ -68,6 +72,71 @@ async def floor(env: BenchEnv, rate: int, seconds: float) -> dict[str, Any]:
     return summary(h)
 
 
+async def takeover(broker: str, peer: bool) -> float:
+    """Seconds from SIGKILL of a worker (restarted at once, or with a peer already running)
+    until the materializer changes the cache again, while events flow."""
+    import signal
+    import sys
+
+    import redis.asyncio as aioredis
+
+    from fabric.settings import KafkaSettings
+
+    with BenchEnv(
+        f"takeover-{broker}-{peer}", broker=broker, session_timeout_ms=KafkaSettings().session_timeout_ms
+    ) as env:
+        s = env.settings
+        r = aioredis.from_url(s.redis.url)
+        first = env.spawn([sys.executable, "-m", "fabric", "worker", "--stages", "route,materialize"], "w1",
+                          {"FABRIC_WORKER__METRICS_PORT": "0"})  # fmt: skip
+        if peer:
+            env.spawn([sys.executable, "-m", "fabric", "worker", "--stages", "route,materialize"], "w2",
+                      {"FABRIC_WORKER__METRICS_PORT": "0"})  # fmt: skip
+        stop = asyncio.Event()
+
+        async def trickle() -> None:
+            p = kafka_clients.producer(s)
+            await p.start()
+            i = 0
+            try:
+                while not stop.is_set():
+                    key, value = event(i, 1000)
+                    await p.send(s.topic("ingest"), value, key=key)
+                    i += 1
+                    await asyncio.sleep(0.002)
+            finally:
+                await p.stop()
+
+        feed = CacheKeys(s.redis.key_prefix).changes("bench")
+
+        async def changes() -> int:
+            return int(await r.xlen(feed))
+
+        sender = asyncio.create_task(trickle())
+        try:
+            deadline = time.monotonic() + 120
+            while await changes() < 2000:
+                assert time.monotonic() < deadline, "the worker did not start"
+                await asyncio.sleep(0.1)
+            await asyncio.sleep(3)  # every worker has joined
+            first.send_signal(signal.SIGKILL)
+            first.wait()
+            killed = time.monotonic()
+            if not peer:
+                env.spawn([sys.executable, "-m", "fabric", "worker", "--stages", "route,materialize"], "w1b",
+                          {"FABRIC_WORKER__METRICS_PORT": "0"})  # fmt: skip
+            await asyncio.sleep(0.5)  # what was in flight lands
+            before = await changes()
+            while await changes() < before + 1000:
+                await asyncio.sleep(0.05)
+                assert time.monotonic() - killed < 120, "no takeover within 120 s"
+            return round(time.monotonic() - killed, 2)
+        finally:
+            stop.set()
+            await sender
+            await r.aclose()
+
+
 async def one_broker(broker: str, quick: bool) -> dict[str, Any]:
     seconds = 3.0 if quick else 8.0
     started = time.monotonic()
@@ -91,10 +160,13 @@ async def one_broker(broker: str, quick: bool) -> dict[str, Any]:
         "push_over_floor": {p: round(pushed[f"{p}_ms"] / base[f"{p}_ms"], 1) for p in ("p50", "p99", "p999")},
         "worker_events_per_s": throughput["events_per_s"], "idle_cores": idle_run["cores"],
         "idle_per_process": idle_run["per_process"],
+        "takeover_restart_s": await takeover(broker, peer=False),
+        "takeover_peer_s": await takeover(broker, peer=True),
     }  # fmt: skip
     print(f"  {broker:<6} up {up_s} s, {memory} MB; floor p50/p99/p999 {base['p50_ms']}/{base['p99_ms']}/"
           f"{base['p999_ms']} ms; push {pushed['p50_ms']}/{pushed['p99_ms']}/{pushed['p999_ms']} ms; "
-          f"worker {throughput['events_per_s']} events/s; idle {idle_run['cores']} of a core", flush=True)  # fmt: skip
+          f"worker {throughput['events_per_s']} events/s; idle {idle_run['cores']} of a core; takeover after "
+          f"SIGKILL {out['takeover_restart_s']} s (restarted), {out['takeover_peer_s']} s (peer)", flush=True)  # fmt: skip
     return out
 
 
@@ -102,7 +174,8 @@ async def run(quick: bool = False) -> dict[str, Any]:
     rows = [await one_broker("kafka", quick), await one_broker("tansu", quick)]
     summary = {
         r["broker"]: {"start_s": r["start_s"], "floor_p99_ms": r["floor"]["p99_ms"], "push_p99_ms": r["push"]["p99_ms"],
-                      "worker_events_per_s": r["worker_events_per_s"], "idle_cores": r["idle_cores"]}
+                      "worker_events_per_s": r["worker_events_per_s"], "idle_cores": r["idle_cores"],
+                      "takeover_restart_s": r["takeover_restart_s"], "takeover_peer_s": r["takeover_peer_s"]}
         for r in rows
     }  # fmt: skip
     save("brokers", {"quick": quick, "summary": summary, "runs": rows})

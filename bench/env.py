@@ -33,7 +33,10 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 
 class BenchEnv:
-    def __init__(self, name: str, partitions: int = 4, broker: str = "tansu", fetch_max_wait_ms: int = 0) -> None:
+    def __init__(
+        self, name: str, partitions: int = 4, broker: str = "tansu", fetch_max_wait_ms: int = 0,
+        session_timeout_ms: int = 3000,
+    ) -> None:  # fmt: skip
         self.name = name
         data = Path(".fabric/bench").resolve() / name
         shutil.rmtree(data, ignore_errors=True)
@@ -44,7 +47,7 @@ class BenchEnv:
                 bootstrap=f"127.0.0.1:{free_port()}",
                 topic_prefix="b",
                 partitions=partitions,
-                session_timeout_ms=3000,
+                session_timeout_ms=session_timeout_ms,
                 broker=broker,
                 controller_port=free_port(),
                 fetch_max_wait_ms=fetch_max_wait_ms,

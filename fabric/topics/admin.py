@@ -99,6 +99,9 @@ async def read_compacted(s: Settings, topic: str) -> dict[str, bytes | None]:
         parts = await partitions_of(c, topic)
         c.assign(parts)
         ends = await c.end_offsets(parts)
+        # only partitions with records: asking a just-created empty partition for its
+        # position can wait ~30 s for its leader (seen on Apache Kafka over SASL_SSL)
+        parts = [tp for tp in parts if ends[tp] > 0]
         while [tp for tp in parts if await c.position(tp) < ends[tp]]:
             for recs in (await c.getmany(timeout_ms=500)).values():
                 for r in recs:
