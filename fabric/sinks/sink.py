@@ -166,8 +166,9 @@ class Sink:
         await ensure_topics(s, all_topics(s, self.registry))
         dlq, audit = dlq_topic(s), s.topic("audit")
         await ensure_topics(s, [audit])
+        # rows wait up to flush_interval_s anyway: no need for Tansu's 5 ms fetch wait here
         consumer = kafka_clients.consumer(
-            s, *typed_topics(s, self.registry), dlq, audit, group=f"{s.kafka.group_prefix}.sink"
+            s, *typed_topics(s, self.registry), dlq, audit, group=f"{s.kafka.group_prefix}.sink", fetch_max_wait_ms=500
         )
         await kafka_clients.start(s, consumer)
         follower = RegistryFollower(s, SchemaStore(self.registry))

@@ -114,7 +114,7 @@ async def read_compacted(s: Settings, topic: str) -> dict[str, bytes | None]:
 async def follow_compacted(s: Settings, topic: str, apply: Callable[[str, bytes | None], None]) -> None:
     """Call ``apply(key, value)`` for every record written to ``topic`` from now on (value None:
     removed); runs until cancelled. Pair with ``read_compacted`` for what came before."""
-    c = kafka_clients.consumer(s)
+    c = kafka_clients.consumer(s, fetch_max_wait_ms=max(200, s.kafka.fetch_wait_ms))
     await kafka_clients.start(s, c)
     try:
         parts = await partitions_of(c, topic)

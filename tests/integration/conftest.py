@@ -22,8 +22,10 @@ import orjson
 import pytest
 import websockets
 
+from fabric import kafka_clients
 from fabric.dev.procs import Processes, free_port
 from fabric.dev.stack import Stack
+from fabric.pipeline.route import CACHE_KEY
 from fabric.settings import (
     ClickHouseSettings,
     KafkaSettings,
@@ -33,6 +35,8 @@ from fabric.settings import (
     WorkerSettings,
 )
 from fabric.testing import bearer
+from fabric.topics.admin import partitions_of
+from fabric.topics.registry import Registry
 
 T = TypeVar("T")
 #: the broker the suite runs on: FABRIC_TEST_BROKER=kafka (Apache Kafka, KRaft) or tansu
@@ -243,3 +247,23 @@ async def subscribe(fabric: Fabric) -> AsyncIterator[Callable[..., Any]]:
     yield open_
     for s in subs:
         await s.close()
+
+
+async def typed_ids(s: Settings, context_type: str = "PageDSL") -> list[str]:
+    """Every event id in a context type's topic, read to its end as ``read_committed``
+    readers see it (what the route stage committed)."""
+    consumer = kafka_clients.consumer(s, max_partition_fetch_bytes=8 << 20)
+    await consumer.start()
+    ids: list[str] = []
+    try:
+        registry = Registry.load(s.schemas_dir)
+        tps = await partitions_of(consumer, s.topic(registry[context_type].topic))
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        ends = await consumer.end_offsets(tps)
+        while [tp for tp in tps if await consumer.position(tp) < ends[tp]]:
+            for recs in (await consumer.getmany(timeout_ms=1000, max_records=10_000)).values():
+                ids.extend(orjson.loads(dict(r.headers)[CACHE_KEY])[5] for r in recs)
+    finally:
+        await consumer.stop()
+    return ids

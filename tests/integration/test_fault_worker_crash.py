@@ -16,11 +16,8 @@ from aiokafka import TopicPartition
 from fabric import kafka_clients
 from fabric.dev.stack import Stack
 from fabric.pipeline.materialize import CacheKeys
-from fabric.pipeline.route import CACHE_KEY
 from fabric.settings import Settings
-from fabric.topics.admin import partitions_of
-from fabric.topics.registry import Registry
-from tests.integration.conftest import eventually, start_fabric, variant
+from tests.integration.conftest import eventually, start_fabric, typed_ids, variant
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -122,25 +119,6 @@ async def test_sigkill_mid_stream_then_restart(stack: Stack, stack_settings: Set
         await producer.stop()
         await r.aclose()
         fab.stop()
-
-
-async def typed_ids(s: Settings) -> list[str]:
-    """Every event id in the PageDSL topic, read to its end with read_committed."""
-    consumer = kafka_clients.consumer(s, max_partition_fetch_bytes=8 << 20)
-    await consumer.start()
-    ids: list[str] = []
-    try:
-        registry = Registry.load(s.schemas_dir)
-        tps = await partitions_of(consumer, s.topic(registry["PageDSL"].topic))
-        consumer.assign(tps)
-        await consumer.seek_to_beginning(*tps)
-        ends = await consumer.end_offsets(tps)
-        while [tp for tp in tps if await consumer.position(tp) < ends[tp]]:
-            for recs in (await consumer.getmany(timeout_ms=1000, max_records=10_000)).values():
-                ids.extend(orjson.loads(dict(r.headers)[CACHE_KEY])[5] for r in recs)
-    finally:
-        await consumer.stop()
-    return ids
 
 
 async def _at_least(r: aioredis.Redis, keys: CacheKeys, tenant: str, n: int) -> bool:

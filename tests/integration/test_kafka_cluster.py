@@ -32,13 +32,10 @@ from fabric.client import ContextClient
 from fabric.dev.procs import free_port
 from fabric.dev.stack import Stack
 from fabric.pipeline.materialize import CacheKeys
-from fabric.pipeline.route import CACHE_KEY
 from fabric.providers.sdk import Provider
 from fabric.settings import ClickHouseSettings, KafkaSettings, RedisSettings, RouterSettings, Settings, WorkerSettings
 from fabric.testing import bearer
-from fabric.topics.admin import partitions_of
-from fabric.topics.registry import Registry
-from tests.integration.conftest import Fabric, eventually, start_fabric
+from tests.integration.conftest import Fabric, eventually, start_fabric, typed_ids
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -169,19 +166,7 @@ async def check_exactly_once(fab: Fabric, s: Settings, tenant: str) -> dict[str,
             applied = sum(int(c or 0) for c in await p.execute())
     finally:
         await r.aclose()
-    # the typed topic, as a read_committed reader sees it
-    c = kafka_clients.consumer(s, max_partition_fetch_bytes=8 << 20)
-    await c.start()
-    ids: list[str] = []
-    try:
-        tps = await partitions_of(c, s.topic(Registry.load(s.schemas_dir)["PageDSL"].topic))
-        c.assign(tps)
-        ends = await c.end_offsets(tps)
-        while [tp for tp in tps if await c.position(tp) < ends[tp]]:
-            for recs in (await c.getmany(timeout_ms=1000, max_records=10_000)).values():
-                ids.extend(orjson.loads(dict(rec.headers)[CACHE_KEY])[5] for rec in recs)
-    finally:
-        await c.stop()
+    ids = await typed_ids(s)
     mine = [i for i in ids if i.startswith(f"{tenant}-")]
     counted = Counter(mine)
     # FINAL: a sink that lost its commit in a rebalance writes rows again, which the table collapses
