@@ -6,12 +6,17 @@ process at start with one sentence naming the setting to fix."""
 from __future__ import annotations
 
 import asyncio
+import base64
+import contextlib
+import json
 import os
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -49,7 +54,11 @@ class SecureBroker:
             "advertised.listeners": f"SASL_SSL://{h}:{self.sasl_port},SSL://{h}:{self.tls_port}",
             "listener.security.protocol.map": "SASL_SSL:SASL_SSL,SSL:SSL,CONTROLLER:PLAINTEXT",
             "inter.broker.listener.name": "SASL_SSL",
-            "sasl.enabled.mechanisms": "SCRAM-SHA-256,SCRAM-SHA-512",
+            "sasl.enabled.mechanisms": "SCRAM-SHA-256,SCRAM-SHA-512,OAUTHBEARER",
+            # Kafka's own unsecured validator: accepts an unsigned JWT with sub and exp (tests only)
+            "listener.name.sasl_ssl.oauthbearer.sasl.jaas.config": (
+                "org.apache.kafka.common.security.oauthbearer.OAuthBearerLoginModule required;"
+            ),
             "sasl.mechanism.inter.broker.protocol": "SCRAM-SHA-512",
             "listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config": SCRAM.format(
                 ' username="broker" password="broker-secret"'
@@ -162,6 +171,58 @@ async def test_the_fabric_runs_on_sasl_ssl_with_scram(
             await eventually(pulled, timeout=60)
     finally:
         fab.stop()
+
+
+@contextlib.contextmanager
+def token_endpoint(client_id: str, secret: str) -> Iterator[tuple[str, list[str]]]:
+    """An OAuth token endpoint on loopback (client-credentials grant, HTTP Basic) that
+    issues unsigned JWTs, which Kafka's unsecured OAUTHBEARER validator accepts."""
+    issued: list[str] = []
+    expected = "Basic " + base64.b64encode(f"{client_id}:{secret}".encode()).decode()
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            form = self.rfile.read(int(self.headers.get("content-length", 0))).decode()
+            if self.headers.get("authorization") != expected or "grant_type=client_credentials" not in form:
+                self.send_response(401)
+                self.end_headers()
+                return
+            now = int(time.time())
+            part = lambda d: base64.urlsafe_b64encode(json.dumps(d).encode()).rstrip(b"=").decode()  # noqa: E731
+            token = f"{part({'alg': 'none'})}.{part({'sub': client_id, 'iat': now, 'exp': now + 600})}."
+            issued.append(token)
+            body = json.dumps({"access_token": token, "token_type": "Bearer", "expires_in": 600}).encode()
+            self.send_response(200)
+            self.send_header("content-type", "application/json")
+            self.send_header("content-length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/token", issued
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+async def test_oauthbearer_connects_with_a_client_credentials_token(
+    secure: SecureBroker, stack_settings: Settings, tmp_path: Path
+) -> None:
+    with token_endpoint("fabric-app", "app-secret") as (url, issued):
+        s = secure.scram_settings(
+            variant(stack_settings, tmp_path), "OAUTHBEARER", sasl_username="fabric-app",
+            sasl_password=SecretStr("app-secret"), oauth_token_url=url,
+        )  # fmt: skip
+        await roundtrip(s)
+        assert issued  # the token came from the endpoint, and Kafka accepted it
+        bad = secure.scram_settings(s, "OAUTHBEARER", sasl_password=SecretStr("wrong"), oauth_token_url=url)
+        with pytest.raises(ConfigError, match=r"kafka\.sasl_password"):
+            await kafka_clients.start(bad, kafka_clients.admin(bad))
 
 
 async def test_mutual_tls_connects(secure: SecureBroker, stack_settings: Settings, tmp_path: Path) -> None:
