@@ -83,8 +83,12 @@ async def partitions_of(c: AIOKafkaConsumer, topic: str, timeout: float = 15.0) 
         # public call for one unsubscribed topic's partitions)
         cluster = await c._client.fetch_all_metadata()
         parts = cluster.partitions_for_topic(topic)
-        if parts:
-            return [TopicPartition(topic, p) for p in sorted(parts)]
+        # and every partition has a leader: a topic created a moment ago (by another
+        # process) may not, and asking its offsets then can hang for the request timeout
+        tps = [TopicPartition(topic, p) for p in sorted(parts or ())]
+        leaders = [cluster.leader_for_partition(tp) for tp in tps]
+        if tps and all(node is not None and node >= 0 for node in leaders):
+            return tps
         if asyncio.get_running_loop().time() > deadline:
             raise BackendUnavailable(f"topic {topic} has no partitions on {c._client.hosts}")
         await asyncio.sleep(0.2)
