@@ -57,6 +57,7 @@ class Provider:
         self._producer = kafka_clients.producer(
             settings, client_id=f"provider-{source}", linger_ms=linger_ms,
             request_timeout_ms=int(delivery_timeout_s * 1000),
+            enable_idempotence=False,  # as the router's: a timed-out request can wedge it (aiokafka 0.14)
         )  # fmt: skip
         self._headers = [(PROVIDER_HEADER, source.encode())]
 

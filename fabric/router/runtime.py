@@ -60,6 +60,10 @@ async def open_state(settings: Settings) -> AsyncIterator[RouterState]:
         settings, client_id=f"{settings.kafka.client_id}-router",
         max_request_size=settings.router.max_body_bytes + 64 * 1024,
         request_timeout_ms=int(settings.router.produce_timeout_s * 1000),
+        # not idempotent: aiokafka 0.14's idempotent producer can wedge for good after a
+        # request that timed out (every later send: OutOfOrderSequenceException; seen in
+        # CI with the broker slowed); a client resends after a 503 anyway
+        enable_idempotence=False,
     )  # fmt: skip
     await kafka_clients.start(settings, producer)
     keys = CacheKeys(settings.redis.key_prefix)
