@@ -193,7 +193,8 @@ async def run_with_fault(stack: Stack, s: Settings, tmp: Path, fault: Any) -> tu
         await asyncio.wait_for(flow.subscribed.wait(), 30)
         await asyncio.sleep(1)
         senders = asyncio.gather(flow.sdk(), flow.http())
-        await asyncio.sleep(4)  # well into the stream
+        # well into the stream: thousands of changes already pushed
+        await eventually(lambda: len(flow.push_times) >= 5_000, timeout=120, interval=0.1)
         assert not senders.done()
         fault_at = time.monotonic()
         await fault()
