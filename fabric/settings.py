@@ -175,14 +175,15 @@ class RouterSettings(_Part):
     max_pattern_chars: int = Field(200, description="characters in one subscription pattern")
     first_message_timeout_s: float = Field(10.0, description="a subscriber must send its request within this")
     ws_max_message_bytes: int = Field(64 * 1024, description="the largest WebSocket message a client may send")
-    subscriber_buffer: int = Field(1_000, description="changes waiting per subscriber before it is lagging")
-    subscriber_buffer_bytes: int = Field(1 << 20, description="bytes waiting per subscriber before it is lagging")
+    subscriber_buffer: int = Field(
+        1_000, description="changes queued per subscriber; past it, it catches up from the feed"
+    )
+    subscriber_buffer_bytes: int = Field(
+        1 << 20, description="bytes queued per subscriber; past it, it catches up from the feed"
+    )
     produce_timeout_s: float = 10.0
     heartbeat_s: float = Field(15.0, description="idle subscriptions get a heartbeat message this often")
     ws_ping_timeout_s: float = Field(20.0, description="a subscriber that does not answer a ping is dropped")
-    subscriber_hard_limit: int = Field(
-        10_000, description="coalesced subjects waiting for a lagging subscriber before it is disconnected"
-    )
 
 
 class RateLimit(_Part):

@@ -4,18 +4,20 @@ One blocking ``XREAD`` covers the feed of every tenant that has a live subscribe
 Each change is encoded once and offered to the subscribers whose patterns, scopes
 and access rules let them see it.
 
-Resuming: every push carries the feed entry id as its ``resume`` token. A subscriber
-that comes back with one first reads the feed from there (``XRANGE``, waiting for
-the client as it goes), then joins the live fan-out at exactly the position the hub
-has read to, with no await in between, so the seam has neither gap nor duplicate.
-The feed keeps ``redis.change_retention`` changes per tenant, at most
-``redis.change_retention_s`` old; a token older than that gets a ``gap`` notice.
+Catching up: every push carries the feed entry id as its ``resume`` token. A
+subscriber that comes back with one first reads the feed from there (``XRANGE``, at
+the pace the client reads), then joins the live fan-out at exactly the position the
+hub has read to, with no await in between, so the seam has neither gap nor duplicate.
 
-Slow subscribers: each has a bounded queue. When it overflows the subscriber turns
-lagging: its waiting changes are coalesced to the latest per subject (a reader who
-is behind wants the current state, not every step) and it is told so. Past
-``subscriber_hard_limit`` subjects waiting it is disconnected with the reason. The
-hub never waits for a subscriber, so the others are unaffected.
+Slow subscribers take the same road. Each has a bounded queue; a change that does not
+fit is not dropped: the subscriber leaves the live fan-out, is told ``lagging``, and
+catches up from the feed after the last change it was given, then rejoins. So a
+subscriber gets every change, in order, however bursty the feed; the hub never waits
+for anyone, and what waits for a slow reader is one queue and one cursor.
+
+The feed keeps ``redis.change_retention`` changes per tenant, at most
+``redis.change_retention_s`` old; a subscriber whose position is older than that gets
+a ``gap`` notice and goes on from the oldest change kept.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import asyncio
 import fnmatch
 import logging
 import re
-from collections import OrderedDict, deque
+from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -45,13 +47,14 @@ from fabric.topics.registry import Registry
 log = logging.getLogger(__name__)
 
 PUSHED = Counter("fabric_push_messages_total", "Changes queued to subscribers")
-COALESCED = Counter("fabric_push_coalesced_total", "Changes replaced by a newer one for a lagging subscriber")
-DISCONNECTED = Counter("fabric_push_disconnected_total", "Subscribers disconnected for falling too far behind")
+FELL_BEHIND = Counter("fabric_push_fell_behind_total", "Times a subscriber left the live fan-out to catch up")
+GAPS = Counter("fabric_push_gaps_total", "Subscribers told that changes were past the retention window")
 SUBSCRIBERS = Gauge("fabric_subscribers", "Open subscriptions")
 
 
 _enc = msgspec.json.Encoder()
 ENTRY_ID = re.compile(r"\d{1,20}-\d{1,20}")
+CHUNK = 500  # feed entries read at a time while catching up
 
 
 def entry_key(entry_id: str) -> tuple[int, int]:
@@ -74,7 +77,7 @@ class SubscriberClosed(Exception):
 
 @dataclass(eq=False)
 class Subscriber:
-    """One subscription: what it may see, and its bounded buffer."""
+    """One subscription: what it may see, its bounded queue and its place in the feed."""
 
     who: Principal
     matcher: re.Pattern[str]
@@ -82,15 +85,17 @@ class Subscriber:
     visible: dict[tuple[str, int], bool] = field(default_factory=dict)
     max_messages: int = 1000
     max_bytes: int = 1 << 20
-    hard_limit: int = 10_000
-    pending: deque[tuple[tuple[str, str], bytes]] = field(default_factory=deque)
+    pending: deque[bytes] = field(default_factory=deque)
     pending_bytes: int = 0
-    #: while lagging: subject -> its latest change, oldest first
-    coalesced: OrderedDict[tuple[str, str], bytes] | None = None
-    replaced: int = 0
-    lagging: bool = False
+    #: the feed entry of the last change queued (or the position it joined at)
+    cursor: str = "0-0"
+    #: times it fell behind the live fan-out and caught up from the feed
+    fell_behind: int = 0
     closed: str | None = None
     delivered: int = 0
+    #: reading the feed for it (resuming or fallen behind); cancelled when it leaves
+    catching_up: asyncio.Task[None] | None = None
+    left: bool = False
     _types: dict[str, bool] = field(default_factory=dict)
     _wake: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -108,34 +113,24 @@ class Subscriber:
     def full(self) -> bool:
         return len(self.pending) >= self.max_messages or self.pending_bytes >= self.max_bytes
 
-    def offer(self, key: tuple[str, str], message: bytes) -> None:
+    def offer(self, entry_id: str, message: bytes) -> bool:
+        """Queue a change unless the queue is full; False means it was not taken."""
         if self.closed:
-            return
-        if self.coalesced is None:
-            if not self.full:
-                self.pending.append((key, message))
-                self.pending_bytes += len(message)
-                self._wake.set()
-                return
-            self.lagging = True
-            self.coalesced = OrderedDict()
-            while self.pending:
-                self._coalesce(*self.pending.popleft())
-            self.pending_bytes = 0
-        self._coalesce(key, message)
-        if len(self.coalesced) > self.hard_limit:
-            self.closed = f"too far behind: more than {self.hard_limit} subjects with changes waiting"
-            self.coalesced.clear()
-            DISCONNECTED.inc()
-        self._wake.set()
+            return True
+        if self.full:
+            return False
+        self._queue(message)
+        self.cursor = entry_id
+        return True
 
-    def _coalesce(self, key: tuple[str, str], message: bytes) -> None:
-        assert self.coalesced is not None
-        if key in self.coalesced:
-            self.replaced += 1
-            COALESCED.inc()
-            self.coalesced.move_to_end(key)
-        self.coalesced[key] = message
+    def notice(self, message: bytes) -> None:
+        """Queue a notice (lagging, gap); notices are few and never refused."""
+        self._queue(message)
+
+    def _queue(self, message: bytes) -> None:
+        self.pending.append(message)
+        self.pending_bytes += len(message)
+        self._wake.set()
 
     def fail(self, error: BaseException | None) -> None:
         """Close the subscription because serving it failed (the reason goes to the client)."""
@@ -143,7 +138,7 @@ class Subscriber:
         self._wake.set()
 
     async def room(self) -> None:
-        """Wait until the buffer has room (catching up goes at the client's pace)."""
+        """Wait until the queue has room (catching up goes at the client's pace)."""
         while self.full and not self.closed:
             self._wake.clear()
             await self._wake.wait()
@@ -154,18 +149,11 @@ class Subscriber:
             if self.closed:
                 raise SubscriberClosed(self.closed)
             if self.pending:
-                _, message = self.pending.popleft()
+                message = self.pending.popleft()
                 self.pending_bytes -= len(message)
                 self._wake.set()  # room for a catching-up reader
                 self.delivered += 1
                 return message
-            if self.coalesced:
-                _, message = self.coalesced.popitem(last=False)
-                if not self.coalesced:
-                    self.coalesced = None  # caught up: back to the plain queue
-                self.delivered += 1
-                return message
-            self.coalesced = None
             self._wake.clear()
             await self._wake.wait()
 
@@ -179,9 +167,10 @@ class ChangeHub:
     visible: Any = None
     buffer: int = 1000
     buffer_bytes: int = 1 << 20
-    hard_limit: int = 10_000
     block_ms: int = 100
+    #: tenant -> its subscribers in the live fan-out
     tenants: dict[str, set[Subscriber]] = field(default_factory=dict)
+    #: feed -> the entry the live fan-out has read to
     positions: dict[str, str] = field(default_factory=dict)
     _task: asyncio.Task[None] | None = None
 
@@ -197,81 +186,110 @@ class ChangeHub:
                 pass
 
     def subscriber(self, who: Principal, patterns: list[str]) -> Subscriber:
-        return Subscriber(
-            who, compile_patterns(patterns), max_messages=self.buffer, max_bytes=self.buffer_bytes,
-            hard_limit=self.hard_limit,
-        )  # fmt: skip
+        return Subscriber(who, compile_patterns(patterns), max_messages=self.buffer, max_bytes=self.buffer_bytes)
 
     async def join(self, sub: Subscriber) -> None:
         """Live changes from now on."""
-        stream = self.keys.changes(sub.tenant)
-        if sub.tenant not in self.tenants:
-            last: Any = await self.redis.xrevrange(stream, count=1)
-            if sub.tenant not in self.tenants:  # nobody else started reading it meanwhile
-                self.positions[stream] = last[0][0].decode() if last else "0-0"
-                self.tenants[sub.tenant] = set()
-        self._add(sub)
-
-    def _add(self, sub: Subscriber) -> None:
-        self.tenants.setdefault(sub.tenant, set()).add(sub)
         SUBSCRIBERS.inc()
+        stream = self.keys.changes(sub.tenant)
+        if stream not in self.positions:
+            last: Any = await self.redis.xrevrange(stream, count=1)
+            if stream not in self.positions:  # nobody else started reading it meanwhile
+                self.positions[stream] = last[0][0].decode() if last else "0-0"
+        self._go_live(sub, self.positions[stream])
 
     async def resume(self, sub: Subscriber, token: str) -> None:
-        """Queue every change after ``token``, at the pace the subscriber reads them, then join
-        the live fan-out. When changes after the token are no longer kept, a ``gap`` notice
-        goes first (the client should re-pull what it cares about)."""
+        """Every change after ``token``, at the pace the subscriber reads them, then the live
+        ones. Returns at once; the catching up runs in the background until the subscriber
+        joins the live fan-out or leaves."""
+        SUBSCRIBERS.inc()
         stream = self.keys.changes(sub.tenant)
-        gap = None
         try:
             info: Any = await self.redis.xinfo_stream(stream)
         except RedisError:
             token = "0-0"  # no feed yet: nothing was missed (and no token can be ahead of it)
         else:
-            # The token's own entry already trimmed: changes right after it may have gone too
-            # (Redis 7.0's XTRIM leaves max-deleted-entry-id alone, so this is the sure test).
-            first = _text(info.get("recorded-first-entry-id") or (info.get("first-entry") or [b"0-0"])[0])
             end = _text(info.get("last-generated-id") or "0-0")
             if entry_key(token) > entry_key(end):
                 # Not a token this feed gave out (forged, or from before the cache was reset).
                 # Starting there would start the tenant's shared reader past every future
                 # change, so the subscriber gets what the feed holds instead.
-                gap = f"resume token {token} is past the end of the feed ({end}); sending the changes it holds"
+                sub.notice(orjson.dumps({"gap": f"resume token {token} is past the end of the feed ({end}); "
+                                                "sending the changes it holds"}))  # fmt: skip
+                GAPS.inc()
                 token = "0-0"
-            elif entry_key(token) < entry_key(first):
-                gap = f"changes after {token} before {first} are past the retention window and may be lost"
-        if gap:
-            sub.offer(("", ""), orjson.dumps({"gap": gap}))
-        last = token
-        while True:
+        self._catch_up(sub, token)
+
+    def unsubscribe(self, sub: Subscriber) -> None:
+        if sub.left:
+            return
+        sub.left = True
+        SUBSCRIBERS.dec()
+        if sub.catching_up is not None:
+            sub.catching_up.cancel()
+        self._leave_live(sub)
+
+    def _go_live(self, sub: Subscriber, at: str) -> None:
+        sub.cursor = at
+        self.tenants.setdefault(sub.tenant, set()).add(sub)
+
+    def _leave_live(self, sub: Subscriber) -> None:
+        subs = self.tenants.get(sub.tenant)
+        if subs is not None and sub in subs:
+            subs.discard(sub)
+            if not subs:  # nobody of that tenant left to read for
+                del self.tenants[sub.tenant]
+                self.positions.pop(self.keys.changes(sub.tenant), None)
+
+    def _fall_behind(self, sub: Subscriber) -> None:
+        """A change did not fit in the subscriber's queue: it reads the feed at its own pace."""
+        self._leave_live(sub)
+        sub.fell_behind += 1
+        FELL_BEHIND.inc()
+        sub.notice(orjson.dumps({"lagging": True, "after": sub.cursor}))
+        self._catch_up(sub, sub.cursor)
+
+    def _catch_up(self, sub: Subscriber, after: str) -> None:
+        def failed(t: asyncio.Task[None]) -> None:
+            if not t.cancelled() and t.exception() is not None:
+                sub.fail(t.exception())
+
+        sub.catching_up = asyncio.create_task(self._read_for(sub, after), name="change-hub-catch-up")
+        sub.catching_up.add_done_callback(failed)
+
+    async def _read_for(self, sub: Subscriber, last: str) -> None:
+        """Feed entries after ``last`` to one subscriber, waiting for it as it goes, until it
+        reaches where the live fan-out is; then it joins that, with no await in between."""
+        stream = self.keys.changes(sub.tenant)
+        while not (sub.closed or sub.left):
             target = self.positions.get(stream)
             if target is not None and entry_key(last) >= entry_key(target):
-                self._add(sub)
+                self._go_live(sub, last)
                 return
-            entries: Any = await self.redis.xrange(stream, f"({last}", target or "+", count=500)
+            async with self.redis.pipeline(transaction=False) as p:
+                p.xrange(stream, count=1)
+                p.xrange(stream, f"({last}", target or "+", count=CHUNK)
+                oldest, entries = await p.execute()
+            if oldest and last != "0-0" and entry_key(oldest[0][0].decode()) > entry_key(last):
+                # the entry after ``last`` may be gone (a kept entry would be <= last)
+                GAPS.inc()
+                sub.notice(orjson.dumps({"gap": f"changes after {last} before {oldest[0][0].decode()} are "
+                                                "past the retention window and may be lost"}))  # fmt: skip
             if not entries:
                 if target is None and stream not in self.positions:
-                    # nobody reads this tenant yet: start the hub at what we have read
+                    # nobody reads this tenant live yet: start the hub where this one is
                     self.positions[stream] = last
-                    self._add(sub)
+                    self._go_live(sub, last)
                     return
                 if target is not None:
                     last = target  # the rest was trimmed meanwhile
                 continue
             for entry_id, f in entries:
                 await sub.room()
-                if sub.closed:
+                if sub.closed or sub.left:
                     return
                 self._fan_out(entry_id, f, (sub,))
                 last = entry_id.decode()
-
-    def unsubscribe(self, sub: Subscriber) -> None:
-        subs = self.tenants.get(sub.tenant)
-        if subs and sub in subs:
-            subs.discard(sub)
-            SUBSCRIBERS.dec()
-            if not subs:
-                del self.tenants[sub.tenant]
-                self.positions.pop(self.keys.changes(sub.tenant), None)
 
     async def _read_forever(self) -> None:
         while True:
@@ -289,14 +307,16 @@ class ChangeHub:
                 continue
             for stream, entries in result or ():
                 name = stream.decode()
-                if name not in self.positions:
-                    continue  # the last subscriber of that tenant left meanwhile
+                if self.positions.get(name) != streams[name]:
+                    continue  # the tenant's last subscriber left meanwhile (maybe another came back)
                 tenant = name.split("{", 1)[1].split("}", 1)[0]
-                subs = self.tenants.get(tenant)
-                if subs:
-                    for entry_id, f in entries:
-                        self._fan_out(entry_id, f, subs)
-                self.positions[name] = entries[-1][0].decode()
+                for entry_id, f in entries:
+                    subs = self.tenants.get(tenant)
+                    if not subs:
+                        break
+                    self._fan_out(entry_id, f, subs)
+                if name in self.positions:  # (its last live subscriber may have fallen behind)
+                    self.positions[name] = entries[-1][0].decode()
 
     def _fan_out(self, entry_id: bytes, f: dict[bytes, bytes], subs: Iterable[Subscriber]) -> None:
         """Offer one feed entry, encoded once, to the subscribers that may see it."""
@@ -306,13 +326,14 @@ class ChangeHub:
         if not targets or ct is None:
             return
         subject = f[b"subject"].decode()
+        eid = entry_id.decode()
         as_of, age, stale = freshness(int(f[b"at"]), ct)
         msg = _enc.encode(
-            Update(ct.name, etype, subject, int(f[b"seq"]), as_of, age, stale, LEVELS[level],
-                   entry_id.decode(), msgspec.Raw(f[b"v"]))
-        )  # fmt: skip
+            Update(ct.name, etype, subject, int(f[b"seq"]), as_of, age, stale, LEVELS[level], eid, msgspec.Raw(f[b"v"]))
+        )
         for s in targets:
-            s.offer((ct.name, subject), msg)
+            if not s.offer(eid, msg):
+                self._fall_behind(s)
         PUSHED.inc(len(targets))
 
     def _visible(self, sub: Subscriber, ct: str, level: int) -> bool:

@@ -73,7 +73,6 @@ async def open_state(settings: Settings) -> AsyncIterator[RouterState]:
         hub_redis, keys, registry,
         visible=lambda who, ct, level: who.can_read(ct) and gate.denied_by(who, ct, level) is None,
         buffer=settings.router.subscriber_buffer, buffer_bytes=settings.router.subscriber_buffer_bytes,
-        hard_limit=settings.router.subscriber_hard_limit,
     )  # fmt: skip
     hub.start()
     validator = EdgeValidator(registry, settings.max_event_bytes)

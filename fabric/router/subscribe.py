@@ -7,11 +7,11 @@ Protocol (docs/serving.md):
   bad first message gets an ``error`` and close code 4400;
 - the server answers ``{"subscribed": [...], "tenant": ...}``, then, when resuming past the retention window,
   ``{"gap": "..."}``;
-- then one message per change (``hub.Push``: the event, its freshness and a
-  ``resume`` token); ``{"lagging": true, "coalesced": n}`` when the client fell behind
-  and changes were coalesced to the latest per subject; ``{"heartbeat": time}`` when
-  idle for ``router.heartbeat_s``; ``{"error": ..., "disconnected": true}`` and close
-  code 4008 when it fell too far behind.
+- then one message per change (``contract.Update``: the event, its freshness and a
+  ``resume`` token), every change in feed order; ``{"lagging": true, "after": token}``
+  when the client fell behind the live feed and is being sent the feed from there at
+  its own pace; ``{"heartbeat": time}`` when idle for ``router.heartbeat_s``;
+  ``{"error": ..., "disconnected": true}`` and close code 4008 when serving it failed.
 
 Changes the token's scopes or the access rules do not let the caller see are not sent.
 """
@@ -97,10 +97,6 @@ async def subscribe(ws: WebSocket) -> None:
     st.gate.allow(who, "push.subscribe", resource, trace, f"resume {resume}" if resume else "")
     heartbeat = st.settings.router.heartbeat_s
 
-    def failed_catch_up(t: asyncio.Task[None]) -> None:
-        if not t.cancelled() and t.exception() is not None:
-            sub.fail(t.exception())
-
     def versioned(msg: bytes) -> bytes:
         """The change in the schema version this consumer declared, if it declared one."""
         push = orjson.loads(msg)
@@ -113,22 +109,16 @@ async def subscribe(ws: WebSocket) -> None:
         return orjson.dumps(push)
 
     async def pump() -> None:
-        if resume:  # catching up runs beside the sending below, which makes room for it
-            catch_up = asyncio.create_task(hub.resume(sub, resume))
-            catch_up.add_done_callback(failed_catch_up)
-            tasks.append(catch_up)
+        if resume:  # the hub catches up in the background, at the pace of the sending below
+            await hub.resume(sub, resume)
         else:
             await hub.join(sub)
-        reported = 0
         while True:
             try:
                 msg = await asyncio.wait_for(sub.next(), heartbeat)
             except TimeoutError:
                 await ws.send_text(orjson.dumps({"heartbeat": iso(int(time.time() * 1000))}).decode())
                 continue
-            if sub.replaced > reported:
-                reported = sub.replaced
-                await ws.send_text(orjson.dumps({"lagging": True, "coalesced": sub.replaced}).decode())
             if st.schemas.store.consumer_manifest(who.tenant, who.sub):  # this consumer declared versions
                 msg = versioned(msg)
             await ws.send_text(msg.decode())
@@ -140,17 +130,16 @@ async def subscribe(ws: WebSocket) -> None:
             with contextlib.suppress(Exception):
                 async with asyncio.timeout(2):  # the client may not be reading at all
                     await ws.send_text(orjson.dumps({"error": str(e), "disconnected": True}).decode())
-                    await ws.close(code=4008, reason="subscriber too slow")
+                    await ws.close(code=4008, reason="the subscription failed")
 
     async def read_until_closed() -> None:
         while True:  # the client may only close; any message from it is ignored
             if (await ws.receive())["type"] == "websocket.disconnect":
                 return
 
-    tasks: list[asyncio.Task[None]] = []
-    tasks += [asyncio.create_task(run_pump()), asyncio.create_task(read_until_closed())]
+    tasks = [asyncio.create_task(run_pump()), asyncio.create_task(read_until_closed())]
     try:
-        await asyncio.wait(tasks[:2], return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
     finally:
         for t in tasks:
             t.cancel()
@@ -159,5 +148,5 @@ async def subscribe(ws: WebSocket) -> None:
         hub.unsubscribe(sub)
         st.gate.allow(
             who, "push.end", resource, trace,
-            f"{sub.delivered} delivered, {sub.replaced} coalesced" + (f"; {sub.closed}" if sub.closed else ""),
+            f"{sub.delivered} delivered, fell behind {sub.fell_behind} times" + (f"; {sub.closed}" if sub.closed else ""),
         )  # fmt: skip

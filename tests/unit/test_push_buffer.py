@@ -1,4 +1,5 @@
-"""A subscriber's bounded buffer: plain queue, coalescing when behind, disconnect past the bound."""
+"""A subscriber's bounded queue: every change in order within the bound, refused past it
+(the hub then catches the subscriber up from the feed), notices never refused."""
 
 from __future__ import annotations
 
@@ -11,48 +12,47 @@ from fabric.router.hub import Subscriber, SubscriberClosed, compile_patterns
 from fabric.security.tokens import Principal
 
 
-def sub(max_messages: int = 3, hard_limit: int = 5) -> Subscriber:
+def sub(max_messages: int = 3) -> Subscriber:
     who = Principal("acme", "x", frozenset(), frozenset(), 1e12, "t")
-    return Subscriber(who, re.compile(".*"), max_messages=max_messages, hard_limit=hard_limit)
+    return Subscriber(who, re.compile(".*"), max_messages=max_messages)
 
 
 async def drain(s: Subscriber) -> list[bytes]:
     out = []
-    while s.pending or s.coalesced:
+    while s.pending:
         out.append(await s.next())
     return out
 
 
 async def test_within_the_bound_every_change_arrives_in_order() -> None:
     s = sub()
-    for i in range(3):
-        s.offer(("T", f"s{i}"), f"m{i}".encode())
-    assert await drain(s) == [b"m0", b"m1", b"m2"] and not s.lagging
+    assert all(s.offer(f"1-{i}", f"m{i}".encode()) for i in range(3))
+    assert s.cursor == "1-2"
+    assert await drain(s) == [b"m0", b"m1", b"m2"]
 
 
-async def test_past_the_bound_changes_coalesce_to_the_latest_per_subject() -> None:
-    s = sub(max_messages=3, hard_limit=10)
-    for i in range(12):  # subjects a, b, c in turn
-        s.offer(("T", "abc"[i % 3]), f"{'abc'[i % 3]}{i}".encode())
-    assert s.lagging and s.replaced == 9
-    assert await drain(s) == [b"a9", b"b10", b"c11"]
-    assert s.delivered + s.replaced == 12
-    s.offer(("T", "a"), b"a12")  # caught up: a plain queue again
-    assert s.coalesced is None and await drain(s) == [b"a12"]
+async def test_past_the_bound_a_change_is_refused_and_the_cursor_stays_at_the_last_taken() -> None:
+    s = sub(max_messages=2)
+    assert s.offer("1-0", b"a") and s.offer("1-1", b"b")
+    assert not s.offer("1-2", b"c")
+    assert s.cursor == "1-1"  # where catching up from the feed starts
+    s.notice(b'{"lagging":true}')  # notices are queued even when full
+    assert await drain(s) == [b"a", b"b", b'{"lagging":true}']
+    assert s.offer("1-2", b"c") and s.cursor == "1-2"
 
 
-async def test_too_far_behind_is_disconnected_with_the_reason() -> None:
-    s = sub(max_messages=2, hard_limit=5)
-    for i in range(10):
-        s.offer(("T", f"s{i}"), b"m")
-    with pytest.raises(SubscriberClosed, match="too far behind"):
+async def test_a_failed_subscription_raises_with_the_reason() -> None:
+    s = sub()
+    s.offer("1-0", b"a")
+    s.fail(RuntimeError("redis went away"))
+    with pytest.raises(SubscriberClosed, match="redis went away"):
         await s.next()
 
 
 async def test_room_waits_for_the_reader() -> None:
     s = sub(max_messages=2)
-    s.offer(("T", "a"), b"1")
-    s.offer(("T", "b"), b"2")
+    s.offer("1-0", b"1")
+    s.offer("1-1", b"2")
     waiter = asyncio.create_task(s.room())
     await asyncio.sleep(0.01)
     assert not waiter.done()
