@@ -127,7 +127,8 @@ class KafkaSettings(_Part):
 
 
 class RedisSettings(_Part):
-    url: str = "redis://127.0.0.1:6379/0"
+    url: str = Field("redis://127.0.0.1:6379/0", description="with cluster: any one node of the cluster")
+    cluster: bool = Field(False, description="the url is a node of a Redis Cluster (keys are hash-tagged per tenant)")
     key_prefix: str = "fabric"
     stream_window: int = Field(100, description="entries kept per subject for stream types")
     change_retention: int = Field(100_000, description="changes kept per tenant in the feed (resumable push)")

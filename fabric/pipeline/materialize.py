@@ -1,10 +1,13 @@
 """The materialize stage: typed topics -> Redis hot cache and the per-tenant change feed.
 
-Each partition's batch is applied by one Lua script call, atomically with the
-partition's applied offset, so a replayed batch (after a crash or rebalance) changes
-nothing; state types additionally keep only the highest ``sequence`` per subject.
-Every applied change is appended to the tenant's change feed (a Redis stream) that
-the router pushes to subscribers.
+A partition's batch is applied by one Lua script call per tenant in it, atomically
+with that tenant's applied offset of the partition, so a replayed batch (after a crash
+or rebalance) changes nothing; state types additionally keep only the highest
+``sequence`` per subject. A script touches one tenant's keys only, so on a Redis
+Cluster it runs on one slot. The partition's own offset, written after its tenants,
+is where a new owner of the partition starts reading. Every applied change is
+appended to the tenant's change feed (a Redis stream) that the router pushes to
+subscribers.
 
 Redis layout (``P`` = key prefix, ``{T}`` = tenant as a cluster hash tag):
 - ``P:{T}:ctx:<type>:<subject>``  hash: seq, at (event time, ms), v (event JSON), count,
@@ -13,11 +16,13 @@ Redis layout (``P`` = key prefix, ``{T}`` = tenant as a cluster hash tag):
   its sensitivity digit followed by the event JSON
 - ``P:{T}:recent:<type>``         sorted set: subject by last change time
 - ``P:{T}:changes``               stream: ct, type, subject, seq, at, v, sens
-- ``P:offsets:<topic>:<partition>`` the highest applied offset
+- ``P:{T}:offsets:<topic>:<partition>`` the highest offset applied for the tenant
+- ``P:{offsets}:<topic>:<partition>`` the highest offset applied for every tenant
 """
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -29,29 +34,27 @@ from fabric.settings import Settings
 from fabric.topics.envelope import LEVEL
 
 _LUA = """
--- KEYS[1] applied offset of the partition; then 4 keys per change.
--- ARGV[1] window, ARGV[2] feed retention, ARGV[3] '1' if the offset key may be
--- missing (a fresh partition or a rebuild), ARGV[4] first offset to push to the
--- feed (a rebuild re-applies history that subscribers have already been sent),
--- ARGV[5] the batch's last offset (records that were not changes still count as read),
--- ARGV[6] feed retention in ms (older changes are trimmed).
-local cur = redis.call('GET', KEYS[1])
-if not cur and ARGV[3] == '0' then return -1 end
-local applied = tonumber(cur or '-1')
+-- One tenant's changes from one partition batch.
+-- KEYS[1] the tenant's applied offset of the partition; then 4 keys per change.
+-- ARGV[1] window, ARGV[2] feed retention (changes), ARGV[3] first offset to push to
+-- the feed (a rebuild re-applies history that subscribers have already been sent),
+-- ARGV[4] the batch's last offset (records that were not changes still count as read),
+-- ARGV[5] feed retention in ms (older changes are trimmed).
+local applied = tonumber(redis.call('GET', KEYS[1]) or '-1')
 local window = tonumber(ARGV[1])
 local retention = ARGV[2]
-local push_from = tonumber(ARGV[4])
+local push_from = tonumber(ARGV[3])
 local n = (#KEYS - 1) / 4
 local per = 10
-local last = math.max(applied, tonumber(ARGV[5]))
+local last = math.max(applied, tonumber(ARGV[4]))
 local changed = 0
-local feeds = {}
+local fk = nil
 for i = 0, n - 1 do
-  local a = 7 + i * per
+  local a = 6 + i * per
   local off = tonumber(ARGV[a + 7])
   if off > applied then
     if off > last then last = off end
-    local ck, wk, rk, fk = KEYS[2 + i*4], KEYS[3 + i*4], KEYS[4 + i*4], KEYS[5 + i*4]
+    local ck, wk, rk = KEYS[2 + i*4], KEYS[3 + i*4], KEYS[4 + i*4]
     local kind, subject, seq, at, v = ARGV[a], ARGV[a+1], ARGV[a+2], ARGV[a+3], ARGV[a+4]
     local sens = ARGV[a+9]
     local apply = true
@@ -76,22 +79,27 @@ for i = 0, n - 1 do
       redis.call('HINCRBY', ck, 'count', 1)
       redis.call('ZADD', rk, at, subject)
       if off >= push_from then
+        fk = KEYS[5 + i*4]
         redis.call('XADD', fk, 'MAXLEN', '~', retention, '*',
                    'ct', ARGV[a+6], 'type', ARGV[a+5], 'subject', subject, 'seq', seq, 'at', at, 'v', v,
                    'sens', sens)
-        feeds[fk] = true
       end
       changed = changed + 1
     end
   end
 end
-if next(feeds) then
+if fk then
   local t = redis.call('TIME')
-  local oldest = tonumber(t[1]) * 1000 - tonumber(ARGV[6])
-  for fk in pairs(feeds) do redis.call('XTRIM', fk, 'MINID', '~', oldest) end
+  redis.call('XTRIM', fk, 'MINID', '~', tonumber(t[1]) * 1000 - tonumber(ARGV[5]))
 end
 if last > applied then redis.call('SET', KEYS[1], last) end
 return changed
+"""
+
+# The partition's offset, after its tenants' scripts: only ever moves forward.
+_ADVANCE = """
+local cur = tonumber(redis.call('GET', KEYS[1]) or '-1')
+if tonumber(ARGV[1]) > cur then redis.call('SET', KEYS[1], ARGV[1]) end
 """
 
 STATE_LOST = -1
@@ -116,7 +124,11 @@ class CacheKeys:
         return f"{self.prefix}:{{{tenant}}}:changes"
 
     def offset(self, topic: str, partition: int) -> str:
-        return f"{self.prefix}:offsets:{topic}:{partition}"
+        """Read up to here for every tenant (one hash tag for all, so one MGET reads them)."""
+        return f"{self.prefix}:{{offsets}}:{topic}:{partition}"
+
+    def tenant_offset(self, tenant: str, topic: str, partition: int) -> str:
+        return f"{self.prefix}:{{{tenant}}}:offsets:{topic}:{partition}"
 
     @property
     def watermarks(self) -> str:
@@ -178,13 +190,14 @@ def change_from_headers(ctype: str, kind: str, headers: dict[str, bytes], offset
 
 
 class Materializer:
-    """Writes batches of changes to Redis; one script call per partition batch."""
+    """Writes batches of changes to Redis; one script call per tenant of a partition batch."""
 
     def __init__(self, settings: Settings, redis: aioredis.Redis) -> None:
         self.settings = settings
         self.redis = redis
         self.keys = CacheKeys(settings.redis.key_prefix)
         self._script = redis.register_script(_LUA)
+        self._advance = redis.register_script(_ADVANCE)
         self.chunk = 500
 
     async def applied_offset(self, topic: str, partition: int) -> int | None:
@@ -204,33 +217,40 @@ class Materializer:
     ) -> int:
         """Apply one partition's changes in offset order; returns how many changed the cache,
         or ``STATE_LOST`` when the partition's offset key is gone (Redis was flushed or
-        restarted) and ``allow_missing`` is false: nothing was written, replay from the start."""
+        restarted) and ``allow_missing`` is false: nothing was written, replay from the start.
+
+        A crash between two tenants' scripts is safe: the partition is read again from its
+        own offset, and each tenant's script skips what its offset says it has."""
+        if not allow_missing and await self.applied_offset(topic, partition) is None:
+            return STATE_LOST
         total = 0
         k = self.keys
+        r = self.settings.redis
         last_offset = max(last_offset, changes[-1].offset if changes else -1)
         for i in range(0, max(1, len(changes)), self.chunk):
             part = changes[i : i + self.chunk]
             # a chunk marks the partition read up to its last change; the final chunk up to
             # the batch's last record, changes or not
             part_last = part[-1].offset if i + self.chunk < len(changes) else last_offset
-            keys = [k.offset(topic, partition)]
-            args: list[Any] = [
-                self.settings.redis.stream_window, self.settings.redis.change_retention,
-                "1" if allow_missing else "0", push_from, part_last,
-                self.settings.redis.change_retention_s * 1000,
-            ]  # fmt: skip
+            by_tenant: dict[str, list[Change]] = {}
             for c in part:
-                keys += [
-                    k.ctx(c.tenant, c.ctype, c.subject), k.window(c.tenant, c.ctype, c.subject),
-                    k.recent(c.tenant, c.ctype), k.changes(c.tenant),
-                ]  # fmt: skip
-                args += [
-                    "s" if c.kind == "state" else "w", c.subject, c.sequence, c.at_ms,
-                    c.json, c.type, c.ctype, c.offset, c.id, c.level,
-                ]  # fmt: skip
-            n = int(await self._script(keys=keys, args=args))
-            if n == STATE_LOST:
-                return STATE_LOST
-            total += n
-            allow_missing = True  # the first chunk wrote the offset key
+                by_tenant.setdefault(c.tenant, []).append(c)
+            calls = []
+            for tenant, mine in by_tenant.items():
+                keys = [k.tenant_offset(tenant, topic, partition)]
+                args: list[Any] = [
+                    r.stream_window,
+                    r.change_retention,
+                    push_from,
+                    part_last,
+                    r.change_retention_s * 1000,
+                ]
+                for c in mine:
+                    keys += [k.ctx(tenant, c.ctype, c.subject), k.window(tenant, c.ctype, c.subject),
+                             k.recent(tenant, c.ctype), k.changes(tenant)]  # fmt: skip
+                    args += ["s" if c.kind == "state" else "w", c.subject, c.sequence, c.at_ms,
+                             c.json, c.type, c.ctype, c.offset, c.id, c.level]  # fmt: skip
+                calls.append(self._script(keys=keys, args=args))
+            total += sum(int(n) for n in await asyncio.gather(*calls))
+            await self._advance(keys=[k.offset(topic, partition)], args=[part_last])
         return total

@@ -27,7 +27,7 @@ from aiokafka.partitioner import DefaultPartitioner
 from prometheus_client import Counter, Histogram
 from redis.exceptions import RedisError, ResponseError
 
-from fabric import kafka_clients
+from fabric import kafka_clients, redis_clients
 from fabric.errors import InvalidEvent
 from fabric.pipeline.materialize import STATE_LOST, Change, Materializer, change_from_headers, change_from_record
 from fabric.pipeline.route import OutRecord, Router, dlq_record
@@ -295,7 +295,7 @@ class MaterializeStage(Stage):
     async def on_start(self) -> None:
         s = self.settings
         await ensure_topics(s, all_topics(s, self.registry))
-        self._cache = self.cache = aioredis.from_url(s.redis.url)
+        self._cache = self.cache = redis_clients.connect(s)
         self.materializer = Materializer(s, self.cache)
         self.keys = self.materializer.keys
         self.fresh: set[TopicPartition] = set()  # may start without an offset key

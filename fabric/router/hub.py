@@ -1,6 +1,7 @@
 """The change hub: one reader of the per-tenant change feeds, fanning out to subscribers.
 
-One blocking ``XREAD`` covers the feed of every tenant that has a live subscriber.
+One blocking ``XREAD`` covers the feed of every tenant that has a live subscriber (on
+a Redis Cluster, one per slot: a command reads one slot there).
 Each change is encoded once and offered to the subscribers whose patterns, scopes
 and access rules let them see it.
 
@@ -23,6 +24,7 @@ a ``gap`` notice and goes on from the oldest change kept.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fnmatch
 import logging
 import re
@@ -35,6 +37,7 @@ import msgspec
 import orjson
 import redis.asyncio as aioredis
 from prometheus_client import Counter, Gauge
+from redis.crc import key_slot
 from redis.exceptions import RedisError
 
 from fabric.contract import Update
@@ -172,18 +175,35 @@ class ChangeHub:
     tenants: dict[str, set[Subscriber]] = field(default_factory=dict)
     #: feed -> the entry the live fan-out has read to
     positions: dict[str, str] = field(default_factory=dict)
-    _task: asyncio.Task[None] | None = None
-
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._read_forever(), name="change-hub")
+    #: on a Redis Cluster one XREAD reads one slot, so each slot gets its own reader
+    cluster: bool = False
+    _readers: dict[int, asyncio.Task[None]] = field(default_factory=dict)
+    _slots: dict[str, int] = field(default_factory=dict)
 
     async def stop(self) -> None:
-        if self._task:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
+        readers = list(self._readers.values())
+        for t in readers:
+            t.cancel()
+        for t in readers:
+            with contextlib.suppress(asyncio.CancelledError):
+                await t
+
+    def _lane(self, stream: str) -> int:
+        if not self.cluster:
+            return 0
+        slot = self._slots.get(stream)
+        if slot is None:
+            if len(self._slots) > 100_000:
+                self._slots.clear()
+            slot = self._slots[stream] = key_slot(stream.encode())
+        return slot
+
+    def _read_from(self, stream: str, at: str) -> None:
+        """Start the live fan-out of a feed at ``at`` (a reader for its lane if none runs)."""
+        self.positions[stream] = at
+        lane = self._lane(stream)
+        if lane not in self._readers:
+            self._readers[lane] = asyncio.create_task(self._read_lane(lane), name=f"change-hub-{lane}")
 
     def subscriber(self, who: Principal, patterns: list[str]) -> Subscriber:
         return Subscriber(who, compile_patterns(patterns), max_messages=self.buffer, max_bytes=self.buffer_bytes)
@@ -195,7 +215,7 @@ class ChangeHub:
         if stream not in self.positions:
             last: Any = await self.redis.xrevrange(stream, count=1)
             if stream not in self.positions:  # nobody else started reading it meanwhile
-                self.positions[stream] = last[0][0].decode() if last else "0-0"
+                self._read_from(stream, last[0][0].decode() if last else "0-0")
         self._go_live(sub, self.positions[stream])
 
     async def resume(self, sub: Subscriber, token: str) -> None:
@@ -278,7 +298,7 @@ class ChangeHub:
             if not entries:
                 if target is None and stream not in self.positions:
                     # nobody reads this tenant live yet: start the hub where this one is
-                    self.positions[stream] = last
+                    self._read_from(stream, last)
                     self._go_live(sub, last)
                     return
                 if target is not None:
@@ -291,13 +311,15 @@ class ChangeHub:
                 self._fan_out(entry_id, f, (sub,))
                 last = entry_id.decode()
 
-    async def _read_forever(self) -> None:
+    async def _read_lane(self, lane: int) -> None:
+        """One blocking XREAD over the feeds of a lane (every feed, on one Redis node),
+        fanning out what it returns; ends when the lane has no feed left to read."""
         while True:
-            if not self.positions:
-                await asyncio.sleep(self.block_ms / 1000)
-                continue
+            streams: Any = {s: p for s, p in self.positions.items() if self._lane(s) == lane}
+            if not streams:
+                del self._readers[lane]
+                return
             try:
-                streams: Any = dict(self.positions)
                 result: Any = await self.redis.xread(streams, count=2000, block=self.block_ms)
             except asyncio.CancelledError:
                 raise

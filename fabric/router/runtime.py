@@ -8,17 +8,16 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 
-import redis.asyncio as aioredis
 from aiokafka import AIOKafkaProducer
 
-from fabric import kafka_clients
+from fabric import kafka_clients, redis_clients
 from fabric.assembly.store import PolicyStore, follow, load_published
 from fabric.errors import ConfigError
 from fabric.pipeline.materialize import CacheKeys
 from fabric.registry.store import RegistryFollower, SchemaStore
 from fabric.router import bodies
 from fabric.router.assemble import Assembler
-from fabric.router.fastredis import FastRedis
+from fabric.router.fastredis import FastCluster, FastRedis, Pipelined
 from fabric.router.gate import Gate
 from fabric.router.hub import ChangeHub
 from fabric.router.ingest import EdgeValidator
@@ -32,7 +31,7 @@ from fabric.topics.admin import ensure_topics, ingest_topic
 from fabric.topics.registry import Registry
 
 
-async def open_gate(settings: Settings, registry: Registry, fast: FastRedis, producer: AIOKafkaProducer) -> Gate:
+async def open_gate(settings: Settings, registry: Registry, fast: Pipelined, producer: AIOKafkaProducer) -> Gate:
     sec = settings.security
     if sec.auth == "off" and settings.router.host not in ("127.0.0.1", "localhost", "::1"):
         raise ConfigError("security.auth=off is for benchmarks on loopback only; the router listens on "
@@ -52,10 +51,9 @@ async def open_state(settings: Settings) -> AsyncIterator[RouterState]:
     await ensure_topics(settings, [ingest_topic(settings), settings.topic("audit"), settings.topic("registry")])
     # a Redis that stops answering fails requests within the timeout (503), never holds them
     timeout = settings.redis.timeout_s
-    redis = aioredis.from_url(
-        settings.redis.url, max_connections=256, socket_timeout=timeout, socket_connect_timeout=timeout
-    )
-    hub_redis = aioredis.from_url(settings.redis.url, socket_timeout=timeout + 1, socket_connect_timeout=timeout)
+    redis = redis_clients.connect(settings, max_connections=256, socket_timeout=timeout, socket_connect_timeout=timeout)
+    # the hub's blocking reads wait up to its block time: they get their own connections
+    hub_redis = redis_clients.connect(settings, socket_timeout=timeout + 1, socket_connect_timeout=timeout)
     producer = kafka_clients.producer(
         settings, client_id=f"{settings.kafka.client_id}-router",
         max_request_size=settings.router.max_body_bytes + 64 * 1024,
@@ -67,14 +65,14 @@ async def open_state(settings: Settings) -> AsyncIterator[RouterState]:
     )  # fmt: skip
     await kafka_clients.start(settings, producer)
     keys = CacheKeys(settings.redis.key_prefix)
-    fast = FastRedis(settings.redis.url, timeout)
+    fast: Pipelined = (FastCluster if settings.redis.cluster else FastRedis)(settings.redis.url, timeout)
     gate = await open_gate(settings, registry, fast, producer)
     hub = ChangeHub(
         hub_redis, keys, registry,
         visible=lambda who, ct, level: who.can_read(ct) and gate.denied_by(who, ct, level) is None,
         buffer=settings.router.subscriber_buffer, buffer_bytes=settings.router.subscriber_buffer_bytes,
+        cluster=settings.redis.cluster,
     )  # fmt: skip
-    hub.start()
     validator = EdgeValidator(registry, settings.max_event_bytes)
     store = PolicyStore.bundled(settings.security.injection_file)
     await load_published(settings, store)

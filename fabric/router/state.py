@@ -14,7 +14,7 @@ from redis.exceptions import RedisError
 from starlette.requests import HTTPConnection
 
 from fabric.pipeline.materialize import CacheKeys
-from fabric.router.fastredis import FastRedis
+from fabric.router.fastredis import Pipelined
 from fabric.settings import Settings
 from fabric.topics.registry import ContextType, Registry
 
@@ -46,7 +46,7 @@ class RouterState:
     producer: AIOKafkaProducer
     hub: ChangeHub
     validator: EdgeValidator
-    fast: FastRedis
+    fast: Pipelined
     gate: Gate
     assembler: Assembler
     schemas: RegistryFollower

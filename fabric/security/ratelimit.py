@@ -24,7 +24,7 @@ from typing import Any
 
 import hiredis
 
-from fabric.router.fastredis import FastRedis
+from fabric.router.fastredis import Pipelined
 from fabric.security.tokens import Principal
 from fabric.settings import SecuritySettings
 
@@ -85,7 +85,7 @@ def lease_size(rate: float, burst: int) -> int:
 
 
 class RateLimiter:
-    def __init__(self, fast: FastRedis, key_prefix: str, sec: SecuritySettings) -> None:
+    def __init__(self, fast: Pipelined, key_prefix: str, sec: SecuritySettings) -> None:
         self.fast = fast
         self.prefix = key_prefix
         self.sec = sec

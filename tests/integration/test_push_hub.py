@@ -52,7 +52,6 @@ async def test_bursts_past_the_queue_lose_nothing(stack: Stack, stack_settings: 
     registry = Registry.load(stack_settings.schemas_dir)
     assert "LogEntry" in registry.context_types
     hub = ChangeHub(r, keys, registry, buffer=20, block_ms=20)
-    hub.start()
     tenant = "acme"
     feed = keys.changes(tenant)
     total = 3_000
@@ -98,7 +97,6 @@ async def test_a_position_past_retention_is_told_of_the_gap_then_goes_on(
     r = aioredis.from_url(stack_settings.redis.url)
     keys = CacheKeys(f"hub{uuid.uuid4().hex[:6]}")
     hub = ChangeHub(r, keys, Registry.load(stack_settings.schemas_dir), buffer=5, block_ms=20)
-    hub.start()
     feed = keys.changes("acme")
     try:
         await write(r, feed, 0, 10)
