@@ -23,6 +23,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from prometheus_client import Counter
+
 from fabric.cep.clock import Clock, SystemClock, event_time_ms
 from fabric.cep.patterns import Absence, Aggregate, Pattern, Sequence
 from fabric.cep.predicates import Predicate
@@ -30,6 +32,9 @@ from fabric.cep.predicates import Predicate
 MAX_CONTRIBUTORS = 50
 #: A partition that sent nothing for this long (processing time) stops holding the watermark back.
 IDLE_MS = 10_000
+#: event ids remembered per pattern, so an event delivered twice is applied once
+APPLIED_IDS = 20_000
+DUPLICATES = Counter("fabric_cep_duplicates_total", "Events a pattern had already applied (same id), skipped")
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,14 +48,18 @@ class Position:
 class Ev:
     time_ms: int
     event: Mapping[str, Any]
+    #: where the matcher read it (replay after a restore starts from these)
     position: Position | None
+    #: where it was first written, when the matcher reads a re-keyed copy: names the
+    #: event in composites, and its partition is the one that holds the watermark back
+    source: Position | None = None
 
     def slim(self) -> Ev:
         """What state keeps of a matched event: enough to name it in a composite."""
-        return Ev(self.time_ms, {"id": self.event.get("id")}, self.position)
+        return Ev(self.time_ms, {"id": self.event.get("id")}, self.position, self.source)
 
     def ref(self) -> dict[str, Any]:
-        p = self.position
+        p = self.source or self.position
         return {"id": self.event.get("id"), "time_ms": self.time_ms,
                 "topic": p.topic if p else None, "partition": p.partition if p else None,
                 "offset": p.offset if p else None}  # fmt: skip
@@ -106,7 +115,8 @@ def _contributors(evs: Iterable[Ev]) -> list[dict[str, Any]]:
     return out if len(out) <= MAX_CONTRIBUTORS else out[: MAX_CONTRIBUTORS // 2] + out[-MAX_CONTRIBUTORS // 2 :]
 
 
-def _relevance(p: Pattern) -> Predicate:
+def relevance(p: Pattern) -> Predicate:
+    """Whether an event can take part in the pattern (some condition of it accepts it)."""
     rule = p.rule
     if isinstance(rule, Sequence):
         preds = [s.where for s in rule.steps]
@@ -170,7 +180,7 @@ class PatternRun:
 
     def __init__(self, pattern: Pattern) -> None:
         self.p = pattern
-        self.relevant = _relevance(pattern)
+        self.relevant = relevance(pattern)
         self.replay_until: dict[tuple[str, int], int] = {}
         self._base = -(2**62)  # the smallest newest-time over active partitions
         self._base_at = -(2**62)
@@ -184,6 +194,7 @@ class PatternRun:
         self.windows = _Bounded(pattern.max_keys)  # (key, start) -> [values, Evs]
         self.sessions = _Bounded(pattern.max_keys)  # key -> [start, last, values, Evs]
         self.sliding = _Bounded(pattern.max_keys)  # key -> [deque[(t, v, Ev)], armed]
+        self.applied = _Bounded(APPLIED_IDS)  # ids of the latest events applied
 
     # ------------------------------------------------------------------ time
 
@@ -191,7 +202,7 @@ class PatternRun:
         """Every event moves time; only events some condition of the pattern accepts are kept."""
         relevant = self.relevant(ev.event)
         if self.p.time == "processing":
-            out = self._apply(Ev(now_ms, ev.event, ev.position)) if relevant else []
+            out = self._apply(Ev(now_ms, ev.event, ev.position, ev.source)) if relevant else []
             return out + self._fire_until(now_ms)
         if ev.time_ms <= self.watermark and ev.position is not None:
             done = self.replay_until.get((ev.position.topic, ev.position.partition), -1)
@@ -200,19 +211,25 @@ class PatternRun:
         if ev.time_ms < self.watermark:
             if not relevant:
                 return []
-            return [Late(self.p.name, ev.event.get("id"), self.watermark - ev.time_ms, ev.position)]
+            return [Late(self.p.name, ev.event.get("id"), self.watermark - ev.time_ms, ev.source or ev.position)]
         if relevant:
             heapq.heappush(self.buffer, (ev.time_ms, next(self._seq), ev))
-        part = (ev.position.topic, ev.position.partition) if ev.position else None
+        at = ev.source or ev.position
+        return self.observe((at.topic, at.partition) if at else None, ev.time_ms, now_ms)
+
+    def observe(self, part: tuple[str, int] | None, time_ms: int, now_ms: int) -> list[Output]:
+        """A partition has reached ``time_ms``: move the watermark if that moves it."""
+        if self.p.time == "processing":
+            return self._fire_until(now_ms)
         newest = self.seen.get(part)
-        if newest is None or ev.time_ms > newest[0]:
-            self.seen[part] = (ev.time_ms, now_ms)
+        if newest is None or time_ms > newest[0]:
+            self.seen[part] = (time_ms, now_ms)
             # The slowest partition holds the watermark back, unless it has gone quiet. The
             # minimum only moves when the slowest one advances, or (checked each second) when
             # one goes quiet; otherwise it is kept.
             if newest is None or newest[0] <= self._base or now_ms - self._base_at >= 1000:
                 active = [t for t, heard in self.seen.values() if now_ms - heard <= IDLE_MS]
-                self._base, self._base_at = min(active or [ev.time_ms]), now_ms
+                self._base, self._base_at = min(active or [time_ms]), now_ms
             wm = self._base - self.p.lateness_ms
             if wm > self.watermark:
                 return self.advance_to(wm)
@@ -238,6 +255,14 @@ class PatternRun:
         key = self.p.key(ev.event)
         if key is None:
             return []
+        event_id = ev.event.get("id")
+        if event_id is not None:
+            # An event delivered twice (an edge producer's retry writes it again with the
+            # same id) takes part once.
+            if event_id in self.applied:
+                DUPLICATES.inc()
+                return []
+            self.applied.put(event_id, None)
         rule = self.p.rule
         if isinstance(rule, Sequence):
             return self._sequence(rule, key, ev)
@@ -413,10 +438,12 @@ class PatternRun:
             "sliding": [[k, w.armed, [[t, v, _ev_out(e)] for t, v, e in w.events]] for k, w in self.sliding.items()],
         }  # fmt: skip
 
-    def restore(self, snap: dict[str, Any]) -> None:
+    def restore(self, snap: dict[str, Any], now_ms: int) -> None:
         self._seq = itertools.count(int(snap["seq"]))
         self.watermark = int(snap["watermark"])
-        self.seen = {_part_in(k): (t, heard) for k, t, heard in snap["seen"]}
+        # every partition counts as just heard: one that was quiet before the restart must
+        # not be skipped (and its events taken as late) because the restart took a while
+        self.seen = {_part_in(k): (t, max(heard, now_ms)) for k, t, heard in snap["seen"]}
         self.timers = [(due, s, (kind, _key_in(key), tok)) for due, s, (kind, key, tok) in snap["timers"]]
         heapq.heapify(self.timers)
         for k, step, count, evs, first, matched, tok in snap["partials"]:
@@ -438,14 +465,18 @@ class PatternRun:
         return len(self.partials) + len(self.pending) + len(self.windows) + len(self.sessions) + len(self.sliding)
 
 
+def _pos_out(p: Position | None) -> list[Any] | None:
+    return [p.topic, p.partition, p.offset] if p else None
+
+
 def _ev_out(e: Ev) -> list[Any]:
-    p = e.position
-    return [e.time_ms, dict(e.event), [p.topic, p.partition, p.offset] if p else None]
+    return [e.time_ms, dict(e.event), _pos_out(e.position), _pos_out(e.source)]
 
 
 def _ev_in(raw: list[Any]) -> Ev:
-    t, event, pos = raw
-    return Ev(t, event, Position(*pos) if pos else None)
+    t, event, pos, *source = raw
+    src = source[0] if source else None
+    return Ev(t, event, Position(*pos) if pos else None, Position(*src) if src else None)
 
 
 def _part_out(k: Any) -> list[Any] | None:
@@ -472,14 +503,37 @@ class Matcher:
         self.runs: dict[str, PatternRun] = {p.run_id: PatternRun(p) for p in patterns}
 
     def process(
-        self, event: Mapping[str, Any], position: Position | None = None, time_ms: int | None = None
+        self,
+        event: Mapping[str, Any],
+        position: Position | None = None,
+        time_ms: int | None = None,
+        *,
+        source: Position | None = None,
+        runs: Iterable[str] | None = None,
     ) -> list[Output]:
+        """Offer one event to every pattern, or only to ``runs`` (the patterns a re-keyed
+        copy was sent for; the others learn the time from ``tick``)."""
         t = event_time_ms(event) if time_ms is None else time_ms
         now = self.clock.now_ms()
         out: list[Output] = []
-        ev = Ev(t, event, position)
+        ev = Ev(t, event, position, source)
+        if runs is None:
+            for run in self.runs.values():
+                out += run.offer(ev, now)
+        else:
+            for run_id in runs:
+                wanted = self.runs.get(run_id)
+                if wanted is not None:
+                    out += wanted.offer(ev, now)
+        return out
+
+    def tick(self, source: Position, time_ms: int) -> list[Output]:
+        """A source partition has reached ``time_ms`` (up to ``source.offset``): every
+        pattern's watermark hears of it, as if from an event that none of them wants."""
+        now = self.clock.now_ms()
+        out: list[Output] = []
         for run in self.runs.values():
-            out += run.offer(ev, now)
+            out += run.observe((source.topic, source.partition), time_ms, now)
         return out
 
     def advance_to(self, watermark_ms: int) -> list[Output]:
@@ -516,7 +570,7 @@ class Matcher:
             saved = snap.get(name)
             if saved and saved["version"] == run.p.version and saved["source"] == run.p.source:
                 fresh = PatternRun(run.p)
-                fresh.restore(saved["state"])
+                fresh.restore(saved["state"], self.clock.now_ms())
                 fresh.replay_until = dict(processed or {})
                 self.runs[name] = fresh
                 restored.append(name)

@@ -1,37 +1,52 @@
-"""The CEP stage: typed topics -> matcher -> ``ctx.composites`` (and ``ctx.late``).
+"""CEP across worker processes: typed topics -> re-keyed -> matchers -> ``ctx.composites``.
 
-Composites are events like any other: type ``composite.<pattern>``, context type
-``Composite``, subject ``<pattern>/<key>``, written to the typed topic in the canonical
-form, so the materializer caches and pushes them and the sink stores them.
+Two stages, as Kafka Streams does it:
 
-Matcher state survives a restart: every few seconds the stage writes a checkpoint — the
-matcher's state and the offsets it covers — to the compacted ``ctx.cep-checkpoints``
-topic, and a starting stage restores it and replays from those offsets. A composite
-fired again by the replay has the same id and sequence, so the cache and ClickHouse
-keep it once.
+- **keying** (``KeyStage``) reads the typed topics and writes each event to the
+  repartition topic ``ctx.cep-keyed``, once per partition that a pattern's correlation
+  key (``tenant|data.service``...) sends it to, naming the patterns it is for. After each
+  batch it writes a *tick* to every keyed partition: "source partition P has reached
+  time T", so every matcher's watermark moves even when its keys are quiet.
+- **matching** (``CepStage``) reads ``ctx.cep-keyed``. Each assigned partition has its own
+  ``Matcher``; all events of one key meet in one partition, whichever ingest partition
+  and worker they came through. Composites are events like any other: type
+  ``composite.<pattern>``, context type ``Composite``, subject ``<pattern>/<key>``, in the
+  canonical form, so the materializer caches and pushes them and the sink stores them.
+
+Both stages are transactional (``TransactionalStage``): output and input offsets commit
+together. The matcher's state is checkpointed per partition to the compacted
+``ctx.cep-checkpoints`` (key ``<group>.cep.<partition>``) every
+``worker.checkpoint_every_s`` inside the batch's transaction, and when the partition is
+revoked (the hand-over). A new owner restores the checkpoint and reads again from the
+oldest offset the state still needs; outputs of records below the group's committed
+offset were committed before, so they are computed (to rebuild the state) but not sent
+again. Every composite is written once.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import msgspec
 import orjson
-from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
+from aiokafka.partitioner import DefaultPartitioner
 
 from fabric import kafka_clients
-from fabric.cep.matcher import Composite, Late, Matcher, Output, Position
+from fabric.cep.clock import event_time_ms
+from fabric.cep.matcher import Composite, Late, Matcher, Output, Position, relevance
 from fabric.cep.patterns import Pattern, compile_pattern, load_patterns, scoped
 from fabric.cep.predicates import PatternError
 from fabric.errors import InvalidEvent
 from fabric.pipeline.enrich import new_traceparent
 from fabric.pipeline.route import CACHE_JSON, OutRecord, cache_headers
-from fabric.pipeline.stages import EVENTS, Stage, send_all
+from fabric.pipeline.stages import EVENTS, TransactionalStage
 from fabric.registry.store import PATTERN, split_owner
 from fabric.settings import Settings
 from fabric.topics.admin import all_topics, ensure_topics, partitions_of, read_compacted, typed_topics
@@ -39,6 +54,9 @@ from fabric.topics.codecs import decode_structured, decode_typed, encode_typed, 
 from fabric.topics.registry import Registry
 
 log = logging.getLogger(__name__)
+
+#: headers of a keyed record: the patterns it is for, where it was first written, its time
+RUNS, SOURCE, TIME = "fabric_cep_runs", "fabric_cep_source", "fabric_cep_time"
 
 
 def load_pattern_file(path: Path | None) -> list[Pattern]:
@@ -73,84 +91,38 @@ def composite_event(c: Composite, registry: Registry) -> tuple[Any, Any, Any]:
     return env, ct, data
 
 
-class _FromCheckpoint(ConsumerRebalanceListener):  # type: ignore[misc]
-    """Partitions resume where the checkpoint's state ends, not where the group committed."""
+class PatternSource:
+    """The patterns that run: the bundled ones, then the registry's ``pattern:<name>``
+    records (value = JSON spec, no value = removed), followed live."""
 
-    def __init__(self, stage: CepStage) -> None:
-        self.stage = stage
-
-    async def on_partitions_revoked(self, revoked: Any) -> None:
-        for tp in revoked:
-            self.stage.positions.pop(tp, None)
-
-    async def on_partitions_assigned(self, assigned: Any) -> None:
-        assert self.stage.consumer is not None
-        for tp in assigned:
-            off = self.stage.checkpoint_offsets.get(f"{tp.topic}:{tp.partition}")
-            if off is not None:
-                self.stage.consumer.seek(tp, off)
-
-
-class CepStage(Stage):
-    stage = "cep"
-
-    def __init__(self, settings: Settings, registry: Registry, patterns: list[Pattern], **kw: Any) -> None:
-        super().__init__(settings, registry, **kw)
-        self.matcher = Matcher(patterns)
-        self.bundled = {p.name: p.source for p in patterns}
+    def __init__(self, settings: Settings, bundled: list[Pattern], on_change: Callable[[list[Pattern]], None]) -> None:
+        self.settings = settings
+        self.bundled = {p.name: p.source for p in bundled}
         self.overrides: dict[str, dict[str, Any] | None] = {}
-        self.patterns_consumer: AIOKafkaConsumer | None = None
-        self.positions: dict[TopicPartition, int] = {}
-        self.checkpoint_offsets: dict[str, int] = {}
-        self.checkpoint_processed: dict[str, int] = {}
-        self._last_checkpoint = 0.0
+        self.on_change = on_change
+        self.consumer: AIOKafkaConsumer | None = None
 
-    async def on_start(self) -> None:
+    async def start(self) -> list[Pattern]:
+        """Read what was applied so far; returns the patterns that run now."""
         s = self.settings
-        await ensure_topics(
-            s, [*all_topics(s, self.registry), s.topic("late"), s.topic("registry"), s.topic("cep-checkpoints")]
-        )
-        self.checkpoint_key = f"{s.kafka.group_prefix}.cep".encode()
-        self.patterns_consumer = kafka_clients.consumer(s)
-        await kafka_clients.start(s, self.patterns_consumer)
-        self.patterns_consumer.assign(await partitions_of(self.patterns_consumer, s.topic("registry")))
-        # patterns applied so far (``pattern:<name>`` records of the registry), then the
-        # state checkpointed for them
+        self.consumer = kafka_clients.consumer(s)
+        await kafka_clients.start(s, self.consumer)
+        self.consumer.assign(await partitions_of(self.consumer, s.topic("registry")))
         for key, spec in (await read_compacted(s, s.topic("registry"))).items():
             if key.startswith(PATTERN):
                 self.overrides[key.removeprefix(PATTERN)] = orjson.loads(spec) if spec else None
-        if self.overrides:
-            self.reload()
-        saved = (await read_compacted(s, s.topic("cep-checkpoints"))).get(self.checkpoint_key.decode())
-        if saved:
-            snap = orjson.loads(saved)
-            self.checkpoint_offsets = snap["offsets"]
-            self.checkpoint_processed = snap["processed"]
-            processed = {
-                (k.rsplit(":", 1)[0], int(k.rsplit(":", 1)[1])): v for k, v in self.checkpoint_processed.items()
-            }
-            restored = self.matcher.restore(snap["matcher"], processed)
-            log.warning("cep: restored %s from the checkpoint", ", ".join(restored) or "no pattern")
-        self.composites_topic = s.topic(self.registry["Composite"].topic)
-        self._producer = self.producer = kafka_clients.producer(s)
-        await kafka_clients.start(s, self.producer)
-        sources = [t for t in typed_topics(s, self.registry) if t != self.composites_topic]
-        self.consumer = kafka_clients.consumer(s, group=f"{s.kafka.group_prefix}.cep")
-        self.consumer.subscribe(sources, listener=_FromCheckpoint(self))
-        self.checkpoints = kafka_clients.producer(s, compression_type="gzip", max_request_size=16 << 20)
-        await kafka_clients.start(s, self.checkpoints)
+        return self.compiled()
 
-    async def on_started(self) -> None:
-        await super().on_started()
-        self.add_future(self._follow_patterns())
+    async def stop(self) -> None:
+        if self.consumer is not None:
+            await self.consumer.stop()
 
-    async def _follow_patterns(self) -> None:
-        """Apply pattern changes from the registry topic as they come: key
-        ``pattern:<name>``, value = its JSON spec, no value = removed."""
-        assert self.patterns_consumer is not None
-        while not self.should_stop:
+    async def follow(self, stopped: Callable[[], bool]) -> None:
+        """Apply pattern changes from the registry topic as they come."""
+        assert self.consumer is not None
+        while not stopped():
             try:
-                batch = await self.patterns_consumer.getmany(timeout_ms=500)
+                batch = await self.consumer.getmany(timeout_ms=500)
             except KafkaError as e:
                 log.warning("cep: reading patterns: %s", e)
                 await asyncio.sleep(1)
@@ -163,12 +135,12 @@ class CepStage(Stage):
                         self.overrides[key.removeprefix(PATTERN)] = orjson.loads(r.value) if r.value else None
                         changed = True
             if changed:
-                self.reload()
+                self.on_change(self.compiled())
 
-    def reload(self) -> None:
-        """Compile what runs now: the platform's patterns (bundled, then ``pattern:<name>``
-        records) for every tenant, and each tenant's own (``pattern:<tenant>/<name>``) for
-        that tenant alone, shadowing the platform's pattern of the same name for it."""
+    def compiled(self) -> list[Pattern]:
+        """The platform's patterns (bundled, then ``pattern:<name>`` records) for every
+        tenant, and each tenant's own (``pattern:<tenant>/<name>``) for that tenant alone,
+        shadowing the platform's pattern of the same name for it."""
         specs: dict[tuple[str | None, str], Any] = {(None, n): s for n, s in self.bundled.items()}
         for full, spec in self.overrides.items():
             specs[split_owner(full)] = spec  # None: a tombstone removes it
@@ -189,66 +161,254 @@ class CepStage(Stage):
                 )
             except PatternError as e:
                 log.error("cep: pattern %s not applied: %s", f"{owner}/{name}" if owner else name, e)
-        self.matcher.replace(patterns)
-        log.warning("cep: patterns now %s", ", ".join(f"{p.run_id} v{p.version}" for p in patterns) or "none")
+        return patterns
 
-    async def checkpoint(self) -> None:
-        """The matcher's state, the offsets it has read (``processed``) and those a restart
-        reads again from (``offsets``: events still waiting for the watermark are not in
-        the state), in one record."""
-        processed = dict(self.checkpoint_processed)
-        processed.update({f"{tp.topic}:{tp.partition}": off for tp, off in self.positions.items()})
-        self.checkpoint_processed = processed
-        offsets = dict(processed)
-        for (topic, partition), oldest in self.matcher.replay_from().items():
-            name = f"{topic}:{partition}"
-            offsets[name] = min(offsets.get(name, oldest), oldest)
-        self.checkpoint_offsets = offsets
-        snap = {"offsets": offsets, "processed": processed, "matcher": self.matcher.snapshot()}
-        value = orjson.dumps(snap, default=str)
-        await self.checkpoints.send_and_wait(self.settings.topic("cep-checkpoints"), value, key=self.checkpoint_key)
-        self._last_checkpoint = asyncio.get_running_loop().time()
+
+def event_of(rec: Any, registry: Registry) -> tuple[bytes, dict[str, Any]] | None:
+    """A typed-topic record's event as canonical JSON and as a dict; None when it does not
+    decode (the materializer dead-letters it)."""
+    for k, v in rec.headers or ():
+        if k == CACHE_JSON:
+            return v, orjson.loads(v)
+    try:
+        _, ev = decode_typed(rec.value, registry)
+    except InvalidEvent:
+        return None
+    return orjson.dumps(ev, default=str), orjson.loads(orjson.dumps(ev, default=str))
+
+
+class KeyStage(TransactionalStage):
+    """Typed topics -> ``ctx.cep-keyed``, by each pattern's correlation key (see the module)."""
+
+    stage = "cep-keys"
+
+    def __init__(self, settings: Settings, registry: Registry, patterns: list[Pattern], **kw: Any) -> None:
+        super().__init__(settings, registry, **kw)
+        self.source = PatternSource(settings, patterns, self._use)
+        self._use(patterns)
+
+    def _use(self, patterns: list[Pattern]) -> None:
+        self.keyers = [(p.run_id, relevance(p), p.key) for p in patterns]
+
+    async def on_start(self) -> None:
+        s = self.settings
+        self.keyed = s.topic("cep-keyed")
+        await ensure_topics(s, [*all_topics(s, self.registry), self.keyed, s.topic("registry")])
+        self._use(await self.source.start())
+        await self.open_transactions(f"{s.kafka.group_prefix}.cep-keys")
+        composites = s.topic(self.registry["Composite"].topic)
+        sources = [t for t in typed_topics(s, self.registry) if t != composites]
+        self.consumer = self.subscribe(sources, self.group)
+        self.partitions: list[int] = []
+
+    async def on_started(self) -> None:
+        await super().on_started()
+        self.add_future(self.source.follow(lambda: self.should_stop))
 
     async def on_stop(self) -> None:
-        if self.positions:
-            try:
-                await self.checkpoint()
-            except KafkaError as e:
-                log.warning("cep: last checkpoint not written: %s", e)
-        await self.checkpoints.stop()
-        if self.patterns_consumer is not None:
-            await self.patterns_consumer.stop()
-        if self.consumer:
-            await self.consumer.stop()
-        if self._producer is not None:
-            await self._producer.stop()
+        await self.source.stop()
+        await super().on_stop()
 
-    def _event(self, rec: Any) -> dict[str, Any] | None:
-        for k, v in rec.headers or ():
-            if k == CACHE_JSON:
-                out: dict[str, Any] = orjson.loads(v)
-                return out
+    async def handle(self, batch: dict[Any, list[Any]]) -> None:
+        if not self.partitions:
+            self.partitions = sorted(await self.producer.partitions_for(self.keyed))
+        parts = self.partitions
+        place = DefaultPartitioner()
+        out: list[OutRecord] = []
+        sent = 0
+        for tp, recs in batch.items():
+            newest: int | None = None
+            for r in recs:
+                got = event_of(r, self.registry)
+                if got is None:
+                    continue
+                raw, event = got
+                try:
+                    t = event_time_ms(event)
+                except ValueError:
+                    continue
+                newest = t if newest is None else max(newest, t)
+                targets: dict[int, list[str]] = {}
+                for run_id, relevant, key in self.keyers:
+                    if relevant(event):
+                        k = key(event)
+                        if k is not None:
+                            targets.setdefault(place(k.encode(), parts, parts), []).append(run_id)
+                where = f"{tp.topic}:{tp.partition}:{r.offset}".encode()
+                for p, runs in targets.items():
+                    headers = [(RUNS, ",".join(runs).encode()), (SOURCE, where), (TIME, str(t).encode())]
+                    out.append(OutRecord(self.keyed, None, raw, headers, partition=p))
+                    sent += 1
+            if newest is not None:  # the tick: this source partition has reached ``newest``
+                where = f"{tp.topic}:{tp.partition}:{recs[-1].offset}".encode()
+                out += [
+                    OutRecord(self.keyed, None, b"", [(SOURCE, where), (TIME, str(newest).encode())], partition=p)
+                    for p in parts
+                ]
+        await self.produce(out, {tp: recs[-1].offset + 1 for tp, recs in batch.items()})
+        EVENTS.labels("cep-keys", "keyed").inc(sent)
+
+
+class _Part:
+    """One keyed partition: its matcher, where it is, and what was already sent."""
+
+    def __init__(self, matcher: Matcher, silent_until: int) -> None:
+        self.matcher = matcher
+        self.silent_until = silent_until  # outputs of records below it were committed before
+        self.next = 0
+
+
+class CepStage(TransactionalStage):
+    """``ctx.cep-keyed`` -> a matcher per partition -> composites (see the module)."""
+
+    stage = "cep"
+
+    def __init__(self, settings: Settings, registry: Registry, patterns: list[Pattern], **kw: Any) -> None:
+        super().__init__(settings, registry, **kw)
+        self.patterns = patterns
+        self.source = PatternSource(settings, patterns, self._use)
+        self.parts: dict[TopicPartition, _Part] = {}
+        self._last_checkpoint = 0.0
+
+    def _use(self, patterns: list[Pattern]) -> None:
+        self.patterns = patterns
+        for part in self.parts.values():
+            part.matcher.replace(patterns)
+        log.warning("cep: patterns now %s", ", ".join(f"{p.run_id} v{p.version}" for p in patterns) or "none")
+
+    async def on_start(self) -> None:
+        s = self.settings
+        self.keyed = s.topic("cep-keyed")
+        await ensure_topics(
+            s, [*all_topics(s, self.registry), self.keyed, s.topic("late"), s.topic("registry"),
+                s.topic("cep-checkpoints")],
+        )  # fmt: skip
+        self.patterns = await self.source.start()
+        self.composites_topic = s.topic(self.registry["Composite"].topic)
+        await self.open_transactions(f"{s.kafka.group_prefix}.cep")
+        self.consumer = self.subscribe([self.keyed], self.group)
+
+    async def on_started(self) -> None:
+        await super().on_started()
+        self.add_future(self.source.follow(lambda: self.should_stop))
+
+    async def on_stop(self) -> None:
+        async with self.batch_lock:
+            if self.parts:
+                try:
+                    await self.produce(self._checkpoints(list(self.parts)), self._offsets(list(self.parts)))
+                except KafkaError as e:
+                    log.warning("cep: last checkpoint not written: %s", e)
+        await self.source.stop()
+        await super().on_stop()
+
+    def checkpoint_key(self, tp: TopicPartition) -> str:
+        return f"{self.group}.{tp.partition}"
+
+    async def assigned(self, tps: list[TopicPartition]) -> None:
+        await self.take_over(tps)
+
+    async def revoked(self, tps: list[TopicPartition]) -> None:
+        await self.hand_over([tp for tp in tps if tp in self.parts])
+
+    async def take_over(self, assigned: list[TopicPartition]) -> None:
+        """Restore each partition's checkpoint and read again from what its state needs."""
+        assert self.consumer is not None
+        if not assigned:
+            return
+        saved = await read_compacted(self.settings, self.settings.topic("cep-checkpoints"))
+        for tp in assigned:
+            committed = await self.consumer.committed(tp) or 0
+            matcher = Matcher(self.patterns)
+            snap = saved.get(self.checkpoint_key(tp))
+            if snap:
+                state = orjson.loads(snap)
+                restored = matcher.restore(state["matcher"], {(tp.topic, tp.partition): state["processed"]})
+                self.consumer.seek(tp, state["offset"])
+                log.warning("cep: partition %d: restored %s, reading again from %d (sent up to %d)",
+                            tp.partition, ", ".join(restored) or "no pattern", state["offset"], committed)  # fmt: skip
+            else:
+                await self.consumer.seek_to_beginning(tp)  # no state saved: rebuild it from the start
+            self.parts[tp] = _Part(matcher, committed)
+
+    async def _rewind(self) -> None:
+        """A batch failed after its events reached the matchers: rebuild every partition's
+        state from its checkpoint (the offsets alone would apply those events twice)."""
+        while not self.should_stop:
+            try:
+                assert self.consumer is not None
+                async with self.batch_lock:
+                    self.epoch += 1  # a batch fetched meanwhile is from before the restore
+                    self.parts.clear()
+                    await self.take_over(list(self.consumer.assignment()))
+                return
+            except KafkaError as e:
+                log.warning("cep: could not restore the state yet (%s); retrying in 1 s", e)
+                await asyncio.sleep(1.0)
+
+    async def hand_over(self, revoked: list[TopicPartition]) -> None:
+        """Checkpoint the revoked partitions and commit their offsets, so the next owner
+        starts from this state."""
         try:
-            _, ev = decode_typed(rec.value, self.registry)
-            return ev
-        except InvalidEvent:
-            return None  # the materializer dead-letters it
+            if revoked:
+                await self.produce(self._checkpoints(revoked), self._offsets(revoked))
+        except KafkaError as e:
+            log.warning("cep: hand-over checkpoint not written (%s); the next owner replays more", e)
+        for tp in revoked:
+            self.parts.pop(tp, None)
+
+    def _offsets(self, tps: Iterable[TopicPartition]) -> dict[TopicPartition, int]:
+        return {tp: self.parts[tp].next for tp in tps if self.parts[tp].next > 0}
+
+    def _checkpoints(self, tps: Iterable[TopicPartition]) -> list[OutRecord]:
+        """Per partition: the matcher's state, the next offset (``processed``) and the one a
+        restore reads again from (``offset``: events still waiting for the watermark are not
+        in the state)."""
+        out = []
+        for tp in tps:
+            part = self.parts[tp]
+            if part.next == 0:
+                continue
+            oldest = part.matcher.replay_from().get((tp.topic, tp.partition), part.next)
+            snap = {"offset": min(oldest, part.next), "processed": part.next, "matcher": part.matcher.snapshot()}
+            out.append(OutRecord(self.settings.topic("cep-checkpoints"), self.checkpoint_key(tp).encode(),
+                                 orjson.dumps(snap, default=str)))  # fmt: skip
+        self._last_checkpoint = asyncio.get_running_loop().time()
+        return out
 
     async def handle(self, batch: dict[Any, list[Any]]) -> None:
         outputs: list[Output] = []
         for tp, recs in batch.items():
+            part = self.parts.get(tp)
+            if part is None:
+                continue  # revoked meanwhile
+            m = part.matcher
             for r in recs:
-                event = self._event(r)
-                if event is not None:
-                    outputs += self.matcher.process(event, Position(tp.topic, tp.partition, r.offset))
-            self.positions[tp] = recs[-1].offset + 1
+                h = dict(r.headers or ())
+                try:
+                    topic, partition, offset = h[SOURCE].decode().rsplit(":", 2)
+                    source = Position(topic, int(partition), int(offset))
+                    t = int(h[TIME])
+                except (KeyError, ValueError):
+                    log.error("cep: %s:%d@%d is not a keyed record; skipped", tp.topic, tp.partition, r.offset)
+                    continue
+                if RUNS in h:
+                    out = m.process(orjson.loads(r.value), Position(tp.topic, tp.partition, r.offset), t,
+                                    source=source, runs=h[RUNS].decode().split(","))  # fmt: skip
+                else:
+                    out = m.tick(source, t)
+                if out and r.offset >= part.silent_until:
+                    outputs += out
+            part.next = recs[-1].offset + 1
             EVENTS.labels("cep", "seen").inc(len(recs))
-        if outputs:
-            await self._emit(outputs)
-        if asyncio.get_running_loop().time() - self._last_checkpoint >= self.settings.worker.checkpoint_every_s:
-            await self.checkpoint()
+        records = self._records(outputs)
+        due = asyncio.get_running_loop().time() - self._last_checkpoint >= self.settings.worker.checkpoint_every_s
+        if due:
+            records += self._checkpoints(list(self.parts))
+        offsets = {tp: self.parts[tp].next for tp in batch if tp in self.parts}
+        await self.produce(records, offsets)
 
-    async def _emit(self, outputs: list[Output]) -> None:
+    def _records(self, outputs: list[Output]) -> list[OutRecord]:
         records = []
         for o in outputs:
             if isinstance(o, Late):
@@ -264,6 +424,6 @@ class CepStage(Stage):
                     self.composites_topic, env.key(), encode_typed(env, ct, data, self.registry), cache_headers(env)
                 )
             )
-        await send_all(self.producer, records)
         EVENTS.labels("cep", "composite").inc(sum(1 for o in outputs if isinstance(o, Composite)))
         EVENTS.labels("cep", "late").inc(sum(1 for o in outputs if isinstance(o, Late)))
+        return records

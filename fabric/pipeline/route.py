@@ -37,6 +37,8 @@ class OutRecord:
     key: bytes | None
     value: bytes
     headers: list[tuple[str, bytes]] = field(default_factory=list)
+    #: a partition chosen by the caller; None: by the key (murmur2, as the Java client)
+    partition: int | None = None
 
 
 @dataclass(slots=True)

@@ -62,7 +62,9 @@ async def send_all(prod: AIOKafkaProducer, records: list[OutRecord]) -> None:
         parts = _partitions.get(r.topic)
         if parts is None:
             parts = _partitions[r.topic] = sorted(await prod.partitions_for(r.topic))
-        if r.key is None:
+        if r.partition is not None:
+            p = r.partition
+        elif r.key is None:
             p = random.choice(parts)
         else:
             p = _partition_of.get((r.topic, r.key), -1)
@@ -102,6 +104,26 @@ class RegistryService(mode.Service):
         await self.follower.stop()
 
 
+class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
+    """A rebalance waits for the batch in flight, so its transaction (records and offsets)
+    commits before the partitions move and the next owner starts after it; a batch
+    fetched before the rebalance but not yet handled is dropped (the new assignment
+    fetches it again from the committed offsets), so no two owners handle one record."""
+
+    def __init__(self, stage: Stage) -> None:
+        self.stage = stage
+
+    async def on_partitions_revoked(self, revoked: Any) -> None:
+        async with self.stage.batch_lock:
+            self.stage.epoch += 1
+            await self.stage.revoked(list(revoked))
+
+    async def on_partitions_assigned(self, assigned: Any) -> None:
+        async with self.stage.batch_lock:
+            self.stage.epoch += 1
+            await self.stage.assigned(list(assigned))
+
+
 class Stage(mode.Service):
     """Shared loop: fetch a batch, handle it, commit; back off on broker errors."""
 
@@ -116,7 +138,21 @@ class Stage(mode.Service):
         self.consumer: AIOKafkaConsumer | None = None
         self._producer: AIOKafkaProducer | None = None
         self.batches = 0
+        self.batch_lock = asyncio.Lock()  # a batch and a rebalance never interleave
+        self.epoch = 0  # counts rebalances
         super().__init__(**kw)
+
+    def subscribe(self, topics: list[str], group: str) -> AIOKafkaConsumer:
+        """A group consumer of ``topics`` whose rebalances this stage hears of (see ``_Rebalance``)."""
+        consumer = kafka_clients.consumer(self.settings, group=group)
+        consumer.subscribe(topics, listener=_Rebalance(self))
+        return consumer
+
+    async def revoked(self, tps: list[TopicPartition]) -> None:
+        """Partitions about to move away (the batch in flight has finished)."""
+
+    async def assigned(self, tps: list[TopicPartition]) -> None:
+        """Partitions this stage now owns."""
 
     @abc.abstractmethod
     async def handle(self, batch: dict[Any, list[Any]]) -> None:
@@ -142,16 +178,20 @@ class Stage(mode.Service):
         while not self.should_stop:
             try:
                 await self.tick()
+                epoch = self.epoch
                 batch = await self.consumer.getmany(
                     timeout_ms=max(wait, 100), max_records=self.settings.worker.batch_max
                 )
                 if not batch:
                     continue
-                if self.follower and self.follower.store.unknown_ids(r.value for rs in batch.values() for r in rs):
-                    await self.follower.catch_up()  # a schema version registered moments ago
-                with BATCH_SECONDS.labels(self.stage).time():
-                    await self.handle(batch)
-                await self.commit(batch)
+                async with self.batch_lock:
+                    if self.epoch != epoch:
+                        continue  # fetched before a rebalance: the new assignment reads it again
+                    if self.follower and self.follower.store.unknown_ids(r.value for rs in batch.values() for r in rs):
+                        await self.follower.catch_up()  # a schema version registered moments ago
+                    with BATCH_SECONDS.labels(self.stage).time():
+                        await self.handle(batch)
+                    await self.commit(batch)
                 self.batches += 1
             except asyncio.CancelledError:
                 raise
@@ -178,31 +218,26 @@ class Stage(mode.Service):
                 await asyncio.sleep(1.0)
 
 
-class RouteStage(Stage):
-    """``ctx.ingest`` -> decode, validate, enrich -> typed topics, or ``ctx.dlq``.
-
-    On Apache Kafka each batch is one transaction: its records and its input offsets are
-    committed together or not at all (consume-transform-produce), so a worker killed
-    mid-batch leaves nothing that ``read_committed`` readers see, and the next owner of
-    the partition routes the batch again. The transactional id is this worker's slot
-    (``worker_slot``): a worker restarted after a crash takes the same one, which makes
+class TransactionalStage(Stage):
+    """A stage that consumes, produces and commits its input offsets in one Kafka
+    transaction per batch (consume-transform-produce), so a worker killed mid-batch leaves
+    nothing that ``read_committed`` readers see, and the next owner of the partitions
+    handles the batch again. The transactional id is this worker's slot for the stage
+    (``WorkerSlot``): a worker restarted after a crash takes the same one, which makes
     the broker abort the dead worker's open transaction at once instead of after
-    ``transaction_timeout_ms``.
-    """
+    ``transaction_timeout_ms``. On a broker without transactions (Tansu) records are
+    sent, then the offsets committed."""
 
-    stage = "route"
+    group = ""
+    transactional_id: str | None = None
 
-    async def on_start(self) -> None:
+    async def open_transactions(self, group: str) -> None:
         s = self.settings
-        await ensure_topics(s, all_topics(s, self.registry))
-        self.router = Router(s, self.registry)
-        self.group = f"{s.kafka.group_prefix}.route"
-        self.transactional_id: str | None = None
+        self.group = group
         if s.kafka.transactions:
-            self._slot = WorkerSlot.claim(s.data_dir / "run", "route")
-            self.transactional_id = f"{self.group}.{socket.gethostname()}.{self._slot.number}"
+            self._slot = WorkerSlot.claim(s.data_dir / "run", self.stage)
+            self.transactional_id = f"{group}.{socket.gethostname()}.{self._slot.number}"
         await self._open_producer()
-        self.consumer = kafka_clients.consumer(s, ingest_topic(s), group=self.group)
 
     async def _open_producer(self) -> None:
         if self.transactional_id is None:
@@ -213,36 +248,54 @@ class RouteStage(Stage):
             )
         await kafka_clients.start(self.settings, self.producer)
 
+    async def produce(self, records: list[OutRecord], offsets: dict[TopicPartition, int]) -> None:
+        """Send ``records`` and mark ``offsets`` consumed, together (see the class)."""
+        if self.transactional_id is None:
+            await send_all(self.producer, records)
+            return
+        try:
+            async with self.producer.transaction():
+                await send_all(self.producer, records)
+                if offsets:
+                    await self.producer.send_offsets_to_transaction(offsets, self.group)
+        except KafkaError:
+            # aborted, or the producer can no longer be used (fenced, timed out): a new one
+            # with the same id starts clean; the stage rewinds and handles the batch again
+            await self.producer.stop()
+            await self._open_producer()
+            raise
+
+    async def commit(self, batch: dict[Any, list[Any]]) -> None:
+        if self.transactional_id is None:
+            await super().commit(batch)  # else the offsets were committed with the transaction
+
     async def on_stop(self) -> None:
         if self.consumer:
             await self.consumer.stop()
         if self._producer is not None:
             await self._producer.stop()
 
+
+class RouteStage(TransactionalStage):
+    """``ctx.ingest`` -> decode, validate, enrich -> typed topics, or ``ctx.dlq``; one
+    transaction per batch (see ``TransactionalStage``)."""
+
+    stage = "route"
+
+    async def on_start(self) -> None:
+        s = self.settings
+        await ensure_topics(s, all_topics(s, self.registry))
+        self.router = Router(s, self.registry)
+        await self.open_transactions(f"{s.kafka.group_prefix}.route")
+        self.consumer = self.subscribe([ingest_topic(s)], self.group)
+
     async def handle(self, batch: dict[Any, list[Any]]) -> None:
         records = [r for recs in batch.values() for r in recs]
         result = self.router.route(records)
-        if self.transactional_id is None:
-            await send_all(self.producer, result.ok + result.dead)
-        else:
-            offsets = {tp: recs[-1].offset + 1 for tp, recs in batch.items()}
-            try:
-                async with self.producer.transaction():
-                    await send_all(self.producer, result.ok + result.dead)
-                    await self.producer.send_offsets_to_transaction(offsets, self.group)
-            except KafkaError:
-                # aborted, or the producer can no longer be used (fenced, timed out): a new
-                # one with the same id starts clean; the stage rewinds and routes the batch again
-                await self.producer.stop()
-                await self._open_producer()
-                raise
+        await self.produce(result.ok + result.dead, {tp: recs[-1].offset + 1 for tp, recs in batch.items()})
         EVENTS.labels("route", "ok").inc(len(result.ok))
         if result.dead:
             EVENTS.labels("route", "dlq").inc(len(result.dead))
-
-    async def commit(self, batch: dict[Any, list[Any]]) -> None:
-        if self.transactional_id is None:
-            await super().commit(batch)  # else the offsets were committed with the transaction
 
 
 class WorkerSlot:

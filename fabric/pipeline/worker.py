@@ -32,10 +32,11 @@ def run_worker(settings: Settings, stages: tuple[str, ...] = ("route", "material
     if "materialize" in stages:
         services.append(MaterializeStage(settings, registry, schemas.follower))
     if "cep" in stages:
-        from fabric.cep.stage import CepStage, load_pattern_file
+        from fabric.cep.stage import CepStage, KeyStage, load_pattern_file
 
         patterns = load_pattern_file(settings.patterns_file)
-        if patterns:
+        if patterns:  # keying and matching: see fabric.cep.stage
+            services.append(KeyStage(settings, registry, patterns, follower=schemas.follower))
             services.append(CepStage(settings, registry, patterns, follower=schemas.follower))
     if settings.worker.metrics_port:
         start_http_server(settings.worker.metrics_port, addr="127.0.0.1")

@@ -297,3 +297,40 @@ def test_a_million_short_lived_keys_leave_no_state() -> None:
     m.advance_to(10**9)
     assert sum(r.state_size() for r in m.runs.values()) == 0
     assert all(not r.timers and not r.buffer for r in m.runs.values())
+
+
+def test_an_event_delivered_twice_takes_part_once() -> None:
+    """An edge producer's retry can write an event twice (same id, another offset)."""
+    e2 = ev("log.entry", 2, id="e2", service="api", level="ERROR")
+    events = [
+        ev("deploy.finished", 0, id="d1", service="api"),
+        ev("log.entry", 1, id="e1", service="api", level="ERROR"),
+        e2,
+        dict(e2),  # the copy
+        ev("log.entry", 3, id="e3", service="api", level="ERROR"),
+    ]
+    [c] = composites(run_patterns(DEPLOY_BURST, events, flush_to_ms=60_000))
+    assert ids(c) == ["d1", "e1", "e2", "e3"]
+
+
+def test_keyed_copies_and_ticks_give_what_the_events_themselves_give() -> None:
+    """Re-keyed: each copy goes only to the patterns it was sent for, the watermark comes
+    from the source partitions (ticks), and composites name the source positions."""
+    m = Matcher(load_patterns(DEPLOY_BURST), clock=ManualClock())
+    name = "deploy-then-error-burst"
+    out = []
+    for i, (etype, level) in enumerate([("deploy.finished", None), *[("log.entry", "ERROR")] * 3]):
+        e = ev(etype, i, id=f"k{i}", service="api", level=level)
+        src = Position("ctx.log", i % 2, 100 + i)
+        out += m.process(e, Position("ctx.cep-keyed", 0, i), source=src, runs=[name])
+    assert not composites(out)  # the watermark waits for both source partitions
+    out += m.tick(Position("ctx.log", 0, 200), 60_000)
+    out += m.tick(Position("ctx.log", 1, 201), 60_000)
+    [c] = composites(out)
+    assert ids(c) == ["k0", "k1", "k2", "k3"]
+    assert [(e["topic"], e["partition"], e["offset"]) for e in c.events][:2] == [
+        ("ctx.log", 0, 100),
+        ("ctx.log", 1, 101),
+    ]
+    # a copy sent for another pattern only does not reach this one
+    assert m.process(ev("deploy.finished", 70, id="x", service="web"), runs=["other"]) == []
