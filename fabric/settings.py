@@ -39,6 +39,11 @@ class KafkaSettings(_Part):
     # out, not when data arrives, so there this bounds the latency each stage adds (5 ms);
     # Apache Kafka answers as soon as data arrives, so long polls cost nothing (500 ms).
     fetch_max_wait_ms: int = Field(0, description="0: 500 on Apache Kafka (broker=kafka), 5 on Tansu")
+    transaction_timeout_ms: int = Field(
+        10_000,
+        description="a dead worker's open transaction is aborted after this unless the worker comes back first; "
+        "until then read_committed readers wait at it",
+    )
     broker: str = Field("kafka", description="the embedded broker 'fabric dev up' starts: 'kafka' or 'tansu'")
     version: str = Field("4.1.0", description="the Apache Kafka version the embedded broker runs")
     heap_mb: int = Field(512, description="the embedded Apache Kafka broker's JVM heap")

@@ -106,9 +106,9 @@ class RegistryService(mode.Service):
 
 class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
     """A rebalance waits for the batch in flight, so its transaction (records and offsets)
-    commits before the partitions move and the next owner starts after it; a batch
-    fetched before the rebalance but not yet handled is dropped (the new assignment
-    fetches it again from the committed offsets), so no two owners handle one record."""
+    commits before the partitions move and the next owner starts after it; a batch whose
+    fetch a rebalance overlapped is dropped and the partitions read again from the
+    committed offsets (``Stage._run``), so no two owners handle one record."""
 
     def __init__(self, stage: Stage) -> None:
         self.stage = stage
@@ -185,13 +185,15 @@ class Stage(mode.Service):
                 if not batch:
                     continue
                 async with self.batch_lock:
-                    if self.epoch != epoch:
-                        continue  # fetched before a rebalance: the new assignment reads it again
-                    if self.follower and self.follower.store.unknown_ids(r.value for rs in batch.values() for r in rs):
-                        await self.follower.catch_up()  # a schema version registered moments ago
-                    with BATCH_SECONDS.labels(self.stage).time():
-                        await self.handle(batch)
-                    await self.commit(batch)
+                    stale = self.epoch != epoch
+                    if not stale:
+                        await self._handle(batch)
+                if stale:
+                    # A rebalance came while fetching: the batch may hold records of partitions
+                    # this stage no longer owns, so it is dropped and every partition read again
+                    # from the committed offsets (the fetch positions moved past the batch).
+                    await self._rewind()
+                    continue
                 self.batches += 1
             except asyncio.CancelledError:
                 raise
@@ -200,6 +202,13 @@ class Stage(mode.Service):
                 log.warning("%s: %s; retrying the batch in 1 s", self.stage, e)
                 await self._rewind()
                 await asyncio.sleep(1.0)
+
+    async def _handle(self, batch: dict[Any, list[Any]]) -> None:
+        if self.follower and self.follower.store.unknown_ids(r.value for rs in batch.values() for r in rs):
+            await self.follower.catch_up()  # a schema version registered moments ago
+        with BATCH_SECONDS.labels(self.stage).time():
+            await self.handle(batch)
+        await self.commit(batch)
 
     async def _rewind(self) -> None:
         """Go back to the committed offsets; keeps trying, since going on would skip records."""
@@ -244,7 +253,9 @@ class TransactionalStage(Stage):
             self._producer = self.producer = kafka_clients.producer(self.settings)
         else:
             self._producer = self.producer = kafka_clients.producer(
-                self.settings, transactional_id=self.transactional_id, transaction_timeout_ms=30_000
+                self.settings,
+                transactional_id=self.transactional_id,
+                transaction_timeout_ms=self.settings.kafka.transaction_timeout_ms,
             )
         await kafka_clients.start(self.settings, self.producer)
 
