@@ -13,7 +13,8 @@ from fabric.cli.main import settings_of
 )
 @click.option(
     "--stages", default="route,materialize,cep", show_default=True,
-    help="Comma-separated stages this process runs (route, materialize, cep; cep needs FABRIC_PATTERNS_FILE).",
+    help="Comma-separated stages this process runs (route, materialize, cep: keying by correlation key and "
+    "matching; cep needs FABRIC_PATTERNS_FILE).",
 )  # fmt: skip
 @click.pass_context
 def worker(ctx: click.Context, stages: str) -> None:
