@@ -20,20 +20,22 @@ from fabric.topics.admin import ensure_topics
 SUBJECTS = 10_000
 
 
-def cep_seen(text: str) -> float:
-    return sum(
-        float(line.rsplit(" ", 1)[1])
-        for line in text.splitlines()
-        if line.startswith("fabric_worker_events_total{") and 'outcome="seen"' in line and 'stage="cep"' in line
-    )
-
-
-def metric(text: str, stage: str) -> float:
+def metric(text: str, stage: str, outcome: str | None = None) -> float:
     total = 0.0
     for line in text.splitlines():
         if line.startswith("fabric_worker_events_total{") and f'stage="{stage}"' in line:
-            total += float(line.rsplit(" ", 1)[1])
+            if outcome is None or f'outcome="{outcome}"' in line:
+                total += float(line.rsplit(" ", 1)[1])
     return total
+
+
+def cep_done(texts: list[str]) -> float:
+    """Events through CEP: what keying read, scaled by how much of keying's output the
+    matchers have read (keyed copies and ticks)."""
+    seen = sum(metric(t, "cep-keys", "seen") for t in texts)
+    out = sum(metric(t, "cep-keys", "keyed") + metric(t, "cep-keys", "ticks") for t in texts)
+    matched = sum(metric(t, "cep", "seen") for t in texts)
+    return seen * min(1.0, matched / out) if out else 0.0
 
 
 async def follow(progress: Callable[[], Any], n: int, limit_s: float) -> dict[str, Any]:
@@ -80,21 +82,20 @@ async def fabric_workers(
         async with httpx.AsyncClient() as c:
 
             async def progress() -> float:
-                done = {"materialize": 0.0, "cep": 0.0}
+                texts = []
                 for port in ports:
                     try:
-                        text = (await c.get(f"http://127.0.0.1:{port}/metrics", timeout=2)).text
+                        texts.append((await c.get(f"http://127.0.0.1:{port}/metrics", timeout=2)).text)
                     except httpx.HTTPError:
                         continue
-                    done["materialize"] += metric(text, "materialize")
-                    done["cep"] += cep_seen(text)
-                return min(done.values()) if "cep" in stages else done["materialize"]
+                materialized = sum(metric(t, "materialize") for t in texts)
+                return min(materialized, cep_done(texts)) if "cep" in stages else materialized
 
             return await follow(progress, n, limit_s)
 
 
-async def baseline(kind: str, n: int, limit_s: float) -> dict[str, Any]:
-    with BenchEnv(f"baseline-{kind}") as env:
+async def baseline(kind: str, n: int, limit_s: float, broker: str = "tansu") -> dict[str, Any]:
+    with BenchEnv(f"baseline-{kind}-{broker}", broker=broker) as env:
         s = env.settings
         await ensure_topics(s, [s.topic("ingest"), s.topic("out")])
         await produce(s, n, SUBJECTS)
@@ -141,4 +142,22 @@ async def run(quick: bool = False) -> dict[str, Any]:
                     "targets": {"fabric worker, 1 process": 30000}, "systems": systems})  # fmt: skip
     throughput_over_time({k: v["timeline"] for k, v in systems.items()},
                          f"Throughput over time ({n} events of 0.5-1.5 KB)", RESULTS / "worker.png", "events/s")  # fmt: skip
+    return {"summary": summary}
+
+
+async def run_cep_scale(quick: bool = False) -> dict[str, Any]:
+    """Events/s through route, materialize and CEP (keying and matching) with 1, 2 and 3
+    worker processes on Apache Kafka, beside the plain aiokafka loop in the same run."""
+    n = 30_000 if quick else 100_000
+    limit = 20.0 if quick else 60.0
+    systems: dict[str, Any] = {}
+    for p in (1, 2, 3):
+        systems[f"{p} worker process{'es' if p > 1 else ''}, with CEP"] = await fabric_workers(
+            p, n, limit, "route,materialize,cep", broker="kafka"
+        )
+    systems["plain aiokafka getmany->send"] = await baseline("aiokafka", n, limit, broker="kafka")
+    for name, res in systems.items():
+        print(f"  cep-scale {name:<36} {res['events_per_s']:>10} events/s ({res['events']} in {res['seconds']} s)")
+    summary = {name: r["events_per_s"] for name, r in systems.items()}
+    save("cep_scale", {"events": n, "subjects": SUBJECTS, "summary": summary, "systems": systems})
     return {"summary": summary}

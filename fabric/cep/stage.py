@@ -246,7 +246,9 @@ class KeyStage(TransactionalStage):
                     for p in parts
                 ]
         await self.produce(out, {tp: recs[-1].offset + 1 for tp, recs in batch.items()})
+        EVENTS.labels("cep-keys", "seen").inc(sum(len(recs) for recs in batch.values()))
         EVENTS.labels("cep-keys", "keyed").inc(sent)
+        EVENTS.labels("cep-keys", "ticks").inc(len(out) - sent)
 
 
 class _Part:

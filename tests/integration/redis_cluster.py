@@ -74,3 +74,32 @@ def _wait(ok: object, what: str, timeout: float = 30) -> None:
             pass
         time.sleep(0.1)
     raise AssertionError(f"{what}: not within {timeout} s")
+
+
+def owner_of(ports: list[int], slot: int) -> tuple[int, str]:
+    """(port, node id) of the master serving ``slot``."""
+    nodes = _ask(ports[0], "CLUSTER", "NODES")
+    text = nodes.decode() if isinstance(nodes, bytes) else str(nodes)
+    for line in text.splitlines():
+        node_id, addr, flags, *_rest = line.split()
+        if "master" not in flags:
+            continue
+        for r in line.split()[8:]:
+            lo, _, hi = r.partition("-")
+            if r[0].isdigit() and int(lo) <= slot <= int(hi or lo):
+                return int(addr.split("@")[0].rsplit(":", 1)[1]), node_id
+    raise AssertionError(f"no master serves slot {slot}")
+
+
+def move_slot(ports: list[int], slot: int, to_port: int) -> None:
+    """Move one slot with its keys to the master at ``to_port``, as a resharding does."""
+    src_port, src_id = owner_of(ports, slot)
+    dst_id = _ask(to_port, "CLUSTER", "MYID")
+    dst_id = dst_id.decode() if isinstance(dst_id, bytes) else dst_id
+    _ask(to_port, "CLUSTER", "SETSLOT", str(slot), "IMPORTING", src_id)
+    _ask(src_port, "CLUSTER", "SETSLOT", str(slot), "MIGRATING", dst_id)
+    while keys := _ask(src_port, "CLUSTER", "GETKEYSINSLOT", str(slot), "100"):
+        _ask(src_port, "MIGRATE", "127.0.0.1", str(to_port), "", "0", "5000", "AUTH", PASSWORD, "KEYS",
+             *(k.decode() if isinstance(k, bytes) else k for k in keys))  # fmt: skip
+    for port in ports:
+        _ask(port, "CLUSTER", "SETSLOT", str(slot), "NODE", dst_id)

@@ -1,5 +1,6 @@
 """The fabric on a three-master Redis Cluster: tenants whose keys live on different
-masters pull, get pushes, resume and are rate limited as on one node."""
+masters pull, get pushes, resume and are rate limited as on one node, and go on
+after their slot moves to another master."""
 
 from __future__ import annotations
 
@@ -8,18 +9,19 @@ import contextlib
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 import redis
 from redis.crc import key_slot
 
-from fabric.client import ContextClient, Update
+from fabric.client import ContextClient, NotFound, Update
 from fabric.dev.stack import Stack
 from fabric.settings import RateLimit, Settings
 from fabric.testing import bearer
 from tests.integration.conftest import eventually, start_fabric, variant
-from tests.integration.redis_cluster import PASSWORD, redis_cluster, url
+from tests.integration.redis_cluster import PASSWORD, move_slot, owner_of, redis_cluster, url
 from tests.integration.test_spine import page_event
 
 pytestmark = pytest.mark.integration
@@ -32,6 +34,13 @@ def tenants_on_each_master(masters: int) -> list[str]:
         name = f"tn{uuid.uuid4().hex[:8]}"
         found.setdefault(key_slot(f"{{{name}}}".encode()) * masters // 16384, name)
     return [found[i] for i in range(masters)]
+
+
+async def _pulled(client: ContextClient, subject: str) -> Any:
+    try:
+        return await client.get("PageDSL", subject)
+    except NotFound:
+        return None
 
 
 async def test_pull_push_resume_and_rate_limits_on_a_redis_cluster(
@@ -115,6 +124,30 @@ async def test_pull_push_resume_and_rate_limits_on_a_redis_cluster(
                 assert 429 in statuses
                 other = await http.get("/v1/contexts/PageDSL/p1", headers=bearer(s, tenants[2]))
                 assert other.status_code == 200
+
+                # resharding: the first tenant's slot moves to another master with its keys;
+                # the router's clients follow MOVED, the materializer and the hub go on
+                slot = key_slot(f"{{{t0}}}".encode())
+                here, _ = owner_of(ports, slot)
+                move_slot(ports, slot, next(p for p in ports if p != here))
+                assert owner_of(ports, slot)[0] != here
+                assert (await clients[t0].get("PageDSL", "p7")).event["data"]["title"] == "title 7"
+                moved: list[Update] = []
+
+                async def after_the_move() -> None:
+                    async with contextlib.aclosing(clients[t0].subscribe(["page.*"])) as updates:
+                        async for u in updates:
+                            moved.append(u)
+                            return
+
+                listener = asyncio.create_task(after_the_move())
+                await eventually(lambda: sum("subscribed" in n for n in clients[t0].notices) >= 3)
+                r = await http.post("/v1/events", json=page_event(t0, "after-move", 1, "moved"), headers=bearer(s, t0))
+                assert r.status_code == 202
+                await asyncio.wait_for(listener, 30)
+                assert moved[0].subject == "after-move"
+                page = await eventually(lambda: _pulled(clients[t0], "after-move"))
+                assert page.event["data"]["title"] == "moved"
 
             # the data really is spread over the three masters
             for port in ports:
