@@ -174,7 +174,8 @@ def event_of(rec: Any, registry: Registry) -> tuple[bytes, dict[str, Any]] | Non
         _, ev = decode_typed(rec.value, registry)
     except InvalidEvent:
         return None
-    return orjson.dumps(ev, default=str), orjson.loads(orjson.dumps(ev, default=str))
+    raw = orjson.dumps({k: v for k, v in ev.items() if v is not None}, default=str)  # as the route stage writes it
+    return raw, orjson.loads(raw)
 
 
 class KeyStage(TransactionalStage):

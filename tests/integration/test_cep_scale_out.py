@@ -60,6 +60,25 @@ async def settled(s: Settings) -> bool:
     return True
 
 
+async def records(s: Settings, topic: str) -> list[bytes]:
+    """Every record value of a topic, as read_committed readers see them."""
+    c = kafka_clients.consumer(s)
+    await kafka_clients.start(s, c)
+    try:
+        parts = await partitions_of(c, s.topic(topic))
+        c.assign(parts)
+        await c.seek_to_beginning(*parts)
+        ends = await c.end_offsets(parts)
+        out = []
+        while True:
+            batch = await c.getmany(timeout_ms=1000)
+            if not batch and all([await c.position(tp) >= ends[tp] for tp in parts]):
+                return out
+            out += [r.value for recs in batch.values() for r in recs]
+    finally:
+        await c.stop()
+
+
 async def composites_in_topic(s: Settings, tenant: str) -> list[str]:
     """Ids of the tenant's composites in the typed topic, as read_committed readers see them."""
     c = kafka_clients.consumer(s)
@@ -122,7 +141,11 @@ async def test_correlation_across_three_workers_survives_a_killed_one(
                 return r.json() if r.status_code == 200 else None
 
             for svc in services:
-                body = await eventually(lambda svc=svc: fired(svc), timeout=60)
+                try:
+                    body = await eventually(lambda svc=svc: fired(svc), timeout=120)
+                except AssertionError:
+                    late = await records(s, "late")
+                    raise AssertionError(f"{svc} did not fire; {len(late)} events reported late: {late[:3]}") from None
                 mine = [e["id"] for e in first + second if e["data"]["service"] == svc]
                 got = [e["id"] for e in body["event"]["data"]["events"]]
                 assert got == mine[:6], (svc, got, mine)
