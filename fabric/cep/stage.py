@@ -259,6 +259,7 @@ class _Part:
         self.matcher = matcher
         self.silent_until = silent_until  # outputs of records below it were committed before
         self.next = 0
+        self.saved = 0  # ``next`` when the last checkpoint was written
 
 
 class CepStage(TransactionalStage):
@@ -372,12 +373,22 @@ class CepStage(TransactionalStage):
             part = self.parts[tp]
             if part.next == 0:
                 continue
+            part.saved = part.next
             oldest = part.matcher.replay_from().get((tp.topic, tp.partition), part.next)
             snap = {"offset": min(oldest, part.next), "processed": part.next, "matcher": part.matcher.snapshot()}
             out.append(OutRecord(self.settings.topic("cep-checkpoints"), self.checkpoint_key(tp).encode(),
                                  orjson.dumps(snap, default=str)))  # fmt: skip
         self._last_checkpoint = asyncio.get_running_loop().time()
         return out
+
+    async def tick(self) -> None:
+        """A checkpoint is due even without traffic when a partition moved since the last."""
+        due = asyncio.get_running_loop().time() - self._last_checkpoint >= self.settings.worker.checkpoint_every_s
+        if not due or all(p.next == p.saved for p in self.parts.values()):
+            return
+        async with self.batch_lock:
+            changed = [tp for tp, p in self.parts.items() if p.next != p.saved]
+            await self.produce(self._checkpoints(changed), self._offsets(changed))
 
     async def handle(self, batch: dict[Any, list[Any]]) -> None:
         outputs: list[Output] = []
