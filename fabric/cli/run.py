@@ -51,7 +51,9 @@ def run(ctx: click.Context, duration: float | None) -> None:
             from fabric.sinks.query import query
 
             _, rows = query(s, "SELECT context_type, count() FROM fabric.events FINAL GROUP BY context_type ORDER BY 1")
-            click.echo("events in ClickHouse: " + ", ".join(f"{r[0]} {r[1]}" for r in rows))
+            click.echo(
+                f"events in ClickHouse ({s.data_dir}, every run so far): " + ", ".join(f"{r[0]} {r[1]}" for r in rows)
+            )
             _, rows = query(s, "SELECT count() FROM fabric.dlq FINAL")
             click.echo(f"DLQ records in ClickHouse: {rows[0][0]}")
         except Exception as e:

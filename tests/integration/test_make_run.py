@@ -67,7 +67,7 @@ def test_fabric_run_plays_the_scenario_and_stops_cleanly_on_sigterm(tmp_path: Pa
             assert time.monotonic() < deadline, log.read_text()[-3000:]
             time.sleep(0.5)
         text = log.read_text()
-        assert "pull PageDSL/orders-list: sequence 3" in text
+        assert "pull PageDSL/orders-list: 'Orders v3'" in text
         assert "tenant globex received 0 pushes (isolation)" in text
         pids = [int(p) for p in re.findall(r"pid (\d+)", text)]
         assert len(pids) == 5  # broker, redis, worker, sink, router
@@ -78,5 +78,5 @@ def test_fabric_run_plays_the_scenario_and_stops_cleanly_on_sigterm(tmp_path: Pa
             proc.kill()
     text = log.read_text()
     assert "stopped: worker, sink, router and the stack" in text
-    assert re.search(r"events in ClickHouse: Composite \d+", text), text[-2000:]
+    assert re.search(r"events in ClickHouse \(.*\): Composite \d+", text), text[-2000:]
     assert not [p for p in pids if alive(p)]
