@@ -87,7 +87,7 @@ async def test_assembly_on_the_demo_scenario(fabric: Fabric) -> None:
         bundle = await eventually(logs_in)
         assert [sec.context_type for sec in bundle.sections] == policies["page-copilot"]["sections"]
         page, schema, _composites, logs, metrics = bundle.sections
-        assert [(i.subject, i.event["sequence"]) for i in page.items] == [("orders-list", 3)]
+        assert [(i.subject, i.event["data"]["title"]) for i in page.items] == [("orders-list", "Orders v3")]
         assert [i.subject for i in schema.items] == ["shop.orders"]  # the page's entity 'orders'
         assert logs.items and len(logs.items) <= 5
         assert all(i.event["data"]["level"] == "ERROR" and i.subject == "orders-api" for i in logs.items)
