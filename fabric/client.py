@@ -8,7 +8,8 @@
 
 Results are typed (msgspec structs); errors are ``Unauthorized`` (401), ``Forbidden``
 (403), ``NotFound`` (404), ``RateLimited`` (429, with ``retry_after``) and
-``Unavailable`` (503 or unreachable), all ``ClientError``. ``subscribe`` reconnects
+``Unavailable`` (503 or unreachable), all ``ClientError`` (``fabric.errors.Refused``, the
+same classes the router raises). ``subscribe`` reconnects
 with exponential backoff and resumes from the last change it yielded, so a dropped
 connection loses nothing within the fabric's retention window.
 """
@@ -30,7 +31,7 @@ import websockets
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from fabric import contract
-from fabric.errors import FabricError
+from fabric.errors import Forbidden, NotFound, RateLimited, Refused, Unauthorized
 
 __all__ = [
     "Bundle", "ClientError", "Context", "ContextClient", "Forbidden", "NotFound", "RateLimited",
@@ -38,34 +39,13 @@ __all__ = [
 ]  # fmt: skip
 
 
-class ClientError(FabricError):
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(f"{status}: {message}")
-        self.status = status
-        self.message = message
+ClientError = Refused
 
 
-class Unauthorized(ClientError):
-    """The token is missing, expired or not signed by the configured issuer."""
+class Unavailable(Refused):
+    """The fabric answered 5xx or could not be reached (``status`` 0); trying later may work."""
 
-
-class Forbidden(ClientError):
-    """The token's scopes or roles do not allow this."""
-
-
-class NotFound(ClientError):
-    pass
-
-
-class RateLimited(ClientError):
-    retriable = True
-
-    def __init__(self, status: int, message: str, retry_after: float) -> None:
-        super().__init__(status, message)
-        self.retry_after = retry_after
-
-
-class Unavailable(ClientError):
+    status = 503
     retriable = True
 
 
@@ -92,16 +72,17 @@ def _raise_for(r: httpx.Response) -> None:
     except ValueError:
         message = r.text
     if r.status_code == 401:
-        raise Unauthorized(401, message)
+        raise Unauthorized(message)
     if r.status_code == 403:
-        raise Forbidden(403, message)
+        raise Forbidden(message)
     if r.status_code == 404:
-        raise NotFound(404, message)
+        raise NotFound(message)
     if r.status_code == 429:
-        raise RateLimited(429, message, float(r.headers.get("retry-after", "1")))
+        ra = r.headers.get("retry-after", "1")
+        raise RateLimited(message, int(ra) if ra.isdigit() else 1)
     if r.status_code >= 500:
-        raise Unavailable(r.status_code, message)
-    raise ClientError(r.status_code, message)
+        raise Unavailable(message, r.status_code)
+    raise Refused(message, r.status_code)
 
 
 class ContextClient:
@@ -127,7 +108,7 @@ class ContextClient:
         try:
             r = await self._http.request(method, path, **kw)
         except httpx.TransportError as e:
-            raise Unavailable(0, f"cannot reach the fabric at {self.url}: {e}") from e
+            raise Unavailable(f"cannot reach the fabric at {self.url}: {e}", 0) from e
         _raise_for(r)
         return r.content
 
@@ -194,19 +175,19 @@ class ContextClient:
                             backoff, down_since = 0.1, None
                             yield update
                         elif "error" in msg and "disconnected" not in msg:
-                            raise ClientError(400, msg["error"])
+                            raise Refused(msg["error"], 400)
                         else:
                             self.notices.append(msg)
                             backoff, down_since = 0.1, None
                     close = ws.close_code
                     if close in (4401, 4403):
-                        raise (Unauthorized if close == 4401 else Forbidden)(close - 4000, ws.close_reason or "")
+                        raise (Unauthorized if close == 4401 else Forbidden)(ws.close_reason or "")
             except InvalidStatus as e:
                 _raise_for(httpx.Response(e.response.status_code, content=bytes(e.response.body or b"")))
             except (OSError, ConnectionClosed, TimeoutError):
                 pass
             down_since = down_since or loop.time()
             if give_up_after is not None and loop.time() - down_since > give_up_after:
-                raise Unavailable(0, f"no connection to {ws_url} for {give_up_after} s")
+                raise Unavailable(f"no connection to {ws_url} for {give_up_after} s", 0)
             await asyncio.sleep(backoff * (0.5 + random.random()))
             backoff = min(max_backoff, backoff * 2)

@@ -1,4 +1,4 @@
-"""One root for every error the fabric raises.
+"""One root for every error the fabric raises, on the server and in the SDKs.
 
 ``retriable`` says whether trying the same thing again can help (a broker that is
 briefly away) or not (a malformed event); producers and sinks read it to decide
@@ -54,6 +54,46 @@ class PublishError(FabricError):
     def __init__(self, message: str, failed: list[tuple[str, str]]) -> None:
         super().__init__(message)
         self.failed = failed
+
+
+class Refused(FabricError):
+    """A request the fabric will not serve. ``status`` is the HTTP status it is answered
+    with; the consumer SDK raises the same classes when it receives one."""
+
+    status = 400
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        if status is not None:
+            self.status = status
+
+
+class Unauthorized(Refused):
+    """No usable token: the token is missing, expired or not signed by the configured issuer."""
+
+    status = 401
+
+
+class Forbidden(Refused):
+    """A valid token whose scopes, roles or the access rules do not allow this."""
+
+    status = 403
+
+
+class NotFound(Refused):
+    status = 404
+
+
+class RateLimited(Refused):
+    """Over the caller's rate; ``retry_after`` is whole seconds, as ``Retry-After`` says, never 0."""
+
+    status = 429
+    retriable = True
+
+    def __init__(self, message: str, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = max(1, retry_after)
 
 
 class StackError(FabricError):

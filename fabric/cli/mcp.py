@@ -21,9 +21,9 @@ from fabric.settings import Settings
 async def serve_stdio(settings: Settings, token: str) -> None:
     from mcp.server.stdio import stdio_server
 
+    from fabric.errors import Unauthorized
     from fabric.router.mcp import FabricMCP, build_server
     from fabric.router.runtime import open_state
-    from fabric.security.tokens import Unauthorized
 
     async with open_state(settings) as state:
         try:

@@ -16,6 +16,8 @@ from concurrent.futures import ProcessPoolExecutor
 
 import msgspec
 
+from fabric.errors import FabricError
+
 #: bodies up to this size are split on the event loop (a few ms at worst)
 INLINE_BYTES = 128 * 1024
 
@@ -23,7 +25,7 @@ _raws = msgspec.json.Decoder(list[msgspec.Raw])
 _pool: ProcessPoolExecutor | None = None
 
 
-class TooMany(ValueError):
+class TooMany(FabricError, ValueError):
     """More events in the body than one request may carry."""
 
 

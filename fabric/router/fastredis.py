@@ -17,8 +17,10 @@ from urllib.parse import urlparse
 import hiredis
 from redis.crc import key_slot
 
+from fabric.errors import BackendUnavailable
 
-class RedisUnavailable(ConnectionError):
+
+class RedisUnavailable(BackendUnavailable, ConnectionError):
     """Redis did not answer; the caller answers 503."""
 
 

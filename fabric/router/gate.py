@@ -14,12 +14,13 @@ from dataclasses import dataclass
 
 from redis.exceptions import RedisError
 
+from fabric.errors import RateLimited, Unauthorized
 from fabric.router.fastredis import RedisUnavailable
 from fabric.router.state import HTTPProblem
 from fabric.security.access import AccessRules
 from fabric.security.audit import AuditLog, trace_id_of
-from fabric.security.ratelimit import RateLimited, RateLimiter
-from fabric.security.tokens import Principal, TokenVerifier, Unauthorized, open_principal
+from fabric.security.ratelimit import RateLimiter
+from fabric.security.tokens import Principal, TokenVerifier, open_principal
 from fabric.settings import Settings
 
 CHALLENGE = 'Bearer realm="context-fabric"'
@@ -64,7 +65,7 @@ class Gate:
 
     def limited(self, who: Principal, action: str, resource: str, trace: str, e: RateLimited) -> HTTPProblem:
         self.audit.record(who, action, resource, "deny", "429 rate limited", trace)
-        return HTTPProblem(429, str(e), {"Retry-After": e.retry_after})
+        return HTTPProblem(429, str(e), {"Retry-After": str(e.retry_after)})
 
     def forbid(self, who: Principal, action: str, resource: str, trace: str, reason: str) -> HTTPProblem:
         """A 403, audited."""

@@ -41,6 +41,7 @@ from redis.crc import key_slot
 from redis.exceptions import RedisError
 
 from fabric.contract import Update
+from fabric.errors import FabricError
 from fabric.pipeline.materialize import CacheKeys
 from fabric.router.contexts import freshness
 from fabric.security.tokens import Principal
@@ -74,7 +75,7 @@ def compile_patterns(patterns: list[str]) -> re.Pattern[str]:
     return re.compile("|".join(f"(?:{fnmatch.translate(p)})" for p in patterns))
 
 
-class SubscriberClosed(Exception):
+class SubscriberClosed(FabricError):
     """The hub gave up on a subscriber; the message says why."""
 
 

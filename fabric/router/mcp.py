@@ -39,14 +39,15 @@ from mcp.server.subscriptions import InMemorySubscriptionBus, ListenHandler, Res
 from mcp.shared.exceptions import MCPError
 from starlette.applications import Starlette
 
+from fabric import __version__
 from fabric.client import subject_path
+from fabric.errors import RateLimited, Unauthorized
 from fabric.router.assemble import policy_named
 from fabric.router.contexts import fetch, recent_composites
 from fabric.router.fastpath import read_context
 from fabric.router.state import HTTPProblem, RouterState
 from fabric.security.audit import trace_id_of
-from fabric.security.ratelimit import RateLimited
-from fabric.security.tokens import Principal, Unauthorized
+from fabric.security.tokens import Principal
 from fabric.settings import Settings
 
 NOT_FOUND = -32002  # the MCP spec's "resource not found"
@@ -333,7 +334,7 @@ def _iso_ms(text: str) -> int:
 
 def build_server(handlers: FabricMCP) -> Server[Any]:
     return Server(
-        "context-fabric", version="0.1.0",
+        "context-fabric", version=__version__,
         instructions="Enterprise context for copilots: read ctx:// resources, call assemble_context for a "
                      "prompt bundle, listen to resources to be told when they change.",
         on_list_resources=handlers.list_resources, on_list_resource_templates=handlers.list_templates,

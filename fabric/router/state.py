@@ -13,6 +13,7 @@ from aiokafka import AIOKafkaProducer
 from redis.exceptions import RedisError
 from starlette.requests import HTTPConnection
 
+from fabric.errors import FabricError
 from fabric.pipeline.materialize import CacheKeys
 from fabric.router.fastredis import Pipelined
 from fabric.settings import Settings
@@ -27,7 +28,7 @@ if TYPE_CHECKING:
     from fabric.security.tokens import Principal
 
 
-class HTTPProblem(Exception):
+class HTTPProblem(FabricError):
     """An error answered as ``{"error": message}`` with a status code."""
 
     def __init__(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:

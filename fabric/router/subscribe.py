@@ -27,6 +27,7 @@ import orjson
 from starlette.responses import Response
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
+from fabric.errors import FabricError
 from fabric.registry.convert import converter
 from fabric.router.contexts import iso
 from fabric.router.hub import ENTRY_ID, SubscriberClosed
@@ -36,7 +37,7 @@ USAGE = 'first message must be {"subscribe": ["page.*", ...], "resume": "<token>
 CLOSE_CODES = {401: 4401, 403: 4403, 429: 4429}
 
 
-class BadRequest(ValueError):
+class BadRequest(FabricError, ValueError):
     """The first message is not a subscription request; the message says what is wrong."""
 
 

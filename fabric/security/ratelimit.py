@@ -24,6 +24,7 @@ from typing import Any
 
 import hiredis
 
+from fabric.errors import RateLimited
 from fabric.router.fastredis import Pipelined
 from fabric.security.tokens import Principal
 from fabric.settings import SecuritySettings
@@ -69,15 +70,8 @@ return {grant, 0}
 SHA = hashlib.sha1(_LUA.encode()).hexdigest()
 
 
-class RateLimited(Exception):
-    def __init__(self, wait_ms: int) -> None:
-        super().__init__(f"rate limit exceeded; retry in {wait_ms} ms")
-        self.wait_ms = wait_ms
-
-    @property
-    def retry_after(self) -> str:
-        """Whole seconds, as ``Retry-After`` wants, never 0."""
-        return str(max(1, math.ceil(self.wait_ms / 1000)))
+def limited(wait_ms: int) -> RateLimited:
+    return RateLimited(f"rate limit exceeded; retry in {wait_ms} ms", math.ceil(wait_ms / 1000))
 
 
 def lease_size(rate: float, burst: int) -> int:
@@ -124,7 +118,7 @@ class RateLimiter:
         overwrites another, so no token taken from the buckets is lost."""
         granted, wait = int(reply[0]), int(reply[1])
         if granted < 1:
-            raise RateLimited(max(1, wait))
+            raise limited(max(1, wait))
         if len(self.leases) > 100_000:
             self.leases.clear()
         now = time.monotonic()

@@ -23,7 +23,7 @@ import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from fabric.errors import FabricError
+from fabric.errors import FabricError, Unauthorized
 from fabric.settings import SecuritySettings, Settings
 from fabric.topics.codecs import TENANT
 
@@ -32,14 +32,6 @@ DEV_KID = "fabric-dev-1"
 #: defaults). Honoured only on tokens of ``security.operator_tenant``; ``admin`` never implies it.
 OPERATOR_SCOPE = "platform:admin"
 MAX_TOKEN_BYTES = 8192
-
-
-class Unauthorized(FabricError):
-    """No usable token: answered 401."""
-
-
-class Forbidden(FabricError):
-    """A valid token that does not allow this: answered 403."""
 
 
 @dataclass(eq=False, slots=True)

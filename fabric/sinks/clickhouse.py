@@ -173,7 +173,7 @@ def table_answers(client: Any, table: str) -> bool:
         return False
 
 
-class Unavailable(Exception):
+class Unavailable(BackendUnavailable):
     """The engine or table did not answer; retry the whole batch later."""
 
 
