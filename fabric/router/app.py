@@ -23,7 +23,7 @@ from fabric.router.ingest import post_events
 from fabric.router.mcp import mcp_http_app
 from fabric.router.registry_api import ROUTES as registry_routes
 from fabric.router.runtime import open_state
-from fabric.router.state import HTTPProblem, state_of
+from fabric.router.state import HTTPProblem, caller, state_of
 from fabric.router.subscribe import subscribe
 from fabric.security.tokens import dev_jwks
 from fabric.settings import Settings
@@ -81,7 +81,9 @@ async def healthz(request: Request) -> Response:
 
 
 async def schema(request: Request) -> Response:
+    """A context type's JSON Schema: a registry read, so any valid token of any tenant."""
     st = state_of(request)
+    await caller(request, "registry.read", request.url.path)
     name = request.path_params["context_type"]
     if name not in st.registry.context_types:
         raise HTTPProblem(404, f"unknown context type {name!r}")

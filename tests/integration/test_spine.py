@@ -255,10 +255,13 @@ async def test_contract_errors(fabric: Fabric, http: httpx.AsyncClient) -> None:
     assert r.status_code == 404 and "unknown context type 'Nope'" in r.json()["error"]
     r = await http.get("/v1/contexts/PageDSL/missing")
     assert r.status_code == 404
+    r = await http.get("/v1/schemas/PageDSL")
+    assert r.status_code == 200 and r.json()["$schema"].endswith("2020-12/schema")
     r = await http.get("/v1/contexts/PageDSL", params={"limit": "0"})
     assert r.status_code == 400
     async with httpx.AsyncClient(base_url=fabric.url) as anon:
         assert (await anon.get("/v1/contexts/PageDSL/x")).status_code == 401
+        assert (await anon.get("/v1/schemas/PageDSL")).status_code == 401  # a registry read
         assert (await anon.get("/healthz")).json()["redis"] is True
         metrics = (await anon.get("/metrics")).text
         assert "fabric_http_errors_total" in metrics

@@ -26,6 +26,6 @@ def test_example(name: str) -> None:
         for e in yaml.safe_load(BLOCKS[("events", name)])
     ]
     out = composites(run_patterns(BLOCKS[("example", name)], events, flush_to_ms=10**9))
-    assert [{"pattern": c.pattern, "key": c.key, "events": len(c.events)} for c in out] == yaml.safe_load(
-        BLOCKS[("composites", name)]
-    )
+    # the key as the composite's data.key shows it: the tenant is the matcher's, not the user's
+    shown = [{"pattern": c.pattern, "key": c.key.partition("|")[2], "events": len(c.events)} for c in out]
+    assert shown == yaml.safe_load(BLOCKS[("composites", name)])
