@@ -6,7 +6,7 @@ import json
 
 import click
 
-from fabric.cli.main import settings_of
+from fabric.cli.common import settings_of
 from fabric.errors import FabricError
 from fabric.security.trail import records_sql, report_sql
 from fabric.sinks.query import query as run

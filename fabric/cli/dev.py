@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from fabric.cli.main import settings_of
+from fabric.cli.common import settings_of
 from fabric.dev.kafka import nodes
 from fabric.dev.stack import PartStatus, Stack
 

@@ -8,42 +8,18 @@ from __future__ import annotations
 
 import logging
 import sys
-from collections.abc import Callable
-from typing import Any, TypeVar
 
 import click
 
+from fabric.cli import audit, dev, mcp, patterns, policies, provider, query, registry, run, serve, token
 from fabric.errors import FabricError
-from fabric.settings import Settings, load_settings
-from fabric.topics.codecs import TENANT
-
-F = TypeVar("F", bound=Callable[..., Any])
+from fabric.settings import load_settings
 
 ENV_HELP = (
     "Settings come from FABRIC_* variables: FABRIC_KAFKA_BOOTSTRAP, FABRIC_REDIS_URL, "
     "FABRIC_CLICKHOUSE_URL (chdb:///dir or http://host:8123), FABRIC_KAFKA__TOPIC_PREFIX, "
     "FABRIC_ROUTER__PORT, FABRIC_DATA_DIR ..."
 )
-
-
-def _tenant_name(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
-    if value is not None and not TENANT.fullmatch(value):
-        raise click.BadParameter("must be 1-64 of A-Z a-z 0-9 _ . - (not starting with _ . -)")
-    return value
-
-
-def owner_option(what: str) -> Callable[[F], F]:
-    """``--tenant T``: the tenant's own ``what`` (they apply to it alone and shadow the
-    platform's of the same name for it); without it, the platform's, every tenant's default."""
-    return click.option(
-        "--tenant", default=None, callback=_tenant_name,
-        help=f"The tenant's own {what} (they apply to it alone); default: the platform's, for every tenant.",
-    )  # fmt: skip
-
-
-def settings_of(ctx: click.Context) -> Settings:
-    obj: Settings = ctx.obj
-    return obj
 
 
 class FabricGroup(click.Group):
@@ -68,23 +44,17 @@ def main(ctx: click.Context, verbose: bool) -> None:
     ctx.obj = load_settings()
 
 
-def _register() -> None:
-    from fabric.cli import audit, dev, mcp, patterns, policies, provider, query, registry, run, serve, token
-
-    main.add_command(dev.dev)
-    main.add_command(serve.worker)
-    main.add_command(serve.router)
-    main.add_command(serve.sink)
-    main.add_command(query.query)
-    main.add_command(run.run)
-    main.add_command(run.demo)
-    main.add_command(patterns.patterns)
-    main.add_command(policies.policies)
-    main.add_command(token.token)
-    main.add_command(audit.audit)
-    main.add_command(mcp.mcp)
-    main.add_command(provider.provider)
-    main.add_command(registry.registry)
-
-
-_register()
+main.add_command(dev.dev)
+main.add_command(serve.worker)
+main.add_command(serve.router)
+main.add_command(serve.sink)
+main.add_command(query.query)
+main.add_command(run.run)
+main.add_command(run.demo)
+main.add_command(patterns.patterns)
+main.add_command(policies.policies)
+main.add_command(token.token)
+main.add_command(audit.audit)
+main.add_command(mcp.mcp)
+main.add_command(provider.provider)
+main.add_command(registry.registry)

@@ -13,7 +13,7 @@ import sys
 
 import click
 
-from fabric.cli.main import settings_of
+from fabric.cli.common import settings_of
 from fabric.errors import FabricError
 from fabric.settings import Settings
 

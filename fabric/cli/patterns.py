@@ -17,7 +17,7 @@ import orjson
 
 from fabric import kafka_clients
 from fabric.cep.patterns import load_patterns
-from fabric.cli.main import owner_option, settings_of
+from fabric.cli.common import owner_option, settings_of
 from fabric.registry.store import PATTERN
 from fabric.settings import Settings
 from fabric.topics.admin import ensure_topics, read_compacted

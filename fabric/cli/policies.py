@@ -14,7 +14,7 @@ import orjson
 
 from fabric.assembly.policy import parse_policies
 from fabric.assembly.store import PolicyStore, load_published, publish
-from fabric.cli.main import owner_option, settings_of
+from fabric.cli.common import owner_option, settings_of
 from fabric.settings import Settings
 
 TENANT = owner_option("policies")

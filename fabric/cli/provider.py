@@ -13,7 +13,7 @@ from pathlib import Path
 
 import click
 
-from fabric.cli.main import owner_option, settings_of
+from fabric.cli.common import owner_option, settings_of
 from fabric.errors import FabricError
 from fabric.providers.sdk import Provider
 from fabric.settings import Settings

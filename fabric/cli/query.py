@@ -6,7 +6,7 @@ import json
 
 import click
 
-from fabric.cli.main import settings_of
+from fabric.cli.common import settings_of
 from fabric.sinks.query import query as run
 
 

@@ -14,7 +14,7 @@ import click
 import httpx
 import yaml
 
-from fabric.cli.main import settings_of
+from fabric.cli.common import settings_of
 from fabric.errors import FabricError
 from fabric.settings import Settings
 

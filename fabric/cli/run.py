@@ -8,7 +8,7 @@ import signal
 
 import click
 
-from fabric.cli.main import settings_of
+from fabric.cli.common import settings_of
 from fabric.dev.procs import Processes
 from fabric.dev.stack import Stack
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 import uvloop
 
-from fabric.cli.main import settings_of
+from fabric.cli.common import settings_of
 
 
 @click.command(

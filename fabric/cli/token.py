@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import click
 
-from fabric.cli.main import settings_of
+from fabric.cli.common import settings_of
 from fabric.errors import FabricError
 from fabric.security.tokens import OPERATOR_SCOPE, mint
 
