@@ -21,9 +21,10 @@ from fabric.router.fastpath import FastPull
 from fabric.router.fastredis import RedisUnavailable
 from fabric.router.ingest import post_events
 from fabric.router.mcp import mcp_http_app
+from fabric.router.problems import HTTPProblem
 from fabric.router.registry_api import ROUTES as registry_routes
 from fabric.router.runtime import open_state
-from fabric.router.state import HTTPProblem, caller, state_of
+from fabric.router.state import caller, state_of
 from fabric.router.subscribe import subscribe
 from fabric.security.tokens import dev_jwks
 from fabric.settings import Settings

@@ -12,7 +12,7 @@ type's TTL), ``withheld`` (the caller's scopes or the access rules).
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -29,7 +29,8 @@ from fabric.contract import Bundle, Context, Item, Omitted, Provenance, Section
 from fabric.errors import ConfigError
 from fabric.registry.store import POLICY
 from fabric.router.contexts import build_context
-from fabric.router.state import HTTPProblem, RouterState, caller, state_of
+from fabric.router.problems import HTTPProblem
+from fabric.router.state import RouterState, caller, state_of
 from fabric.security.tokens import Principal
 from fabric.topics.registry import ContextType
 
@@ -45,10 +46,11 @@ class _Candidate:
     at_ms: int
 
 
-@dataclass
+@dataclass(slots=True)
 class Assembler:
+    """Builds one bundle from the cache; made per request (it holds only the state)."""
+
     state: RouterState
-    store: PolicyStore = field(default_factory=PolicyStore)
 
     async def assemble(self, who: Principal, subject: str, policy: InjectionPolicy) -> Bundle[msgspec.Raw]:
         found: dict[str, list[dict[str, Any]]] = {}
@@ -183,9 +185,9 @@ async def assemble(request: Request) -> Response:
     else:
         if not isinstance(body.get("policy"), str):
             raise HTTPProblem(400, "policy must name an injection policy (GET /v1/policies lists them)")
-        policy = policy_named(st.assembler.store, body["policy"], who.tenant)
+        policy = policy_named(st.policies, body["policy"], who.tenant)
     resource = f"{policy.name}@{policy.version}/{subject}"
-    bundle = await st.assembler.assemble(who, subject, policy)
+    bundle = await Assembler(st).assemble(who, subject, policy)
     items = sum(len(s.items) for s in bundle.sections)
     withheld = sum(s.omitted.withheld for s in bundle.sections)
     st.gate.allow(who, "context.assemble", resource, trace, f"{items} items, {withheld} withheld")
@@ -195,7 +197,7 @@ async def assemble(request: Request) -> Response:
 async def list_policies(request: Request) -> Response:
     st = state_of(request)
     who, _ = await caller(request, "policies.list", "policies")
-    store = st.assembler.store
+    store = st.policies
     versions = store.versions(who.tenant)
     out = [
         {"name": p.name, "version": p.version, "versions": sorted(versions[p.name]),
@@ -209,7 +211,7 @@ async def list_policies(request: Request) -> Response:
 async def get_policy(request: Request) -> Response:
     st = state_of(request)
     who, _ = await caller(request, "policies.read", request.path_params["name"])
-    policy = policy_named(st.assembler.store, request.path_params["name"], who.tenant)
+    policy = policy_named(st.policies, request.path_params["name"], who.tenant)
     return Response(_enc.encode(policy.model_dump(mode="json")), media_type="application/json")
 
 
@@ -226,7 +228,7 @@ async def put_policy(request: Request) -> Response:
             raise ValueError
     except (orjson.JSONDecodeError, ValueError):
         raise HTTPProblem(400, "body must be a policy as a JSON object") from None
-    store = st.assembler.store
+    store = st.policies
     doc = {**doc, "name": name, "version": store.next_version(name, who.tenant)}
     try:
         policy = policy_from(doc, f"policy {name}")

@@ -17,7 +17,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from fabric.errors import BackendUnavailable, FabricError
-from fabric.router.state import HTTPProblem, caller, state_of
+from fabric.router.problems import HTTPProblem
+from fabric.router.state import caller, state_of
 from fabric.security.trail import records_sql, report_sql
 from fabric.sinks.query import query
 

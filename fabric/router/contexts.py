@@ -9,8 +9,7 @@ and windows, as if they were not there.
 
 from __future__ import annotations
 
-import time
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 import msgspec
@@ -19,24 +18,14 @@ from starlette.responses import Response
 
 from fabric.contract import Context, ContextList
 from fabric.registry.convert import converter
-from fabric.router.state import HTTPProblem, RouterState, caller, context_type_named, state_of
+from fabric.router.freshness import freshness
+from fabric.router.problems import HTTPProblem
+from fabric.router.state import RouterState, caller, context_type_named, state_of
 from fabric.security.tokens import Principal
 from fabric.topics.envelope import LEVELS
 from fabric.topics.registry import ContextType
 
 _enc = msgspec.json.Encoder()
-
-
-def iso(ms: int) -> str:
-    return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-def freshness(at_ms: int, ct: ContextType, now_ms: int | None = None) -> tuple[str, int, bool]:
-    """(as_of, age_ms, stale) of a context whose event time is ``at_ms``: stale once older
-    than the context type's ``ttl_s``."""
-    now_ms = int(time.time() * 1000) if now_ms is None else now_ms
-    age = max(0, now_ms - at_ms)
-    return iso(at_ms), age, bool(ct.ttl_s) and age > ct.ttl_s * 1000
 
 
 def build_context(

@@ -18,7 +18,8 @@ from fabric.contract import Context
 from fabric.errors import RateLimited
 from fabric.router.contexts import build_context
 from fabric.router.fastredis import RedisUnavailable
-from fabric.router.state import HTTPProblem, RouterState, context_type_named
+from fabric.router.problems import HTTPProblem
+from fabric.router.state import RouterState, context_type_named
 from fabric.security.audit import trace_id_of
 from fabric.security.tokens import Principal
 from fabric.topics.registry import ContextType

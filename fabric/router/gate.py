@@ -16,7 +16,7 @@ from redis.exceptions import RedisError
 
 from fabric.errors import RateLimited, Unauthorized
 from fabric.router.fastredis import RedisUnavailable
-from fabric.router.state import HTTPProblem
+from fabric.router.problems import HTTPProblem
 from fabric.security.access import AccessRules
 from fabric.security.audit import AuditLog, trace_id_of
 from fabric.security.ratelimit import RateLimiter

@@ -43,7 +43,7 @@ from redis.exceptions import RedisError
 from fabric.contract import Update
 from fabric.errors import FabricError
 from fabric.pipeline.materialize import CacheKeys
-from fabric.router.contexts import freshness
+from fabric.router.freshness import freshness
 from fabric.security.tokens import Principal
 from fabric.topics.envelope import LEVELS
 from fabric.topics.registry import Registry

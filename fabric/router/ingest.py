@@ -13,97 +13,17 @@ import asyncio
 import time
 from typing import Any
 
-import jsonschema
 import msgspec
 import orjson
 from aiokafka.errors import KafkaError
 from starlette.requests import Request
 from starlette.responses import Response
 
-from fabric.errors import InvalidEvent, UnknownEventType
 from fabric.pipeline.route import PROVIDER_HEADER
 from fabric.router import bodies
-from fabric.router.state import HTTPProblem, caller, state_of
-from fabric.topics.codecs import decode_structured, validate
-from fabric.topics.registry import Registry
-
-
-class Rejected(msgspec.Struct):
-    index: int
-    pointer: str
-    error: str
-    id: str | None = None
-
-
-class IngestResult(msgspec.Struct):
-    accepted: list[str]
-    #: the first ``router.max_rejections_listed`` refused events, each named
-    rejected: list[Rejected]
-    #: how many were refused in all
-    rejected_count: int = 0
-
-
-def _pointer(index: int, path: Any) -> str:
-    parts = "".join("/" + str(p).replace("~", "~0").replace("/", "~1") for p in path)
-    return f"/{index}{parts}"
-
-
-class EdgeValidator:
-    """Precompiled JSON-Schema validators, one per context type."""
-
-    def __init__(self, registry: Registry, max_event_bytes: int) -> None:
-        self.registry = registry
-        self.max_event_bytes = max_event_bytes
-        self._validators: dict[tuple[str, int], jsonschema.Draft202012Validator] = {}
-
-    def validator(self, name: str) -> jsonschema.Draft202012Validator:
-        """The validator of a context type's current schema version (rebuilt when it evolves)."""
-        key = (name, self.registry.version[name])
-        v = self._validators.get(key)
-        if v is None:
-            v = self._validators[key] = jsonschema.Draft202012Validator(
-                self.registry.schemas.json_schema(name), format_checker=jsonschema.Draft202012Validator.FORMAT_CHECKER
-            )
-        return v
-
-    def check(self, index: int, event: Any, tenant: str, size: int) -> Rejected | None:
-        """None when the event is valid (see ``accept``)."""
-        outcome = self.accept(index, event, tenant, size)
-        return None if isinstance(outcome, bytes) else outcome
-
-    def accept(self, index: int, event: Any, tenant: str, size: int) -> Rejected | bytes:
-        """The event's JSON to produce when it is valid; fills in the caller's tenant when absent.
-
-        The worker's own decoder (msgspec, fast) decides, so the edge accepts exactly
-        what the worker will; JSON Schema then explains a refusal with a readable
-        message and the JSON pointer of the violation."""
-        if size > self.max_event_bytes:
-            return Rejected(index, f"/{index}", f"event is {size} bytes, over the limit of {self.max_event_bytes}")
-        if not isinstance(event, dict):
-            return Rejected(index, f"/{index}", f"an event must be a JSON object, got {type(event).__name__}")
-        ev_id = event.get("id") if isinstance(event.get("id"), str) else None
-        given = event.setdefault("tenant", tenant)
-        if given != tenant:
-            return Rejected(index, f"/{index}/tenant", "tenant differs from the caller's tenant", ev_id)
-        etype = event.get("type")
-        if not isinstance(etype, str):
-            return Rejected(index, f"/{index}/type", "'type' is required and must be a string", ev_id)
-        try:
-            ct = self.registry.resolve(etype)
-        except UnknownEventType as e:
-            return Rejected(index, f"/{index}/type", e.reason, ev_id)
-        try:
-            encoded = orjson.dumps(event)
-        except orjson.JSONEncodeError as e:
-            return Rejected(index, f"/{index}", f"event cannot be encoded: {e}", ev_id)
-        try:
-            validate(decode_structured(encoded), self.registry)
-            return encoded
-        except InvalidEvent as worker_says:
-            error = jsonschema.exceptions.best_match(self.validator(ct.name).iter_errors(event))
-            if error is not None:
-                return Rejected(index, _pointer(index, error.absolute_path), error.message, ev_id)
-            return Rejected(index, f"/{index}{worker_says.pointer}", worker_says.reason, ev_id)
+from fabric.router.edge import IngestResult, Rejected
+from fabric.router.problems import HTTPProblem
+from fabric.router.state import caller, state_of
 
 
 async def split_body(body: bytes, content_type: str, max_events: int) -> list[tuple[Any, int] | Rejected]:

@@ -42,10 +42,11 @@ from starlette.applications import Starlette
 from fabric import __version__
 from fabric.client import subject_path
 from fabric.errors import RateLimited, Unauthorized
-from fabric.router.assemble import policy_named
+from fabric.router.assemble import Assembler, policy_named
 from fabric.router.contexts import fetch, recent_composites
 from fabric.router.fastpath import read_context
-from fabric.router.state import HTTPProblem, RouterState
+from fabric.router.problems import HTTPProblem
+from fabric.router.state import RouterState
 from fabric.security.audit import trace_id_of
 from fabric.security.tokens import Principal
 from fabric.settings import Settings
@@ -269,11 +270,11 @@ class FabricMCP:
             return _enc.encode({"context_type": ct.name, "items": items}).decode()
         if name == "assemble_context":
             try:
-                policy = policy_named(st.assembler.store, arg("policy", str), who.tenant)
+                policy = policy_named(st.policies, arg("policy", str), who.tenant)
             except HTTPProblem as e:
                 raise MCPError(NOT_FOUND, e.message) from None
             subject = arg("subject", str)
-            bundle = await st.assembler.assemble(who, subject, policy)
+            bundle = await Assembler(st).assemble(who, subject, policy)
             st.gate.allow(who, "mcp.tool.assemble_context", f"{policy.name}@{policy.version}/{subject}", trace)
             return _enc.encode(bundle).decode()
         if name == "query_composites":

@@ -34,7 +34,8 @@ from fabric.errors import ConfigError
 from fabric.registry.compat import zero_size_items
 from fabric.registry.manifests import parse_manifest
 from fabric.registry.store import FIRST_ID, SchemaVersion, valid_level
-from fabric.router.state import HTTPProblem, RouterState, caller, state_of
+from fabric.router.problems import HTTPProblem
+from fabric.router.state import RouterState, caller, state_of
 from fabric.security.tokens import OPERATOR_SCOPE, Principal
 from fabric.topics.registry import GENERIC_SCHEMA_ID, TYPED_ID_OFFSET
 
@@ -259,7 +260,7 @@ async def _store(st: RouterState, key: str, value: bytes) -> None:
 async def overview(request: Request) -> Response:
     """Everything versioned in the registry that the caller's tenant uses, in one answer."""
     st, who, _ = await _reader(request)
-    store, policies = st.schemas.store, st.assembler.store
+    store, policies = st.schemas.store, st.policies
     return _json({
         "schemas": {subject: sorted(vs) for subject, vs in sorted(store.subjects.items())},
         "routing": {"version": store.routing_version, "rules": len(st.registry.rules)},

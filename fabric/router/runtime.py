@@ -16,11 +16,10 @@ from fabric.errors import ConfigError
 from fabric.pipeline.materialize import CacheKeys
 from fabric.registry.store import RegistryFollower, SchemaStore
 from fabric.router import bodies
-from fabric.router.assemble import Assembler
+from fabric.router.edge import EdgeValidator
 from fabric.router.fastredis import FastCluster, FastRedis, Pipelined
 from fabric.router.gate import Gate
 from fabric.router.hub import ChangeHub
-from fabric.router.ingest import EdgeValidator
 from fabric.router.state import RouterState, watch_cache
 from fabric.security.access import AccessRules
 from fabric.security.audit import AuditLog
@@ -78,8 +77,7 @@ async def open_state(settings: Settings) -> AsyncIterator[RouterState]:
     await load_published(settings, store)
     follower = RegistryFollower(settings, SchemaStore(registry))
     await follower.start()
-    state = RouterState(settings, registry, redis, keys, producer, hub, validator, fast, gate, None, follower)  # type: ignore[arg-type]
-    state.assembler = Assembler(state, store)
+    state = RouterState(settings, registry, redis, keys, producer, hub, validator, fast, gate, store, follower)
     tasks = [asyncio.create_task(watch_cache(state)), asyncio.create_task(follow(settings, store))]
     gate.audit.start()
     bodies.start()

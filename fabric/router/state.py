@@ -6,36 +6,23 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 import redis.asyncio as aioredis
 from aiokafka import AIOKafkaProducer
 from redis.exceptions import RedisError
 from starlette.requests import HTTPConnection
 
-from fabric.errors import FabricError
+from fabric.assembly import PolicyStore
 from fabric.pipeline.materialize import CacheKeys
+from fabric.registry.store import RegistryFollower
+from fabric.router.edge import EdgeValidator
 from fabric.router.fastredis import Pipelined
+from fabric.router.gate import Gate
+from fabric.router.hub import ChangeHub
+from fabric.router.problems import HTTPProblem
+from fabric.security.tokens import Principal
 from fabric.settings import Settings
 from fabric.topics.registry import ContextType, Registry
-
-if TYPE_CHECKING:
-    from fabric.registry.store import RegistryFollower
-    from fabric.router.assemble import Assembler
-    from fabric.router.gate import Gate
-    from fabric.router.hub import ChangeHub
-    from fabric.router.ingest import EdgeValidator
-    from fabric.security.tokens import Principal
-
-
-class HTTPProblem(FabricError):
-    """An error answered as ``{"error": message}`` with a status code."""
-
-    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.headers = headers
 
 
 @dataclass
@@ -49,7 +36,8 @@ class RouterState:
     validator: EdgeValidator
     fast: Pipelined
     gate: Gate
-    assembler: Assembler
+    #: injection policies (the platform's and each tenant's), see ``fabric.router.assemble``
+    policies: PolicyStore
     schemas: RegistryFollower
     #: False while the cache is empty after a flush or being rebuilt from Kafka;
     #: refreshed in the background (see ``watch_cache``), so pulls pay nothing for it.

@@ -29,9 +29,10 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from fabric.errors import FabricError
 from fabric.registry.convert import converter
-from fabric.router.contexts import iso
+from fabric.router.freshness import iso
 from fabric.router.hub import ENTRY_ID, SubscriberClosed
-from fabric.router.state import HTTPProblem, caller, state_of
+from fabric.router.problems import HTTPProblem
+from fabric.router.state import caller, state_of
 
 USAGE = 'first message must be {"subscribe": ["page.*", ...], "resume": "<token>"?}'
 CLOSE_CODES = {401: 4401, 403: 4403, 429: 4429}

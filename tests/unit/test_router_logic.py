@@ -3,10 +3,11 @@ from __future__ import annotations
 import pytest
 
 from fabric.router import bodies
-from fabric.router.contexts import freshness
+from fabric.router.edge import Rejected
+from fabric.router.freshness import freshness
 from fabric.router.hub import compile_patterns
-from fabric.router.ingest import Rejected, split_body
-from fabric.router.state import HTTPProblem
+from fabric.router.ingest import split_body
+from fabric.router.problems import HTTPProblem
 from fabric.topics.registry import Registry
 
 

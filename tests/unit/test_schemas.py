@@ -7,7 +7,7 @@ import msgspec
 import pytest
 
 from fabric.errors import InvalidEvent
-from fabric.router.ingest import EdgeValidator
+from fabric.router.edge import EdgeValidator
 from fabric.topics.codecs import validate
 from fabric.topics.envelope import Envelope
 from fabric.topics.registry import Registry
