@@ -27,7 +27,7 @@ from bench import idle, push, worker
 from bench.env import BenchEnv, event, rss_mb, save
 from bench.hist import histogram, record, summary
 from fabric import kafka_clients
-from fabric.pipeline.materialize import CacheKeys
+from fabric.cache.keys import CacheKeys
 from fabric.topics.admin import ensure_topics, partitions_of
 
 

@@ -14,7 +14,7 @@ import redis.asyncio as aioredis
 from bench.env import RESULTS, BenchEnv, event, free_port, produce, save, wait_http
 from bench.loadgen import drive, http_get, resp_framer, resp_get
 from bench.plot import latency_vs_rate
-from fabric.pipeline.materialize import CacheKeys
+from fabric.cache.keys import CacheKeys
 from fabric.testing import bearer
 
 SUBJECTS = 10_000

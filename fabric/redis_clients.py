@@ -4,7 +4,7 @@ Cluster (``redis.cluster``) reached through any one of its nodes.
 The key layout makes the cluster work: everything of a tenant carries the tenant as a
 hash tag (``P:{T}:...``), the materializer's partition offsets share the tag
 ``{offsets}``, and no command or script touches keys of two tags, so each lands on one
-slot. The router's hot path has its own pipelining client (``router.fastredis``) with
+slot. The router's hot path has its own pipelining client (``fabric.cache.fastredis``) with
 the same two modes.
 """
 

@@ -45,12 +45,13 @@ from fabric.cep.patterns import Pattern, compile_pattern, load_patterns, scoped
 from fabric.cep.predicates import PatternError
 from fabric.errors import InvalidEvent
 from fabric.pipeline.enrich import new_traceparent
-from fabric.pipeline.route import CACHE_JSON, OutRecord, cache_headers
+from fabric.pipeline.route import OutRecord, cache_headers
 from fabric.pipeline.stages import EVENTS, TransactionalStage
 from fabric.registry.store import PATTERN, split_owner
 from fabric.settings import Settings
 from fabric.topics.admin import all_topics, ensure_topics, partitions_of, read_compacted, typed_topics
 from fabric.topics.codecs import decode_structured, decode_typed, encode_typed, validate
+from fabric.topics.headers import CACHE_JSON
 from fabric.topics.registry import Registry
 
 log = logging.getLogger(__name__)

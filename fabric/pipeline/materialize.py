@@ -30,8 +30,10 @@ from typing import Any
 import msgspec
 import redis.asyncio as aioredis
 
+from fabric.cache.keys import CacheKeys
 from fabric.settings import Settings
 from fabric.topics.envelope import LEVEL
+from fabric.topics.headers import CACHE_JSON, CACHE_KEY
 
 _LUA = """
 -- One tenant's changes from one partition batch.
@@ -105,47 +107,6 @@ if tonumber(ARGV[1]) > cur then redis.call('SET', KEYS[1], ARGV[1]) end
 STATE_LOST = -1
 
 
-class CacheKeys:
-    """Key names, shared by the materializer and the router."""
-
-    def __init__(self, prefix: str) -> None:
-        self.prefix = prefix
-
-    def ctx(self, tenant: str, ctype: str, subject: str) -> str:
-        return f"{self.prefix}:{{{tenant}}}:ctx:{ctype}:{subject}"
-
-    def window(self, tenant: str, ctype: str, subject: str) -> str:
-        return f"{self.prefix}:{{{tenant}}}:win:{ctype}:{subject}"
-
-    def recent(self, tenant: str, ctype: str) -> str:
-        return f"{self.prefix}:{{{tenant}}}:recent:{ctype}"
-
-    def changes(self, tenant: str) -> str:
-        return f"{self.prefix}:{{{tenant}}}:changes"
-
-    def offset(self, topic: str, partition: int) -> str:
-        """Read up to here for every tenant (one hash tag for all, so one MGET reads them)."""
-        return f"{self.prefix}:{{offsets}}:{topic}:{partition}"
-
-    def tenant_offset(self, tenant: str, topic: str, partition: int) -> str:
-        return f"{self.prefix}:{{{tenant}}}:offsets:{topic}:{partition}"
-
-    @property
-    def watermarks(self) -> str:
-        """Hash: ``<topic>:<partition>`` -> "complete_ms,reported_ms,caught_up" (see MaterializeStage)."""
-        return f"{self.prefix}:watermarks"
-
-    @property
-    def ready(self) -> str:
-        """Set by the materializer once the cache holds everything; gone after a flush."""
-        return f"{self.prefix}:ready"
-
-    @property
-    def rebuilding(self) -> str:
-        """Set (with a short TTL, refreshed) while a materializer replays history."""
-        return f"{self.prefix}:rebuilding"
-
-
 @dataclass(slots=True)
 class Change:
     """One decoded typed-topic record, ready to be written."""
@@ -180,8 +141,8 @@ def change_from_record(ctype: str, kind: str, rec: dict[str, Any], offset: int) 
 def change_from_headers(ctype: str, kind: str, headers: dict[str, bytes], offset: int) -> Change | None:
     """The Change the route stage described in headers, or None when they are absent
     (a record some other producer wrote: decode its Avro instead)."""
-    key = headers.get("fabric_cache_key")
-    body = headers.get("fabric_cache_json")
+    key = headers.get(CACHE_KEY)
+    body = headers.get(CACHE_JSON)
     if key is None or body is None:
         return None
     seq, at, tenant, etype, subject, event_id, *rest = msgspec.json.decode(key)

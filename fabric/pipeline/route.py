@@ -22,13 +22,10 @@ from fabric.pipeline.enrich import Enricher
 from fabric.settings import Settings
 from fabric.topics.codecs import decode_ingest, encode_typed, micros, validate
 from fabric.topics.envelope import ATTRIBUTES, LEVEL, Envelope
+from fabric.topics.headers import CACHE_JSON, CACHE_KEY, PROVIDER_HEADER
 from fabric.topics.registry import Registry
 
 log = logging.getLogger(__name__)
-
-PROVIDER_HEADER = "fabric_provider"
-CACHE_JSON = "fabric_cache_json"
-CACHE_KEY = "fabric_cache_key"
 
 
 @dataclass(slots=True)

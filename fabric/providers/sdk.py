@@ -18,10 +18,10 @@ from aiokafka.errors import KafkaError
 
 from fabric import kafka_clients
 from fabric.errors import InvalidEvent, PublishError
-from fabric.pipeline.route import PROVIDER_HEADER
 from fabric.settings import Settings
 from fabric.topics.codecs import validate
 from fabric.topics.envelope import Envelope, make_event, to_json
+from fabric.topics.headers import PROVIDER_HEADER
 from fabric.topics.registry import Registry
 
 

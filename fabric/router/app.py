@@ -14,11 +14,11 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route, WebSocketRoute
 
+from fabric.cache.fastredis import RedisUnavailable
 from fabric.router.assemble import assemble, get_policy, list_policies, put_policy
 from fabric.router.audit_api import audit_records, audit_report
 from fabric.router.contexts import list_composites, list_contexts
 from fabric.router.fastpath import FastPull
-from fabric.router.fastredis import RedisUnavailable
 from fabric.router.ingest import post_events
 from fabric.router.mcp import mcp_http_app
 from fabric.router.problems import HTTPProblem

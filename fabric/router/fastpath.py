@@ -14,10 +14,10 @@ from typing import Any
 import msgspec
 from starlette.applications import Starlette
 
+from fabric.cache.fastredis import RedisUnavailable
 from fabric.contract import Context
 from fabric.errors import RateLimited
 from fabric.router.contexts import build_context
-from fabric.router.fastredis import RedisUnavailable
 from fabric.router.problems import HTTPProblem
 from fabric.router.state import RouterState, context_type_named
 from fabric.security.audit import trace_id_of

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 
 from redis.exceptions import RedisError
 
+from fabric.cache.fastredis import RedisUnavailable
 from fabric.errors import RateLimited, Unauthorized
-from fabric.router.fastredis import RedisUnavailable
 from fabric.router.problems import HTTPProblem
 from fabric.security.access import AccessRules
 from fabric.security.audit import AuditLog, trace_id_of

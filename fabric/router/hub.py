@@ -40,9 +40,9 @@ from prometheus_client import Counter, Gauge
 from redis.crc import key_slot
 from redis.exceptions import RedisError
 
+from fabric.cache.keys import CacheKeys
 from fabric.contract import Update
 from fabric.errors import FabricError
-from fabric.pipeline.materialize import CacheKeys
 from fabric.router.freshness import freshness
 from fabric.security.tokens import Principal
 from fabric.topics.envelope import LEVELS

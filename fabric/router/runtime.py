@@ -12,12 +12,12 @@ from aiokafka import AIOKafkaProducer
 
 from fabric import kafka_clients, redis_clients
 from fabric.assembly.store import PolicyStore, follow, load_published
+from fabric.cache.fastredis import FastCluster, FastRedis, Pipelined
+from fabric.cache.keys import CacheKeys
 from fabric.errors import ConfigError
-from fabric.pipeline.materialize import CacheKeys
 from fabric.registry.store import RegistryFollower, SchemaStore
 from fabric.router import bodies
 from fabric.router.edge import EdgeValidator
-from fabric.router.fastredis import FastCluster, FastRedis, Pipelined
 from fabric.router.gate import Gate
 from fabric.router.hub import ChangeHub
 from fabric.router.state import RouterState, watch_cache

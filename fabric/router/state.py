@@ -13,10 +13,10 @@ from redis.exceptions import RedisError
 from starlette.requests import HTTPConnection
 
 from fabric.assembly import PolicyStore
-from fabric.pipeline.materialize import CacheKeys
+from fabric.cache.fastredis import Pipelined
+from fabric.cache.keys import CacheKeys
 from fabric.registry.store import RegistryFollower
 from fabric.router.edge import EdgeValidator
-from fabric.router.fastredis import Pipelined
 from fabric.router.gate import Gate
 from fabric.router.hub import ChangeHub
 from fabric.router.problems import HTTPProblem

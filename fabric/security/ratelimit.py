@@ -24,8 +24,8 @@ from typing import Any
 
 import hiredis
 
+from fabric.cache.fastredis import Pipelined
 from fabric.errors import RateLimited
-from fabric.router.fastredis import Pipelined
 from fabric.security.tokens import Principal
 from fabric.settings import SecuritySettings
 

@@ -25,7 +25,6 @@ import websockets
 from fabric import kafka_clients
 from fabric.dev.procs import Processes, free_port
 from fabric.dev.stack import Stack
-from fabric.pipeline.route import CACHE_KEY
 from fabric.settings import (
     ClickHouseSettings,
     KafkaSettings,
@@ -36,6 +35,7 @@ from fabric.settings import (
 )
 from fabric.testing import bearer
 from fabric.topics.admin import partitions_of
+from fabric.topics.headers import CACHE_KEY
 from fabric.topics.registry import Registry
 
 T = TypeVar("T")

@@ -14,9 +14,9 @@ import httpx
 import pytest
 import redis.asyncio as aioredis
 
+from fabric.cache.keys import CacheKeys
 from fabric.dev.stack import Stack
 from fabric.errors import PublishError
-from fabric.pipeline.materialize import CacheKeys
 from fabric.providers import Provider
 from fabric.settings import ClickHouseSettings, KafkaSettings, RedisSettings, RouterSettings, Settings
 from fabric.testing import bearer

@@ -14,8 +14,8 @@ import redis.asyncio as aioredis
 from aiokafka import TopicPartition
 
 from fabric import kafka_clients
+from fabric.cache.keys import CacheKeys
 from fabric.dev.stack import Stack
-from fabric.pipeline.materialize import CacheKeys
 from fabric.settings import Settings
 from tests.integration.conftest import eventually, start_fabric, typed_ids, variant
 

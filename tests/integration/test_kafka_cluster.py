@@ -28,10 +28,10 @@ import pytest
 import redis.asyncio as aioredis
 
 from fabric import kafka_clients
+from fabric.cache.keys import CacheKeys
 from fabric.client import ContextClient
 from fabric.dev.procs import free_port
 from fabric.dev.stack import Stack
-from fabric.pipeline.materialize import CacheKeys
 from fabric.providers.sdk import Provider
 from fabric.settings import ClickHouseSettings, KafkaSettings, RedisSettings, RouterSettings, Settings, WorkerSettings
 from fabric.testing import bearer

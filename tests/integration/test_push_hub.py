@@ -12,8 +12,8 @@ import orjson
 import pytest
 import redis.asyncio as aioredis
 
+from fabric.cache.keys import CacheKeys
 from fabric.dev.stack import Stack
-from fabric.pipeline.materialize import CacheKeys
 from fabric.router.hub import ChangeHub, Subscriber
 from fabric.security.tokens import Principal
 from fabric.settings import Settings
