@@ -16,7 +16,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from fabric.cep.predicates import PatternError, compile_predicate, getter
+from fabric.conditions import ConditionError, compile_predicate, getter
 from fabric.errors import ConfigError
 
 
@@ -47,7 +47,7 @@ class InjectionPolicy(BaseModel):
         for i, s in enumerate(sections):
             try:
                 compile_predicate(resolve(s.where, "x", {}), "policy", f"sections[{i}].where")
-            except PatternError as e:
+            except ConditionError as e:
                 raise ValueError(str(e)) from None
         return sections
 

@@ -27,7 +27,7 @@ from prometheus_client import Counter
 
 from fabric.cep.clock import Clock, SystemClock, event_time_ms
 from fabric.cep.patterns import Absence, Aggregate, Pattern, Sequence
-from fabric.cep.predicates import Predicate
+from fabric.conditions import Predicate
 
 MAX_CONTRIBUTORS = 50
 #: A partition that sent nothing for this long (processing time) stops holding the watermark back.

@@ -37,12 +37,27 @@ from typing import Any, Literal
 
 import yaml
 
-from fabric.cep.predicates import MISSING, PatternError, Predicate, compile_predicate, getter
+from fabric.conditions import MISSING, ConditionError, Predicate, compile_predicate, getter
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _UNIT_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000, None: 1000}
 AGGREGATES = ("count", "sum", "avg", "min", "max", "p95")
 WINDOWS = ("tumbling", "hopping", "sliding", "session")
+
+
+class PatternError(ConditionError):
+    """A pattern is wrong: names the pattern, the field and the problem."""
+
+    def __init__(self, pattern: str, field: str, problem: str) -> None:
+        super().__init__(f"pattern {pattern!r}", field, problem)
+        self.pattern = pattern
+
+
+def _condition(spec: Any, pattern: str, field: str) -> Predicate:
+    try:
+        return compile_predicate(spec, f"pattern {pattern!r}", field)
+    except ConditionError as e:
+        raise PatternError(pattern, e.field, e.problem) from None
 
 
 def duration_ms(value: Any, pattern: str, where: str, allow_zero: bool = False) -> int:
@@ -211,7 +226,7 @@ def compile_pattern(spec: Any) -> Pattern:
             steps.append(
                 Step(
                     str(st.get("name", f"step{i}")),
-                    compile_predicate(st.get("where"), name, f"{where}.where"),
+                    _condition(st.get("where"), name, f"{where}.where"),
                     low,
                     high,
                 )
@@ -222,8 +237,8 @@ def compile_pattern(spec: Any) -> Pattern:
     elif kinds[0] == "absence":
         _known(body, {"first", "then_not", "within"}, name, "absence")
         rule = Absence(
-            compile_predicate(body.get("first"), name, "absence.first"),
-            compile_predicate(body.get("then_not"), name, "absence.then_not"),
+            _condition(body.get("first"), name, "absence.first"),
+            _condition(body.get("then_not"), name, "absence.then_not"),
             duration_ms(body.get("within"), name, "absence.within"),
         )
     else:
@@ -248,10 +263,10 @@ def compile_pattern(spec: Any) -> Pattern:
         if not isinstance(when, Mapping):
             raise PatternError(name, "aggregate.when", "needs a condition on the value, e.g. {$gt: 500}")
         rule = Aggregate(
-            compile_predicate(body.get("where"), name, "aggregate.where"),
+            _condition(body.get("where"), name, "aggregate.where"),
             getter(path) if isinstance(path, str) else (lambda ev: 1),
             fn, Window(kind, size, slide, gap),
-            compile_predicate({"value": when}, name, "aggregate.when"),
+            _condition({"value": when}, name, "aggregate.when"),
         )  # fmt: skip
     max_keys = spec.get("max_keys", 100_000)
     if not isinstance(max_keys, int) or max_keys < 1:

@@ -41,8 +41,7 @@ from aiokafka.partitioner import DefaultPartitioner
 from fabric import kafka_clients
 from fabric.cep.clock import event_time_ms
 from fabric.cep.matcher import Composite, Late, Matcher, Output, Position, relevance
-from fabric.cep.patterns import Pattern, compile_pattern, load_patterns, scoped
-from fabric.cep.predicates import PatternError
+from fabric.cep.patterns import Pattern, PatternError, compile_pattern, load_patterns, scoped
 from fabric.errors import InvalidEvent
 from fabric.pipeline.enrich import new_traceparent
 from fabric.pipeline.route import OutRecord, cache_headers

@@ -12,7 +12,7 @@ from typing import Any
 
 import yaml
 
-from fabric.cep.predicates import PatternError, compile_predicate
+from fabric.conditions import ConditionError, compile_predicate
 from fabric.errors import ConfigError
 from fabric.security.tokens import Principal
 from fabric.topics.envelope import LEVEL, LEVELS
@@ -63,8 +63,8 @@ class AccessRules:
             if unknown:
                 raise ConfigError(f"{where} ({r['name']}): unknown field(s) {', '.join(sorted(unknown))}")
             try:
-                when = compile_predicate(r.get("when"), r["name"], "when")
-            except PatternError as e:
+                when = compile_predicate(r.get("when"), f"rule {r['name']!r}", "when")
+            except ConditionError as e:
                 raise ConfigError(f"{origin}: {e}") from None
             applies = frozenset(
                 (ct, level)

@@ -7,8 +7,7 @@ import random
 import pytest
 
 from fabric.cep.matcher import Matcher, Position
-from fabric.cep.patterns import load_patterns
-from fabric.cep.predicates import PatternError
+from fabric.cep.patterns import PatternError, load_patterns
 from fabric.testing import Late, ManualClock, composites, ev, run_patterns
 
 DEPLOY_BURST = """

@@ -4,7 +4,7 @@ from typing import Any
 
 import pytest
 
-from fabric.cep.predicates import PatternError, compile_predicate, getter
+from fabric.conditions import ConditionError, compile_predicate, getter
 
 EV: dict[str, Any] = {
     "type": "log.entry", "tenant": "acme",
@@ -62,8 +62,8 @@ def test_operators(spec: dict[str, Any], expected: bool) -> None:
     ],
 )
 def test_errors_name_pattern_field_and_problem(spec: Any, message: str) -> None:
-    with pytest.raises(PatternError) as e:
-        compile_predicate(spec, pattern="deploy-burst")
+    with pytest.raises(ConditionError) as e:
+        compile_predicate(spec, owner="pattern 'deploy-burst'")
     assert "pattern 'deploy-burst'" in str(e.value) and message in str(e.value)
 
 

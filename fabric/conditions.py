@@ -1,4 +1,5 @@
 """Declarative conditions: MongoDB-style operators on dotted paths, compiled once into closures.
+Shared by CEP patterns, injection policies and access rules.
 
     {"type": "log.entry", "data.level": {"$in": ["ERROR", "FATAL"]}}
     {"$or": [{"data.value": {"$gt": 500}}, {"data.labels.route": {"$regex": "^/pay"}}]}
@@ -7,7 +8,7 @@ Operators: ``$eq $ne $in $nin $gt $gte $lt $lte $regex $exists``, ``$and $or $no
 A plain value means ``$eq``; several keys in one mapping must all hold. A missing
 field compares unequal and fails ordering comparisons (as in MongoDB); comparing
 values of different types is False, never an error. No ``eval``: every condition is
-a tree of small functions built when the pattern is loaded.
+a tree of small functions built when the pattern, policy or rule is loaded.
 """
 
 from __future__ import annotations
@@ -22,12 +23,13 @@ Predicate = Callable[[Mapping[str, Any]], bool]
 MISSING: Any = object()
 
 
-class PatternError(ConfigError):
-    """A pattern is wrong: names the pattern, the field and the problem."""
+class ConditionError(ConfigError):
+    """A condition is wrong: names whose it is (``owner``: "pattern 'x'", "policy 'y'"),
+    the field and the problem."""
 
-    def __init__(self, pattern: str, field: str, problem: str) -> None:
-        super().__init__(f"pattern {pattern!r}, {field or 'top level'}: {problem}")
-        self.pattern = pattern
+    def __init__(self, owner: str, field: str, problem: str) -> None:
+        super().__init__(f"{owner}, {field or 'top level'}: {problem}")
+        self.owner = owner
         self.field = field
         self.problem = problem
 
@@ -138,7 +140,7 @@ def _all_values(tests: list[ValueTest]) -> ValueTest:
     return lambda v: all(t(v) for t in tests)
 
 
-def _value_test(spec: Any, pattern: str, field: str) -> ValueTest:
+def _value_test(spec: Any, owner: str, field: str) -> ValueTest:
     """A test on one field's value: an operator mapping, or a plain value (equality)."""
     if not (isinstance(spec, Mapping) and spec and all(str(k).startswith("$") for k in spec)):
         return _eq(spec)
@@ -151,26 +153,26 @@ def _value_test(spec: Any, pattern: str, field: str) -> ValueTest:
             tests.append(_ne(arg))
         elif op in ("$in", "$nin"):
             if not isinstance(arg, list):
-                raise PatternError(pattern, where, f"{op} needs a list, got {type(arg).__name__}")
+                raise ConditionError(owner, where, f"{op} needs a list, got {type(arg).__name__}")
             tests.append(_in(list(arg), op == "$in"))
         elif op in ("$gt", "$gte", "$lt", "$lte"):
             if not isinstance(arg, (int, float, str)) or isinstance(arg, bool):
-                raise PatternError(pattern, where, f"{op} needs a number or a string, got {arg!r}")
+                raise ConditionError(owner, where, f"{op} needs a number or a string, got {arg!r}")
             tests.append(_ordered(op, arg))
         elif op == "$regex":
             try:
                 rx = re.compile(arg)
             except (re.error, TypeError) as e:
-                raise PatternError(pattern, where, f"not a valid regular expression: {e}") from None
+                raise ConditionError(owner, where, f"not a valid regular expression: {e}") from None
             tests.append(_regex(rx))
         elif op == "$exists":
             if not isinstance(arg, bool):
-                raise PatternError(pattern, where, "$exists needs true or false")
+                raise ConditionError(owner, where, "$exists needs true or false")
             tests.append(_exists(arg))
         elif op == "$not":
-            tests.append(_negate(_value_test(arg, pattern, where)))
+            tests.append(_negate(_value_test(arg, owner, where)))
         else:
-            raise PatternError(pattern, where, f"unknown operator {op}")
+            raise ConditionError(owner, where, f"unknown operator {op}")
     return tests[0] if len(tests) == 1 else _all_values(tests)
 
 
@@ -196,24 +198,24 @@ def _not(pred: Predicate) -> Predicate:
     return lambda ev: not pred(ev)
 
 
-def compile_predicate(spec: Any, pattern: str = "?", field: str = "where") -> Predicate:
+def compile_predicate(spec: Any, owner: str = "condition", field: str = "where") -> Predicate:
     """Compile a condition mapping into a function of an event (a dict)."""
     if spec is None or spec == {}:
         return lambda ev: True
     if not isinstance(spec, Mapping):
-        raise PatternError(pattern, field, f"a condition must be a mapping, got {type(spec).__name__}")
+        raise ConditionError(owner, field, f"a condition must be a mapping, got {type(spec).__name__}")
     parts: list[Predicate] = []
     for key, arg in spec.items():
         where = f"{field}.{key}"
         if key in ("$and", "$or"):
             if not isinstance(arg, list) or not arg:
-                raise PatternError(pattern, where, f"{key} needs a non-empty list of conditions")
-            subs = [compile_predicate(a, pattern, f"{where}[{i}]") for i, a in enumerate(arg)]
+                raise ConditionError(owner, where, f"{key} needs a non-empty list of conditions")
+            subs = [compile_predicate(a, owner, f"{where}[{i}]") for i, a in enumerate(arg)]
             parts.append(_all(subs) if key == "$and" else _any(subs))
         elif key == "$not":
-            parts.append(_not(compile_predicate(arg, pattern, where)))
+            parts.append(_not(compile_predicate(arg, owner, where)))
         elif isinstance(key, str) and key.startswith("$"):
-            raise PatternError(pattern, where, f"unknown operator {key} (field names cannot start with $)")
+            raise ConditionError(owner, where, f"unknown operator {key} (field names cannot start with $)")
         else:
-            parts.append(_field(getter(str(key)), _value_test(arg, pattern, where)))
+            parts.append(_field(getter(str(key)), _value_test(arg, owner, where)))
     return parts[0] if len(parts) == 1 else _all(parts)
