@@ -52,11 +52,14 @@ async def test_reconnect_with_resume_token_gets_exactly_what_was_missed(fabric: 
         reader = asyncio.create_task(until_dropped())
         await eventually(lambda: any("subscribed" in n for n in client.notices))
 
+        posted = [0]
+
         async def flow(start: int, end: int) -> None:
             for at in range(start, end, BATCH):
                 batch = [log(tenant, n) for n in range(at, at + BATCH)]
                 r = await http.post("/v1/events", json=batch, headers={"Authorization": f"Bearer {token}"})
                 assert r.status_code == 202, r.text
+                posted[0] = at + BATCH
                 await asyncio.sleep(0.05)
 
         # the subscriber drops after 2,000 of the first 4,000; the other 6,000 are posted
@@ -64,7 +67,7 @@ async def test_reconnect_with_resume_token_gets_exactly_what_was_missed(fabric: 
         await flow(0, 4_000)
         await asyncio.wait_for(reader, 60)
         producer = asyncio.create_task(flow(4_000, TOTAL))
-        await asyncio.sleep(0.5)
+        await eventually(lambda: posted[0] >= 4_000 + 5 * BATCH, timeout=30, interval=0.05)  # it resumes mid-flow
 
         async def resumed() -> None:
             async with contextlib.aclosing(client.subscribe(["log.*"], resume=first[-1].resume)) as updates:
