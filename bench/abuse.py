@@ -34,9 +34,9 @@ from aiokafka import AIOKafkaProducer
 from bench.env import BenchEnv, rss_mb, save
 from bench.hist import histogram, record, summary
 from bench.loadgen import drive, http_get
+from fabric.events.catalogue import Catalogue
 from fabric.settings import SecuritySettings
 from fabric.testing import bearer, operator
-from fabric.topics.registry import Registry
 
 VICTIM, ATTACKER = "victim", "mallory"
 
@@ -185,7 +185,7 @@ def varint(n: int) -> bytes:
 
 async def avro_bomb(env: BenchEnv, probe: Probe) -> dict[str, Any]:
     s = env.settings
-    schema = copy.deepcopy(Registry.load(s.schemas_dir).schemas.data_raw("DocChunk"))
+    schema = copy.deepcopy(Catalogue.load(s.schemas_dir).schemas.data_raw("DocChunk"))
     schema["fields"].append({"name": "pad", "type": {"type": "array", "items": "null"}, "default": []})
     async with httpx.AsyncClient(base_url=env.procs.url, timeout=30) as c:
         r = await c.post("/subjects/DocChunk/versions", json={"schema": orjson.dumps(schema).decode()},

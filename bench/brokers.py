@@ -3,7 +3,7 @@ on it. Per broker, on a fresh stack:
 
 - **start**: seconds until the broker answers (Kafka's jars already resolved), and its memory;
 - **floor**: produce -> consume latency of the broker alone, one producer and one
-  consumer built by ``fabric.kafka_clients`` (the fabric's own settings: acks=all, the
+  consumer built by ``fabric.kafka`` (the fabric's own settings: acks=all, the
   broker's fetch wait), 1,000 records/s, open loop;
 - **push**: an event produced to ``ctx.ingest`` -> the WebSocket frame a subscriber
   receives, through route, materialize and the router, 1 subscriber at 1,000 events/s,
@@ -26,20 +26,20 @@ from typing import Any
 from bench import idle, push, worker
 from bench.env import BenchEnv, event, rss_mb, save
 from bench.hist import histogram, record, summary
-from fabric import kafka_clients
+from fabric import kafka
 from fabric.cache.keys import CacheKeys
-from fabric.topics.admin import ensure_topics, partitions_of
+from fabric.kafka.topics import ensure_topics, partitions_of
 
 
 async def floor(env: BenchEnv, rate: int, seconds: float) -> dict[str, Any]:
     s = env.settings
     topic = s.topic("floor")
     await ensure_topics(s, [topic])
-    consumer = kafka_clients.consumer(s)
+    consumer = kafka.consumer(s)
     await consumer.start()
     consumer.assign(await partitions_of(consumer, topic))
     await consumer.seek_to_end(*consumer.assignment())
-    producer = kafka_clients.producer(s, linger_ms=1)
+    producer = kafka.producer(s, linger_ms=1)
     await producer.start()
     h = histogram()
     total = int(rate * seconds)
@@ -95,7 +95,7 @@ async def takeover(broker: str, peer: bool) -> float:
         stop = asyncio.Event()
 
         async def trickle() -> None:
-            p = kafka_clients.producer(s)
+            p = kafka.producer(s)
             await p.start()
             i = 0
             try:

@@ -12,10 +12,10 @@ import orjson
 from bench.env import RESULTS, BenchEnv, event, save
 from bench.loadgen import drive, http_post
 from bench.plot import latency_vs_rate
+from fabric.events.codecs import decode_structured
+from fabric.events.envelope import Envelope
 from fabric.providers.sdk import Provider
 from fabric.testing import bearer
-from fabric.topics.codecs import decode_structured
-from fabric.topics.envelope import Envelope
 
 BATCH = 100
 

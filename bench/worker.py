@@ -15,7 +15,7 @@ import httpx
 
 from bench.env import RESULTS, BenchEnv, free_port, produce, save
 from bench.plot import throughput_over_time
-from fabric.topics.admin import ensure_topics
+from fabric.kafka.topics import ensure_topics
 
 SUBJECTS = 10_000
 

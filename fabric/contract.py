@@ -28,6 +28,8 @@ class Context(msgspec.Struct, Generic[E]):
     changes: int
     event: E
     window: list[E] | None = None
+    #: the quality processor's score, lowered past the type's TTL (fabric.pipeline.quality)
+    quality: float | None = None
 
 
 class ContextList(msgspec.Struct, Generic[E]):
@@ -48,6 +50,7 @@ class Update(msgspec.Struct, Generic[E]):
     sensitivity: str
     resume: str
     event: E
+    quality: float | None = None
 
 
 class Provenance(msgspec.Struct, omit_defaults=True):
@@ -70,6 +73,7 @@ class Item(msgspec.Struct, Generic[E]):
     watermark_lag_ms: int
     provenance: Provenance
     event: E
+    quality: float | None = None
 
 
 class Omitted(msgspec.Struct):
@@ -78,6 +82,7 @@ class Omitted(msgspec.Struct):
     budget: int = 0
     stale: int = 0
     withheld: int = 0
+    quality: int = 0  # under the policy's min_quality
 
 
 class Section(msgspec.Struct, Generic[E]):

@@ -21,7 +21,7 @@ import httpx
 import orjson
 import websockets
 
-from fabric import kafka_clients
+from fabric import kafka
 from fabric.providers.sdk import Provider
 from fabric.settings import Settings
 from fabric.testing import bearer
@@ -136,8 +136,8 @@ async def scenario(settings: Settings, router_url: str, live_seconds: float = 0.
     )
 
     # 3. database change capture and CRM (plain Kafka client, CloudEvents binary mode)
-    producer = kafka_clients.producer(settings)
-    await kafka_clients.start(settings, producer)
+    producer = kafka.producer(settings)
+    await kafka.start(settings, producer)
     try:
         topic = settings.topic("ingest")
         schema = {"database": "shop", "table": "orders", "change": "altered", "primary_key": ["id"],

@@ -248,6 +248,12 @@ class WorkerSettings(_Part):
     metrics_port: int = Field(8701, description="Prometheus port of the worker; 0 turns it off")
     log_level: str = "info"
     checkpoint_every_s: float = Field(5.0, description="how often the CEP stage checkpoints its state")
+    processors: list[str] = Field(
+        ["redact", "quality"],
+        description="processors the route stage runs, in order: entry-point names (group fabric.processors) "
+        "or dotted paths package.module:Class",
+    )
+    processor_options: dict[str, dict[str, Any]] = Field({}, description="options per processor name")
 
 
 class Settings(BaseSettings):

@@ -8,15 +8,15 @@ from pathlib import Path
 import hypothesis  # noqa: F401
 import pytest
 
+from fabric.events.catalogue import Catalogue
 from fabric.settings import Settings, load_settings
-from fabric.topics.registry import Registry
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="session")
-def registry() -> Registry:
-    return Registry.load(ROOT / "fabric" / "schemas")
+def catalogue() -> Catalogue:
+    return Catalogue.load(ROOT / "fabric" / "schemas")
 
 
 @pytest.fixture(scope="session")

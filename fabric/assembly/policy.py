@@ -29,6 +29,7 @@ class Section(BaseModel):
     about: Any = Field(None, description="keep candidates whose subject names one of these values")
     top_k: int = Field(5, ge=1, le=100)
     scan: int = Field(200, ge=1, le=5000, description="recent subjects looked at when subjects is not given")
+    min_quality: float | None = Field(None, ge=0.0, le=1.0, description="overrides the policy's min_quality")
 
 
 class InjectionPolicy(BaseModel):
@@ -39,6 +40,7 @@ class InjectionPolicy(BaseModel):
     description: str = ""
     budget_tokens: int = Field(4000, ge=1)
     include_stale: bool = Field(False, description="stale contexts (older than their type's TTL) are left out")
+    min_quality: float = Field(0.0, ge=0.0, le=1.0, description="contexts scored under this quality are left out")
     sections: list[Section] = Field(min_length=1)
 
     @field_validator("sections")

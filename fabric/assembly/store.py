@@ -13,12 +13,12 @@ from pathlib import Path
 
 import orjson
 
-from fabric import kafka_clients
+from fabric import kafka
 from fabric.assembly.policy import InjectionPolicy, parse_policies, policy_from
 from fabric.errors import ConfigError
+from fabric.kafka.topics import ensure_topics, follow_compacted, read_compacted
 from fabric.registry.store import POLICY, split_owner
 from fabric.settings import Settings
-from fabric.topics.admin import ensure_topics, follow_compacted, read_compacted
 
 log = logging.getLogger(__name__)
 
@@ -103,4 +103,4 @@ async def publish(settings: Settings, items: list[tuple[str, bytes | None]]) -> 
     """Write policy records (``name@version`` -> JSON, or None to remove)."""
     topic = settings.topic("registry")
     await ensure_topics(settings, [topic])
-    await kafka_clients.publish(settings, topic, [(f"{POLICY}{key}".encode(), value) for key, value in items])
+    await kafka.publish(settings, topic, [(f"{POLICY}{key}".encode(), value) for key, value in items])

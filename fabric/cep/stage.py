@@ -38,20 +38,21 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
 from aiokafka.partitioner import DefaultPartitioner
 
-from fabric import kafka_clients
+from fabric import kafka
 from fabric.cep.clock import event_time_ms
 from fabric.cep.matcher import Composite, Late, Matcher, Output, Position, relevance
 from fabric.cep.patterns import Pattern, PatternError, compile_pattern, load_patterns, scoped
 from fabric.errors import InvalidEvent
+from fabric.events.catalogue import Catalogue
+from fabric.events.codecs import decode_structured, decode_typed, encode_typed, validate
+from fabric.events.headers import CACHE_JSON
+from fabric.kafka.send import OutRecord
+from fabric.kafka.topics import all_topics, ensure_topics, partitions_of, read_compacted, typed_topics
 from fabric.pipeline.enrich import new_traceparent
-from fabric.pipeline.route import OutRecord, cache_headers
-from fabric.pipeline.stages import EVENTS, TransactionalStage
+from fabric.pipeline.route import cache_headers
+from fabric.pipeline.stage import EVENTS, TransactionalStage
 from fabric.registry.store import PATTERN, split_owner
 from fabric.settings import Settings
-from fabric.topics.admin import all_topics, ensure_topics, partitions_of, read_compacted, typed_topics
-from fabric.topics.codecs import decode_structured, decode_typed, encode_typed, validate
-from fabric.topics.headers import CACHE_JSON
-from fabric.topics.registry import Registry
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +70,7 @@ def _ms(ms: int) -> str:
     return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def composite_event(c: Composite, registry: Registry) -> tuple[Any, Any, Any]:
+def composite_event(c: Composite, catalogue: Catalogue) -> tuple[Any, Any, Any]:
     """The composite as an envelope, validated against the Composite schema."""
     tenant, _, key = c.key.partition("|")
     aggregates = {
@@ -85,7 +86,7 @@ def composite_event(c: Composite, registry: Registry) -> tuple[Any, Any, Any]:
                              "partition": e["partition"], "offset": e["offset"]} for e in c.events]},
     }  # fmt: skip
     env = decode_structured(orjson.dumps(body))
-    ct, data = validate(env, registry)
+    ct, data = validate(env, catalogue)
     now = datetime.now(UTC)
     env = msgspec.structs.replace(env, contexttype=ct.name, provider="cep", receivedtime=now)
     return env, ct, data
@@ -105,8 +106,8 @@ class PatternSource:
     async def start(self) -> list[Pattern]:
         """Read what was applied so far; returns the patterns that run now."""
         s = self.settings
-        self.consumer = kafka_clients.consumer(s)
-        await kafka_clients.start(s, self.consumer)
+        self.consumer = kafka.consumer(s)
+        await kafka.start(s, self.consumer)
         self.consumer.assign(await partitions_of(self.consumer, s.topic("registry")))
         for key, spec in (await read_compacted(s, s.topic("registry"))).items():
             if key.startswith(PATTERN):
@@ -164,14 +165,14 @@ class PatternSource:
         return patterns
 
 
-def event_of(rec: Any, registry: Registry) -> tuple[bytes, dict[str, Any]] | None:
+def event_of(rec: Any, catalogue: Catalogue) -> tuple[bytes, dict[str, Any]] | None:
     """A typed-topic record's event as canonical JSON and as a dict; None when it does not
     decode (the materializer dead-letters it)."""
     for k, v in rec.headers or ():
         if k == CACHE_JSON:
             return v, orjson.loads(v)
     try:
-        _, ev = decode_typed(rec.value, registry)
+        _, ev = decode_typed(rec.value, catalogue)
     except InvalidEvent:
         return None
     raw = orjson.dumps({k: v for k, v in ev.items() if v is not None}, default=str)  # as the route stage writes it
@@ -183,8 +184,8 @@ class KeyStage(TransactionalStage):
 
     stage = "cep-keys"
 
-    def __init__(self, settings: Settings, registry: Registry, patterns: list[Pattern], **kw: Any) -> None:
-        super().__init__(settings, registry, **kw)
+    def __init__(self, settings: Settings, catalogue: Catalogue, patterns: list[Pattern], **kw: Any) -> None:
+        super().__init__(settings, catalogue, **kw)
         self.source = PatternSource(settings, patterns, self._use)
         self._use(patterns)
 
@@ -194,11 +195,11 @@ class KeyStage(TransactionalStage):
     async def on_start(self) -> None:
         s = self.settings
         self.keyed = s.topic("cep-keyed")
-        await ensure_topics(s, [*all_topics(s, self.registry), self.keyed, s.topic("registry")])
+        await ensure_topics(s, [*all_topics(s, self.catalogue), self.keyed, s.topic("registry")])
         self._use(await self.source.start())
         await self.open_transactions(f"{s.kafka.group_prefix}.cep-keys")
-        composites = s.topic(self.registry["Composite"].topic)
-        sources = [t for t in typed_topics(s, self.registry) if t != composites]
+        composites = s.topic(self.catalogue["Composite"].topic)
+        sources = [t for t in typed_topics(s, self.catalogue) if t != composites]
         self.consumer = self.subscribe(sources, self.group)
         self.partitions: list[int] = []
 
@@ -220,7 +221,7 @@ class KeyStage(TransactionalStage):
         for tp, recs in batch.items():
             newest: int | None = None
             for r in recs:
-                got = event_of(r, self.registry)
+                got = event_of(r, self.catalogue)
                 if got is None:
                     continue
                 raw, event = got
@@ -267,8 +268,8 @@ class CepStage(TransactionalStage):
 
     stage = "cep"
 
-    def __init__(self, settings: Settings, registry: Registry, patterns: list[Pattern], **kw: Any) -> None:
-        super().__init__(settings, registry, **kw)
+    def __init__(self, settings: Settings, catalogue: Catalogue, patterns: list[Pattern], **kw: Any) -> None:
+        super().__init__(settings, catalogue, **kw)
         self.patterns = patterns
         self.source = PatternSource(settings, patterns, self._use)
         self.parts: dict[TopicPartition, _Part] = {}
@@ -284,11 +285,11 @@ class CepStage(TransactionalStage):
         s = self.settings
         self.keyed = s.topic("cep-keyed")
         await ensure_topics(
-            s, [*all_topics(s, self.registry), self.keyed, s.topic("late"), s.topic("registry"),
+            s, [*all_topics(s, self.catalogue), self.keyed, s.topic("late"), s.topic("registry"),
                 s.topic("cep-checkpoints")],
         )  # fmt: skip
         self.patterns = await self.source.start()
-        self.composites_topic = s.topic(self.registry["Composite"].topic)
+        self.composites_topic = s.topic(self.catalogue["Composite"].topic)
         await self.open_transactions(f"{s.kafka.group_prefix}.cep")
         self.consumer = self.subscribe([self.keyed], self.group)
 
@@ -432,10 +433,10 @@ class CepStage(TransactionalStage):
                     "partition": o.position.partition if o.position else None,
                     "offset": o.position.offset if o.position else None})))  # fmt: skip
                 continue
-            env, ct, data = composite_event(o, self.registry)
+            env, ct, data = composite_event(o, self.catalogue)
             records.append(
                 OutRecord(
-                    self.composites_topic, env.key(), encode_typed(env, ct, data, self.registry), cache_headers(env)
+                    self.composites_topic, env.key(), encode_typed(env, ct, data, self.catalogue), cache_headers(env)
                 )
             )
         EVENTS.labels("cep", "composite").inc(sum(1 for o in outputs if isinstance(o, Composite)))

@@ -7,8 +7,8 @@ from typing import Any, TypeVar
 
 import click
 
+from fabric.events.codecs import TENANT
 from fabric.settings import Settings
-from fabric.topics.codecs import TENANT
 
 F = TypeVar("F", bound=Callable[..., Any])
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from fabric.cli.common import settings_of
-from fabric.dev.kafka import nodes
+from fabric.dev.kafka_broker import nodes
 from fabric.dev.stack import PartStatus, Stack
 
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
-from fabric.dev import kafka
+from fabric.dev import kafka_broker
 from fabric.errors import StackError
 from fabric.settings import Settings
 
@@ -134,7 +134,7 @@ class Stack:
         rhost, rport = r.hostname or "127.0.0.1", r.port or 6379
         redis_dir = (self.settings.data_dir / "redis").resolve()
         if self.settings.kafka.broker == "kafka":
-            cluster = kafka.nodes(self.settings)
+            cluster = kafka_broker.nodes(self.settings)
             brokers = [
                 Part("broker" if len(cluster) == 1 else f"broker-{n.id}", n.host, n.port, ["{kafka}", str(n.id)],
                      self.run_dir)
@@ -183,7 +183,7 @@ class Stack:
                     "another process (stop it or choose another port in FABRIC_* settings)"
                 )
             if part.argv[0] == "{kafka}":
-                ctl = kafka.nodes(self.settings)[int(part.argv[1]) - 1].controller_port
+                ctl = kafka_broker.nodes(self.settings)[int(part.argv[1]) - 1].controller_port
                 if _answers(part.host, ctl):
                     raise StackError(
                         f"cannot start {part.name}: its KRaft controller port {ctl} on {part.host} is taken "
@@ -227,7 +227,7 @@ class Stack:
 
     def _command(self, part: Part) -> list[str]:
         if part.argv[0] == "{kafka}":  # resolves the jars and formats storage on first use
-            return kafka.prepare(self.settings, kafka.nodes(self.settings)[int(part.argv[1]) - 1])
+            return kafka_broker.prepare(self.settings, kafka_broker.nodes(self.settings)[int(part.argv[1]) - 1])
         binary = tansu_binary() if part.name == "broker" else redis_binary()
         return [str(binary) if a in ("{tansu}", "{redis}") else a for a in part.argv]
 

@@ -7,9 +7,9 @@ from datetime import UTC, datetime
 
 import msgspec
 
-from fabric.topics.codecs import micros
-from fabric.topics.envelope import Envelope
-from fabric.topics.registry import ContextType
+from fabric.events.catalogue import ContextType
+from fabric.events.codecs import micros
+from fabric.events.envelope import Envelope
 
 
 def new_traceparent() -> str:

@@ -11,11 +11,11 @@ subscribers.
 
 Redis layout (``P`` = key prefix, ``{T}`` = tenant as a cluster hash tag):
 - ``P:{T}:ctx:<type>:<subject>``  hash: seq, at (event time, ms), v (event JSON), count,
-  sens (sensitivity level digit, see ``LEVELS``)
+  sens (sensitivity level digit, see ``LEVELS``), q (quality score, "" when not scored)
 - ``P:{T}:win:<type>:<subject>``  list: recent events, newest first (stream types), each
   its sensitivity digit followed by the event JSON
 - ``P:{T}:recent:<type>``         sorted set: subject by last change time
-- ``P:{T}:changes``               stream: ct, type, subject, seq, at, v, sens
+- ``P:{T}:changes``               stream: ct, type, subject, seq, at, v, sens, q
 - ``P:{T}:offsets:<topic>:<partition>`` the highest offset applied for the tenant
 - ``P:{offsets}:<topic>:<partition>`` the highest offset applied for every tenant
 """
@@ -31,9 +31,9 @@ import msgspec
 import redis.asyncio as aioredis
 
 from fabric.cache.keys import CacheKeys
+from fabric.events.envelope import LEVEL
+from fabric.events.headers import CACHE_JSON, CACHE_KEY
 from fabric.settings import Settings
-from fabric.topics.envelope import LEVEL
-from fabric.topics.headers import CACHE_JSON, CACHE_KEY
 
 _LUA = """
 -- One tenant's changes from one partition batch.
@@ -47,7 +47,7 @@ local window = tonumber(ARGV[1])
 local retention = ARGV[2]
 local push_from = tonumber(ARGV[3])
 local n = (#KEYS - 1) / 4
-local per = 10
+local per = 11
 local last = math.max(applied, tonumber(ARGV[4]))
 local changed = 0
 local fk = nil
@@ -58,7 +58,7 @@ for i = 0, n - 1 do
     if off > last then last = off end
     local ck, wk, rk = KEYS[2 + i*4], KEYS[3 + i*4], KEYS[4 + i*4]
     local kind, subject, seq, at, v = ARGV[a], ARGV[a+1], ARGV[a+2], ARGV[a+3], ARGV[a+4]
-    local sens = ARGV[a+9]
+    local sens, q = ARGV[a+9], ARGV[a+10]
     local apply = true
     if kind == 's' then
       local cur_seq = redis.call('HGET', ck, 'seq')
@@ -77,14 +77,14 @@ for i = 0, n - 1 do
         redis.call('LPUSH', wk, sens .. v)
         redis.call('LTRIM', wk, 0, window - 1)
       end
-      redis.call('HSET', ck, 'seq', seq, 'at', at, 'v', v, 'sens', sens)
+      redis.call('HSET', ck, 'seq', seq, 'at', at, 'v', v, 'sens', sens, 'q', q)
       redis.call('HINCRBY', ck, 'count', 1)
       redis.call('ZADD', rk, at, subject)
       if off >= push_from then
         fk = KEYS[5 + i*4]
         redis.call('XADD', fk, 'MAXLEN', '~', retention, '*',
                    'ct', ARGV[a+6], 'type', ARGV[a+5], 'subject', subject, 'seq', seq, 'at', at, 'v', v,
-                   'sens', sens)
+                   'sens', sens, 'q', q)
       end
       changed = changed + 1
     end
@@ -122,6 +122,7 @@ class Change:
     offset: int
     id: str = ""
     level: int = 1  # sensitivity, an index into LEVELS (1: internal)
+    quality: float | None = None  # the quality processor's score
 
 
 _encoder = msgspec.json.Encoder()
@@ -135,6 +136,7 @@ def change_from_record(ctype: str, kind: str, rec: dict[str, Any], offset: int) 
         tenant=rec["tenant"], ctype=ctype, kind=kind, type=rec["type"], subject=rec["subject"],
         sequence=rec["sequence"], at_ms=int(t.timestamp() * 1000), json=_encoder.encode(event),
         offset=offset, id=rec.get("id") or "", level=LEVEL.get(rec.get("sensitivity") or "internal", 1),
+        quality=rec.get("quality"),
     )  # fmt: skip
 
 
@@ -147,7 +149,8 @@ def change_from_headers(ctype: str, kind: str, headers: dict[str, bytes], offset
         return None
     seq, at, tenant, etype, subject, event_id, *rest = msgspec.json.decode(key)
     level = int(rest[0]) if rest else 1
-    return Change(tenant, ctype, kind, etype, subject, int(seq), int(at), body, offset, event_id, level)
+    quality = float(rest[1]) if len(rest) > 1 else None
+    return Change(tenant, ctype, kind, etype, subject, int(seq), int(at), body, offset, event_id, level, quality)
 
 
 class Materializer:
@@ -210,7 +213,8 @@ class Materializer:
                     keys += [k.ctx(tenant, c.ctype, c.subject), k.window(tenant, c.ctype, c.subject),
                              k.recent(tenant, c.ctype), k.changes(tenant)]  # fmt: skip
                     args += ["s" if c.kind == "state" else "w", c.subject, c.sequence, c.at_ms,
-                             c.json, c.type, c.ctype, c.offset, c.id, c.level]  # fmt: skip
+                             c.json, c.type, c.ctype, c.offset, c.id, c.level,
+                             "" if c.quality is None else c.quality]  # fmt: skip
                 calls.append(self._script(keys=keys, args=args))
             total += sum(int(n) for n in await asyncio.gather(*calls))
             await self._advance(keys=[k.offset(topic, partition)], args=[part_last])

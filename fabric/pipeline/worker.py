@@ -2,7 +2,7 @@
 
 ``mode`` (the service library Faust is built on) gives the process its lifecycle: start
 and stop of every stage in order, logging, SIGINT/SIGTERM. The stages are batch loops
-on aiokafka clients from ``fabric.kafka_clients``; no Faust app runs (it would start a
+on aiokafka clients from ``fabric.kafka``; no Faust app runs (it would start a
 consumer and producer of its own, idle, and without the TLS/SASL settings).
 """
 
@@ -16,28 +16,30 @@ import mode
 import uvloop
 from prometheus_client import start_http_server
 
-from fabric.pipeline.stages import MaterializeStage, RegistryService, RouteStage
+from fabric.events.catalogue import Catalogue
+from fabric.pipeline.materialize_stage import MaterializeStage
+from fabric.pipeline.route import RouteStage
+from fabric.pipeline.stage import SchemaService
 from fabric.settings import Settings
-from fabric.topics.registry import Registry
 
 log = logging.getLogger(__name__)
 
 
 def run_worker(settings: Settings, stages: tuple[str, ...] = ("route", "materialize", "cep")) -> None:
-    registry = Registry.load(settings.schemas_dir)
-    schemas = RegistryService(settings, registry)  # first: stages start with every known schema version
+    catalogue = Catalogue.load(settings.schemas_dir)
+    schemas = SchemaService(settings, catalogue)  # first: stages start with every known schema version
     services: list[Any] = [schemas]
     if "route" in stages:
-        services.append(RouteStage(settings, registry, schemas.follower))
+        services.append(RouteStage(settings, catalogue, schemas.follower))
     if "materialize" in stages:
-        services.append(MaterializeStage(settings, registry, schemas.follower))
+        services.append(MaterializeStage(settings, catalogue, schemas.follower))
     if "cep" in stages:
         from fabric.cep.stage import CepStage, KeyStage, load_pattern_file
 
         patterns = load_pattern_file(settings.patterns_file)
         if patterns:  # keying and matching: see fabric.cep.stage
-            services.append(KeyStage(settings, registry, patterns, follower=schemas.follower))
-            services.append(CepStage(settings, registry, patterns, follower=schemas.follower))
+            services.append(KeyStage(settings, catalogue, patterns, follower=schemas.follower))
+            services.append(CepStage(settings, catalogue, patterns, follower=schemas.follower))
     if settings.worker.metrics_port:
         start_http_server(settings.worker.metrics_port, addr="127.0.0.1")
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())

@@ -1,6 +1,6 @@
 """The Python provider SDK: ``await provider.publish(event)``.
 
-Events are validated locally against the registry (a bad event raises
+Events are validated locally against the catalogue (a bad event raises
 ``InvalidEvent`` naming the field before anything is sent), produced to
 ``ctx.ingest`` as CloudEvents JSON keyed ``tenant/subject``, batched by the producer
 (``linger_ms``), and retried with backoff on broker errors. ``publish_many`` sends
@@ -16,13 +16,13 @@ from typing import Any
 
 from aiokafka.errors import KafkaError
 
-from fabric import kafka_clients
+from fabric import kafka
 from fabric.errors import InvalidEvent, PublishError
+from fabric.events.catalogue import Catalogue
+from fabric.events.codecs import validate
+from fabric.events.envelope import Envelope, make_event, to_json
+from fabric.events.headers import PROVIDER_HEADER
 from fabric.settings import Settings
-from fabric.topics.codecs import validate
-from fabric.topics.envelope import Envelope, make_event, to_json
-from fabric.topics.headers import PROVIDER_HEADER
-from fabric.topics.registry import Registry
 
 
 @dataclass
@@ -40,7 +40,7 @@ class Provider:
         *,
         source: str,
         tenant: str,
-        registry: Registry | None = None,
+        catalogue: Catalogue | None = None,
         linger_ms: int = 5,
         retries: int = 5,
         retry_backoff_s: float = 0.2,
@@ -49,12 +49,12 @@ class Provider:
         self.settings = settings
         self.source = source
         self.tenant = tenant
-        self.registry = registry or Registry.load(settings.schemas_dir)
+        self.catalogue = catalogue or Catalogue.load(settings.schemas_dir)
         self.retries = retries
         self.retry_backoff_s = retry_backoff_s
         self.delivery_timeout_s = delivery_timeout_s
         self.topic = settings.topic("ingest")
-        self._producer = kafka_clients.producer(
+        self._producer = kafka.producer(
             settings, client_id=f"provider-{source}", linger_ms=linger_ms,
             request_timeout_ms=int(delivery_timeout_s * 1000),
             enable_idempotence=False,  # as the router's: a timed-out request can wedge it (aiokafka 0.14)
@@ -62,7 +62,7 @@ class Provider:
         self._headers = [(PROVIDER_HEADER, source.encode())]
 
     async def start(self) -> None:
-        await kafka_clients.start(self.settings, self._producer)
+        await kafka.start(self.settings, self._producer)
 
     async def stop(self) -> None:
         await self._producer.stop()
@@ -82,7 +82,7 @@ class Provider:
         """Validate locally; raises ``InvalidEvent`` with the JSON pointer of the problem."""
         if event.tenant != self.tenant:
             raise InvalidEvent(f"tenant {event.tenant!r} is not this provider's {self.tenant!r}", "/tenant")
-        validate(event, self.registry)
+        validate(event, self.catalogue)
 
     async def publish(self, event: Envelope) -> None:
         """Validate, send and wait until the broker has the event."""

@@ -28,7 +28,7 @@ def converter(store: SchemaStore, tenant: str, consumer: str, context_type: str)
     """A function turning cached event JSON into the version the consumer (``sub``) of
     ``tenant`` declared, or None when it declared none (or the current one)."""
     want = store.consumer_version(tenant, consumer, context_type)
-    reg = store.registry
+    reg = store.catalogue
     if want is None or context_type not in reg.version or want == reg.version[context_type]:
         return None
     reader = reg.data_versions[context_type].get(want)

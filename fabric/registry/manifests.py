@@ -19,10 +19,10 @@ from typing import Any
 import orjson
 import yaml
 
-from fabric import kafka_clients
+from fabric import kafka
 from fabric.errors import ConfigError
+from fabric.kafka.topics import ensure_topics
 from fabric.settings import Settings
-from fabric.topics.admin import ensure_topics
 
 REQUIRED = {"provider": ("id", "owner", "produces"), "consumer": ("id", "owner", "consumes")}
 ENTRY = {"provider": ("event_type", "context_type"), "consumer": ("context_type",)}
@@ -79,4 +79,4 @@ def load_manifest(path: Path, tenant: str | None = None) -> Manifest:
 async def publish_manifest(settings: Settings, m: Manifest) -> None:
     topic = settings.topic("registry")
     await ensure_topics(settings, [topic])
-    await kafka_clients.publish(settings, topic, [(m.key.encode(), orjson.dumps({m.kind: m.spec}))])
+    await kafka.publish(settings, topic, [(m.key.encode(), orjson.dumps({m.kind: m.spec}))])

@@ -16,7 +16,7 @@ platform's object of the same name for it (docs/security.md, "Two levels").
 Every process that reads or writes events holds a ``SchemaStore`` seeded with the
 bundled schemas (each context type's data record is subject ``<ContextType>``
 version 1, with the id from ``context-types.yaml``) and follows the topic. A new
-version of a context type's subject evolves the process's ``Registry``: it is what the
+version of a context type's subject evolves the process's ``Catalogue``: it is what the
 edge validates and the worker encodes from then on, and records written with any
 known version are resolved to it. A process that meets an id it does not know reads
 the topic to its end before deciding the record is bad.
@@ -35,12 +35,12 @@ from typing import Any
 import orjson
 
 from fabric.errors import ConfigError
+from fabric.events.catalogue import Catalogue
+from fabric.events.codecs import MAGIC
+from fabric.kafka.topics import ensure_topics, follow_compacted, read_compacted
 from fabric.registry.compat import LEVELS, check_level, zero_size_items
 from fabric.registry.manifests import Manifest, parse_manifest
 from fabric.settings import Settings
-from fabric.topics.admin import ensure_topics, follow_compacted, read_compacted
-from fabric.topics.codecs import MAGIC
-from fabric.topics.registry import Registry
 
 log = logging.getLogger(__name__)
 FIRST_ID = 1000  # ids the registry hands out start here; below are the bundled ones
@@ -72,8 +72,8 @@ class SchemaVersion:
 
 
 class SchemaStore:
-    def __init__(self, registry: Registry) -> None:
-        self.registry = registry
+    def __init__(self, catalogue: Catalogue) -> None:
+        self.catalogue = catalogue
         self.subjects: dict[str, dict[int, SchemaVersion]] = {}
         self.by_id: dict[int, SchemaVersion] = {}
         self.config: dict[str, str] = {}
@@ -81,14 +81,14 @@ class SchemaStore:
         self.patterns: dict[str, Any] = {}
         self.routing_version = 0
         self.default_level = "BACKWARD"
-        for ct in registry.context_types.values():
-            self._add(SchemaVersion(ct.name, 1, ct.data_schema_id, registry.schemas.data_raw(ct.name)))
+        for ct in catalogue.context_types.values():
+            self._add(SchemaVersion(ct.name, 1, ct.data_schema_id, catalogue.schemas.data_raw(ct.name)))
 
     def _add(self, sv: SchemaVersion) -> None:
         self.subjects.setdefault(sv.subject, {})[sv.version] = sv
         self.by_id[sv.id] = sv
-        if sv.subject in self.registry.context_types and sv.version > 1:
-            self.registry.evolve(sv.subject, sv.version, sv.id, sv.schema)
+        if sv.subject in self.catalogue.context_types and sv.version > 1:
+            self.catalogue.evolve(sv.subject, sv.version, sv.id, sv.schema)
 
     def apply_record(self, key: str, value: bytes | None) -> None:
         kind, _, rest = key.partition(":")
@@ -107,7 +107,7 @@ class SchemaStore:
             elif kind == "routing" and value:
                 version = int(rest)
                 if version > self.routing_version:
-                    self.registry.set_rules(orjson.loads(value)["rules"])
+                    self.catalogue.set_rules(orjson.loads(value)["rules"])
                     self.routing_version = version
             elif kind == "pattern":
                 if value:
@@ -168,7 +168,7 @@ class SchemaStore:
 
     def unknown_ids(self, values: Iterable[bytes | None]) -> bool:
         """Whether any Confluent-framed value names a schema id this process has not seen."""
-        reg = self.registry
+        reg = self.catalogue
         for v in values:
             if v and len(v) >= 5 and v[0] == MAGIC:
                 sid = int.from_bytes(v[1:5], "big")

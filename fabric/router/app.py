@@ -33,7 +33,7 @@ ERRORS = Counter("fabric_http_errors_total", "HTTP answers with an error status"
 _enc = msgspec.json.Encoder()
 
 
-#: the Confluent Schema Registry subset answers errors in its own shape
+#: the Confluent Schema Catalogue subset answers errors in its own shape
 REGISTRY_PATHS = ("/subjects", "/schemas/ids/", "/compatibility/", "/config")
 
 
@@ -86,9 +86,9 @@ async def schema(request: Request) -> Response:
     st = state_of(request)
     await caller(request, "registry.read", request.url.path)
     name = request.path_params["context_type"]
-    if name not in st.registry.context_types:
+    if name not in st.catalogue.context_types:
         raise HTTPProblem(404, f"unknown context type {name!r}")
-    return Response(_enc.encode(st.registry.schemas.json_schema(name)), media_type="application/schema+json")
+    return Response(_enc.encode(st.catalogue.schemas.json_schema(name)), media_type="application/schema+json")
 
 
 async def jwks(request: Request) -> Response:

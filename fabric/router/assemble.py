@@ -27,12 +27,12 @@ from fabric.assembly.policy import Section as PolicySection
 from fabric.assembly.store import PolicyStore
 from fabric.contract import Bundle, Context, Item, Omitted, Provenance, Section
 from fabric.errors import ConfigError
+from fabric.events.catalogue import ContextType
 from fabric.registry.store import POLICY
 from fabric.router.contexts import build_context
 from fabric.router.problems import HTTPProblem
 from fabric.router.state import RouterState, caller, state_of
 from fabric.security.tokens import Principal
-from fabric.topics.registry import ContextType
 
 CHARS_PER_TOKEN = 4
 _enc = msgspec.json.Encoder()
@@ -59,7 +59,7 @@ class Assembler:
         for section in policy.sections:
             result: Section[msgspec.Raw] = Section(section.context_type, [], Omitted())
             sections.append(result)
-            ct = self.state.registry.context_types.get(section.context_type)
+            ct = self.state.catalogue.context_types.get(section.context_type)
             if ct is None:
                 continue
             if not who.can_read(ct.name):
@@ -70,9 +70,13 @@ class Assembler:
             about = resolve(section.about, subject, found) if section.about is not None else None
             chosen = [c for c in candidates if keep(c.event) and (about is None or _is_about(c.ctx.subject, about))]
             chosen.sort(key=lambda c: c.at_ms, reverse=True)
+            floor = policy.min_quality if section.min_quality is None else section.min_quality
             for c in chosen[: section.top_k]:
                 if c.ctx.stale and not policy.include_stale:
                     result.omitted.stale += 1
+                    continue
+                if floor and (c.ctx.quality is None or c.ctx.quality < floor):
+                    result.omitted.quality += 1
                     continue
                 tokens = -(-len(c.raw) // CHARS_PER_TOKEN)
                 if used + tokens > policy.budget_tokens:
@@ -98,7 +102,7 @@ class Assembler:
             return []
         async with st.redis.pipeline(transaction=False) as p:
             for s in subjects:
-                p.hmget(st.keys.ctx(who.tenant, ct.name, s), "seq", "at", "v", "count", "sens")
+                p.hmget(st.keys.ctx(who.tenant, ct.name, s), "seq", "at", "v", "count", "sens", "q")
                 if ct.kind == "stream":
                     p.lrange(st.keys.window(who.tenant, ct.name, s), 0, -1)
             rows = await p.execute()
@@ -128,7 +132,7 @@ def _candidate(
     at_ms = int(fields[1] or 0)
     if raw is not fields[2]:  # a window entry: its own time and sequence
         at_ms = _event_ms(event, at_ms)
-        fields = [event.get("sequence", fields[0]), at_ms, raw, fields[3], fields[4]]
+        fields = [event.get("sequence", fields[0]), at_ms, raw, fields[3], fields[4], event.get("quality")]
     return _Candidate(build_context(st, who, ct, subject, fields, None), event, raw, at_ms)
 
 
@@ -151,7 +155,7 @@ def _item(ct: ContextType, st: RouterState, c: _Candidate, tokens: int) -> Item[
         provider=e.get("provider"), topic=st.settings.topic(ct.topic),
     )  # fmt: skip
     x = c.ctx  # its event is in the schema version the caller declared (build_context converts)
-    return Item(ct.name, x.subject, tokens, x.as_of, x.age_ms, x.stale, x.watermark_lag_ms, prov, x.event)
+    return Item(ct.name, x.subject, tokens, x.as_of, x.age_ms, x.stale, x.watermark_lag_ms, prov, x.event, x.quality)
 
 
 def policy_named(store: PolicyStore, spec: str, tenant: str) -> InjectionPolicy:

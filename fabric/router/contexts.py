@@ -17,13 +17,14 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from fabric.contract import Context, ContextList
+from fabric.events.catalogue import ContextType
+from fabric.events.envelope import LEVELS
+from fabric.pipeline.quality import served_quality
 from fabric.registry.convert import converter
 from fabric.router.freshness import freshness
 from fabric.router.problems import HTTPProblem
 from fabric.router.state import RouterState, caller, context_type_named, state_of
 from fabric.security.tokens import Principal
-from fabric.topics.envelope import LEVELS
-from fabric.topics.registry import ContextType
 
 _enc = msgspec.json.Encoder()
 
@@ -32,9 +33,9 @@ def build_context(
     st: RouterState, who: Principal, ct: ContextType, subject: str, fields: list[bytes | None],
     window: list[bytes] | None,
 ) -> Context[msgspec.Raw]:  # fmt: skip
-    """A pull's answer from the cache hash (seq, at, v, count, sens) and, for stream
+    """A pull's answer from the cache hash (seq, at, v, count, sens, q) and, for stream
     types, the window, less the entries the caller may not see."""
-    seq, at, v, count, sens = fields
+    seq, at, v, count, sens, q = fields
     as_of, age, stale = freshness(int(at or 0), ct)
     level = int(sens or 1)
     items = None
@@ -52,6 +53,7 @@ def build_context(
         context_type=ct.name, subject=subject, sequence=int(seq or 0), as_of=as_of, age_ms=age,
         stale=stale or not st.cache_ready, watermark_lag_ms=st.watermark_lag_ms(ct), sensitivity=LEVELS[level],
         changes=int(count or 0), event=msgspec.Raw(v or b"null"), window=items,
+        quality=served_quality(float(q) if q else None, age, ct),
     )  # fmt: skip
 
 
@@ -69,7 +71,7 @@ async def list_contexts(request: Request) -> Response:
     st = state_of(request)
     name = request.path_params["context_type"]
     who, trace = await caller(request, "context.list", name)
-    ct = context_type_named(st.registry, name)
+    ct = context_type_named(st.catalogue, name)
     st.gate.require_read(who, ct.name, "context.list", ct.name, trace)
     limit = _limit(request)
     members: Any = await st.redis.zrevrange(st.keys.recent(who.tenant, ct.name), 0, limit - 1)
@@ -85,7 +87,7 @@ async def list_composites(request: Request) -> Response:
     pattern = request.query_params.get("pattern")
     resource = f"Composite/{pattern or '*'}"
     who, trace = await caller(request, "composites.list", resource)
-    ct = st.registry["Composite"]
+    ct = st.catalogue["Composite"]
     st.gate.require_read(who, ct.name, "composites.list", resource, trace)
     limit = _limit(request)
     since = request.query_params.get("since")
@@ -103,7 +105,7 @@ async def list_composites(request: Request) -> Response:
 async def recent_composites(
     st: RouterState, who: Principal, pattern: str | None, since_ms: str | int, limit: int
 ) -> list[Context[msgspec.Raw]]:
-    ct = st.registry["Composite"]
+    ct = st.catalogue["Composite"]
     subjects: list[str] = []
     offset = 0
     key = st.keys.recent(who.tenant, ct.name)
@@ -122,7 +124,7 @@ async def fetch(st: RouterState, who: Principal, ct: ContextType, subjects: list
         return []
     async with st.redis.pipeline(transaction=False) as p:
         for s in subjects:
-            p.hmget(st.keys.ctx(who.tenant, ct.name, s), "seq", "at", "v", "count", "sens")
+            p.hmget(st.keys.ctx(who.tenant, ct.name, s), "seq", "at", "v", "count", "sens", "q")
         rows = await p.execute()
     return [
         build_context(st, who, ct, s, f, None)

@@ -9,8 +9,8 @@ import msgspec
 import orjson
 
 from fabric.errors import InvalidEvent, UnknownEventType
-from fabric.topics.codecs import decode_structured, validate
-from fabric.topics.registry import Registry
+from fabric.events.catalogue import Catalogue
+from fabric.events.codecs import decode_structured, validate
 
 
 class Rejected(msgspec.Struct):
@@ -36,18 +36,18 @@ def _pointer(index: int, path: Any) -> str:
 class EdgeValidator:
     """Precompiled JSON-Schema validators, one per context type."""
 
-    def __init__(self, registry: Registry, max_event_bytes: int) -> None:
-        self.registry = registry
+    def __init__(self, catalogue: Catalogue, max_event_bytes: int) -> None:
+        self.catalogue = catalogue
         self.max_event_bytes = max_event_bytes
         self._validators: dict[tuple[str, int], jsonschema.Draft202012Validator] = {}
 
     def validator(self, name: str) -> jsonschema.Draft202012Validator:
         """The validator of a context type's current schema version (rebuilt when it evolves)."""
-        key = (name, self.registry.version[name])
+        key = (name, self.catalogue.version[name])
         v = self._validators.get(key)
         if v is None:
             v = self._validators[key] = jsonschema.Draft202012Validator(
-                self.registry.schemas.json_schema(name), format_checker=jsonschema.Draft202012Validator.FORMAT_CHECKER
+                self.catalogue.schemas.json_schema(name), format_checker=jsonschema.Draft202012Validator.FORMAT_CHECKER
             )
         return v
 
@@ -74,7 +74,7 @@ class EdgeValidator:
         if not isinstance(etype, str):
             return Rejected(index, f"/{index}/type", "'type' is required and must be a string", ev_id)
         try:
-            ct = self.registry.resolve(etype)
+            ct = self.catalogue.resolve(etype)
         except UnknownEventType as e:
             return Rejected(index, f"/{index}/type", e.reason, ev_id)
         try:
@@ -82,7 +82,7 @@ class EdgeValidator:
         except orjson.JSONEncodeError as e:
             return Rejected(index, f"/{index}", f"event cannot be encoded: {e}", ev_id)
         try:
-            validate(decode_structured(encoded), self.registry)
+            validate(decode_structured(encoded), self.catalogue)
             return encoded
         except InvalidEvent as worker_says:
             error = jsonschema.exceptions.best_match(self.validator(ct.name).iter_errors(event))

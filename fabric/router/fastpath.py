@@ -17,12 +17,12 @@ from starlette.applications import Starlette
 from fabric.cache.fastredis import RedisUnavailable
 from fabric.contract import Context
 from fabric.errors import RateLimited
+from fabric.events.catalogue import ContextType
 from fabric.router.contexts import build_context
 from fabric.router.problems import HTTPProblem
 from fabric.router.state import RouterState, context_type_named
 from fabric.security.audit import trace_id_of
 from fabric.security.tokens import Principal
-from fabric.topics.registry import ContextType
 
 PREFIX = "/v1/contexts/"
 ACTION = "context.read"
@@ -87,7 +87,7 @@ class FastPull:
         auth, traceparent = _headers(scope)
         trace = trace_id_of(traceparent)
         who = await gate.authenticate(auth, ACTION, resource, trace)
-        ct = context_type_named(st.registry, ctype)
+        ct = context_type_named(st.catalogue, ctype)
         gate.require_read(who, ct.name, ACTION, resource, trace)
         context = await read_context(st, who, ct, subject, ACTION, trace, renew_limit=True)
         await _answer(send, 200, _enc.encode(context))
@@ -105,7 +105,7 @@ async def read_context(
     gate = st.gate
     resource = f"{ct.name}/{subject}"
     commands: list[tuple[Any, ...]] = [
-        ("HMGET", st.keys.ctx(who.tenant, ct.name, subject), "seq", "at", "v", "count", "sens")
+        ("HMGET", st.keys.ctx(who.tenant, ct.name, subject), "seq", "at", "v", "count", "sens", "q")
     ]
     if ct.kind == "stream":
         commands.append(("LRANGE", st.keys.window(who.tenant, ct.name, subject), 0, -1))

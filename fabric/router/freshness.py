@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from datetime import UTC, datetime
 
-from fabric.topics.registry import ContextType
+from fabric.events.catalogue import ContextType
 
 
 def iso(ms: int) -> str:

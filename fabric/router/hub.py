@@ -43,10 +43,11 @@ from redis.exceptions import RedisError
 from fabric.cache.keys import CacheKeys
 from fabric.contract import Update
 from fabric.errors import FabricError
+from fabric.events.catalogue import Catalogue
+from fabric.events.envelope import LEVELS
+from fabric.pipeline.quality import served_quality
 from fabric.router.freshness import freshness
 from fabric.security.tokens import Principal
-from fabric.topics.envelope import LEVELS
-from fabric.topics.registry import Registry
 
 log = logging.getLogger(__name__)
 
@@ -166,7 +167,7 @@ class Subscriber:
 class ChangeHub:
     redis: aioredis.Redis
     keys: CacheKeys
-    registry: Registry
+    catalogue: Catalogue
     #: (subscriber, context type, level) -> may the subscriber see it
     visible: Any = None
     buffer: int = 1000
@@ -345,14 +346,26 @@ class ChangeHub:
         """Offer one feed entry, encoded once, to the subscribers that may see it."""
         etype, ct_name, level = f[b"type"].decode(), f[b"ct"].decode(), int(f.get(b"sens") or 1)
         targets = [s for s in subs if s.wants(etype) and self._visible(s, ct_name, level)]
-        ct = self.registry.context_types.get(ct_name)
+        ct = self.catalogue.context_types.get(ct_name)
         if not targets or ct is None:
             return
         subject = f[b"subject"].decode()
         eid = entry_id.decode()
         as_of, age, stale = freshness(int(f[b"at"]), ct)
         msg = _enc.encode(
-            Update(ct.name, etype, subject, int(f[b"seq"]), as_of, age, stale, LEVELS[level], eid, msgspec.Raw(f[b"v"]))
+            Update(
+                ct.name,
+                etype,
+                subject,
+                int(f[b"seq"]),
+                as_of,
+                age,
+                stale,
+                LEVELS[level],
+                eid,
+                msgspec.Raw(f[b"v"]),
+                served_quality(float(q) if (q := f.get(b"q")) else None, age, ct),
+            )
         )
         for s in targets:
             if not s.offer(eid, msg):

@@ -19,11 +19,11 @@ from aiokafka.errors import KafkaError
 from starlette.requests import Request
 from starlette.responses import Response
 
+from fabric.events.headers import PROVIDER_HEADER
 from fabric.router import bodies
 from fabric.router.edge import IngestResult, Rejected
 from fabric.router.problems import HTTPProblem
 from fabric.router.state import caller, state_of
-from fabric.topics.headers import PROVIDER_HEADER
 
 
 async def split_body(body: bytes, content_type: str, max_events: int) -> list[tuple[Any, int] | Rejected]:

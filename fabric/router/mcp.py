@@ -158,7 +158,7 @@ class FabricMCP:
         self, ctx: ServerRequestContext[Any], params: types.PaginatedRequestParams | None
     ) -> types.ListResourcesResult:
         st, who, trace = await self._caller("mcp.resources.list", "*")
-        names = [n for n in sorted(st.registry.context_types) if who.can_read(n)]
+        names = [n for n in sorted(st.catalogue.context_types) if who.can_read(n)]
         index, offset = 0, 0
         if params is not None and params.cursor:
             try:
@@ -168,7 +168,7 @@ class FabricMCP:
                 raise MCPError(types.INVALID_PARAMS, f"bad cursor {params.cursor!r}") from None
         resources: list[types.Resource] = []
         while index < len(names) and len(resources) < PAGE:
-            ct = st.registry[names[index]]
+            ct = st.catalogue[names[index]]
             want = PAGE - len(resources)
             members: Any = await st.redis.zrevrange(st.keys.recent(who.tenant, ct.name), offset, offset + want - 1)
             subjects = [m.decode() for m in members]
@@ -192,9 +192,9 @@ class FabricMCP:
         templates = [
             types.ResourceTemplate(
                 uri_template=f"ctx://{who.tenant}/{name}/{{subject}}", name=name, mime_type="application/json",
-                description=f"the latest {name} context of a subject ({st.registry[name].kind})",
+                description=f"the latest {name} context of a subject ({st.catalogue[name].kind})",
             )
-            for name in sorted(st.registry.context_types) if who.can_read(name)
+            for name in sorted(st.catalogue.context_types) if who.can_read(name)
         ]  # fmt: skip
         return types.ListResourceTemplatesResult(resource_templates=templates)
 
@@ -214,7 +214,7 @@ class FabricMCP:
         tenant: str | None = None,
     ) -> str:  # fmt: skip
         resource = f"{ctype}/{subject}"
-        ct = st.registry.context_types.get(ctype)
+        ct = st.catalogue.context_types.get(ctype)
         if ct is None:
             raise MCPError(NOT_FOUND, f"unknown context type {ctype!r}")
         self._require_read(st, who, ct.name, action, resource, trace)
@@ -259,7 +259,7 @@ class FabricMCP:
                 st, who, trace, arg("context_type", str), arg("subject", str), "mcp.tool.get_context"
             )
         if name == "list_contexts":
-            ct = st.registry.context_types.get(arg("context_type", str))
+            ct = st.catalogue.context_types.get(arg("context_type", str))
             if ct is None:
                 raise MCPError(NOT_FOUND, f"unknown context type {a.get('context_type')!r}")
             self._require_read(st, who, ct.name, "mcp.tool.list_contexts", ct.name, trace)

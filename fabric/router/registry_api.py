@@ -1,4 +1,4 @@
-"""The registry over HTTP: a Confluent Schema Registry compatible subset, and manifests.
+"""The registry over HTTP: a Confluent Schema Catalogue compatible subset, and manifests.
 
 Kafka tools and Confluent serializers can point ``schema.registry.url`` at the router
 (with ``bearer.auth.credentials.source=STATIC_TOKEN``):
@@ -31,13 +31,13 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from fabric.errors import ConfigError
+from fabric.events.catalogue import GENERIC_SCHEMA_ID, TYPED_ID_OFFSET
 from fabric.registry.compat import zero_size_items
 from fabric.registry.manifests import parse_manifest
 from fabric.registry.store import FIRST_ID, SchemaVersion, valid_level
 from fabric.router.problems import HTTPProblem
 from fabric.router.state import RouterState, caller, state_of
 from fabric.security.tokens import OPERATOR_SCOPE, Principal
-from fabric.topics.registry import GENERIC_SCHEMA_ID, TYPED_ID_OFFSET
 
 CT = "application/vnd.schemaregistry.v1+json"
 
@@ -51,7 +51,7 @@ def _err(status: int, code: int, message: str) -> Response:
 
 
 def _subject(st: RouterState, name: str) -> str:
-    for ct in st.registry.context_types.values():
+    for ct in st.catalogue.context_types.values():
         if name == ct.schema:  # fabric.PageDSL -> PageDSL
             return ct.name
     return name
@@ -142,7 +142,7 @@ async def by_id(request: Request) -> Response:
         sid = int(request.path_params["id"])
     except ValueError:
         return _err(404, 40403, "schema not found")
-    store, reg = st.schemas.store, st.registry
+    store, reg = st.schemas.store, st.catalogue
     if sid in store.by_id:
         return _json({"schema": orjson.dumps(store.by_id[sid].schema).decode()})
     if sid == GENERIC_SCHEMA_ID:
@@ -263,7 +263,7 @@ async def overview(request: Request) -> Response:
     store, policies = st.schemas.store, st.policies
     return _json({
         "schemas": {subject: sorted(vs) for subject, vs in sorted(store.subjects.items())},
-        "routing": {"version": store.routing_version, "rules": len(st.registry.rules)},
+        "routing": {"version": store.routing_version, "rules": len(st.catalogue.rules)},
         "patterns": {name: spec.get("version", 1) for name, spec in sorted(store.patterns_of(who.tenant).items())},
         "policies": {name: sorted(vs) for name, vs in sorted(policies.versions(who.tenant).items())},
         "manifests": sorted(m.key for m in store.manifests_of(who.tenant)),
@@ -274,7 +274,7 @@ async def routing(request: Request) -> Response:
     """``GET``: the event-type -> context-type rules in force; ``PUT {"rules": [...]}``: a new version."""
     if request.method == "GET":
         st, _, _ = await _reader(request)
-        rules = [{"match": r.match, "context_type": r.context_type} for r in st.registry.rules]
+        rules = [{"match": r.match, "context_type": r.context_type} for r in st.catalogue.rules]
         return _json({"version": st.schemas.store.routing_version, "rules": rules})
     st, who, trace = await _operator(request)
     try:
@@ -285,7 +285,7 @@ async def routing(request: Request) -> Response:
         for i, r in enumerate(rules):
             if not isinstance(r, dict) or not isinstance(r.get("match"), str):
                 raise ValueError(f"rules[{i}].match must be a string")
-            if r.get("context_type") not in st.registry.context_types:
+            if r.get("context_type") not in st.catalogue.context_types:
                 raise ValueError(f"rules[{i}].context_type: unknown context type {r.get('context_type')!r}")
     except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as e:
         raise HTTPProblem(400, f"invalid routing: {e}") from None

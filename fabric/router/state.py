@@ -1,4 +1,4 @@
-"""What every router handler shares: settings, registry, Redis pool, Kafka producer, hub."""
+"""What every router handler shares: settings, catalogue, Redis pool, Kafka producer, hub."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from starlette.requests import HTTPConnection
 from fabric.assembly import PolicyStore
 from fabric.cache.fastredis import Pipelined
 from fabric.cache.keys import CacheKeys
+from fabric.events.catalogue import Catalogue, ContextType
 from fabric.registry.store import RegistryFollower
 from fabric.router.edge import EdgeValidator
 from fabric.router.gate import Gate
@@ -22,13 +23,12 @@ from fabric.router.hub import ChangeHub
 from fabric.router.problems import HTTPProblem
 from fabric.security.tokens import Principal
 from fabric.settings import Settings
-from fabric.topics.registry import ContextType, Registry
 
 
 @dataclass
 class RouterState:
     settings: Settings
-    registry: Registry
+    catalogue: Catalogue
     redis: aioredis.Redis
     keys: CacheKeys
     producer: AIOKafkaProducer
@@ -100,8 +100,8 @@ async def caller(conn: HTTPConnection, action: str, resource: str) -> tuple[Prin
     )
 
 
-def context_type_named(registry: Registry, name: str) -> ContextType:
-    ct = registry.context_types.get(name)
+def context_type_named(catalogue: Catalogue, name: str) -> ContextType:
+    ct = catalogue.context_types.get(name)
     if ct is None:
-        raise HTTPProblem(404, f"unknown context type {name!r} (known: {', '.join(sorted(registry.context_types))})")
+        raise HTTPProblem(404, f"unknown context type {name!r} (known: {', '.join(sorted(catalogue.context_types))})")
     return ct

@@ -14,8 +14,8 @@ import yaml
 
 from fabric.conditions import ConditionError, compile_predicate
 from fabric.errors import ConfigError
+from fabric.events.envelope import LEVEL, LEVELS
 from fabric.security.tokens import Principal
-from fabric.topics.envelope import LEVEL, LEVELS
 
 DEFAULT_LEVEL = LEVEL["internal"]
 

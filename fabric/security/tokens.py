@@ -24,8 +24,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from fabric.errors import FabricError, Unauthorized
+from fabric.events.codecs import TENANT
 from fabric.settings import SecuritySettings, Settings
-from fabric.topics.codecs import TENANT
 
 DEV_KID = "fabric-dev-1"
 #: the operator's scope: writes platform objects (context types, schemas, routing, bundled

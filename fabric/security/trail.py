@@ -9,7 +9,7 @@ import re
 from datetime import UTC, datetime, timedelta
 
 from fabric.errors import FabricError
-from fabric.topics.codecs import TENANT
+from fabric.events.codecs import TENANT
 
 _AGO = re.compile(r"(\d{1,6})([smhd])")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}

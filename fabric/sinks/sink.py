@@ -28,8 +28,11 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from fabric import kafka_clients
+from fabric import kafka
 from fabric.errors import FabricError, InvalidEvent
+from fabric.events.catalogue import Catalogue
+from fabric.events.codecs import decode_typed
+from fabric.kafka.topics import all_topics, dlq_topic, ensure_topics, typed_topics
 from fabric.registry.store import RegistryFollower, SchemaStore
 from fabric.settings import Settings
 from fabric.sinks.clickhouse import (
@@ -44,9 +47,6 @@ from fabric.sinks.clickhouse import (
     run_statement,
     table_answers,
 )
-from fabric.topics.admin import all_topics, dlq_topic, ensure_topics, typed_topics
-from fabric.topics.codecs import decode_typed
-from fabric.topics.registry import Registry
 
 log = logging.getLogger(__name__)
 ROWS = Counter("fabric_sink_rows_total", "Rows written to ClickHouse", ["table"])
@@ -55,8 +55,8 @@ FAILURES = Counter("fabric_sink_insert_failures_total", "Failed insert attempts"
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
-def event_row(rec: Any, registry: Registry) -> list[Any]:
-    ct, ev = decode_typed(rec.value, registry)
+def event_row(rec: Any, catalogue: Catalogue) -> list[Any]:
+    ct, ev = decode_typed(rec.value, catalogue)
     return [
         ev["tenant"], ev["id"], ev["type"], ct.name, ev["subject"], ev["source"], ev["time"],
         ev.get("receivedtime") or ev["time"], ev.get("sequence") or 0, ev["sensitivity"],
@@ -117,7 +117,7 @@ def refused_row(table: str, row: list[Any], reason: str) -> list[Any]:
 class Sink:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.registry = Registry.load(settings.schemas_dir)
+        self.catalogue = Catalogue.load(settings.schemas_dir)
         self.client: Any = None
         #: a session of its own for ``fabric query``: a refused read-only statement leaves its
         #: session read-only, which must never happen to the session that inserts
@@ -163,15 +163,15 @@ class Sink:
 
     async def run(self, stop: asyncio.Event) -> None:
         s = self.settings
-        await ensure_topics(s, all_topics(s, self.registry))
+        await ensure_topics(s, all_topics(s, self.catalogue))
         dlq, audit = dlq_topic(s), s.topic("audit")
         await ensure_topics(s, [audit])
         # rows wait up to flush_interval_s anyway: no need for Tansu's 5 ms fetch wait here
-        consumer = kafka_clients.consumer(
-            s, *typed_topics(s, self.registry), dlq, audit, group=f"{s.kafka.group_prefix}.sink", fetch_max_wait_ms=500
+        consumer = kafka.consumer(
+            s, *typed_topics(s, self.catalogue), dlq, audit, group=f"{s.kafka.group_prefix}.sink", fetch_max_wait_ms=500
         )
-        await kafka_clients.start(s, consumer)
-        follower = RegistryFollower(s, SchemaStore(self.registry))
+        await kafka.start(s, consumer)
+        follower = RegistryFollower(s, SchemaStore(self.catalogue))
         await follower.start()
         events: list[list[Any]] = []
         dead: list[list[Any]] = []
@@ -202,7 +202,7 @@ class Sink:
                                 dead.append(unreadable_row(r, f"sink could not read the audit record: {e}"))
                             continue
                         try:
-                            events.append(event_row(r, self.registry))
+                            events.append(event_row(r, self.catalogue))
                         except (InvalidEvent, KeyError, TypeError) as e:
                             dead.append(unreadable_row(r, f"sink could not read the typed record: {e}"))
                 waiting = len(events) + len(dead) + len(trail)

@@ -22,9 +22,12 @@ import orjson
 import pytest
 import websockets
 
-from fabric import kafka_clients
+from fabric import kafka
 from fabric.dev.procs import Processes, free_port
 from fabric.dev.stack import Stack
+from fabric.events.catalogue import Catalogue
+from fabric.events.headers import CACHE_KEY
+from fabric.kafka.topics import partitions_of
 from fabric.settings import (
     ClickHouseSettings,
     KafkaSettings,
@@ -34,9 +37,6 @@ from fabric.settings import (
     WorkerSettings,
 )
 from fabric.testing import bearer
-from fabric.topics.admin import partitions_of
-from fabric.topics.headers import CACHE_KEY
-from fabric.topics.registry import Registry
 
 T = TypeVar("T")
 #: the broker the suite runs on: FABRIC_TEST_BROKER=kafka (Apache Kafka, KRaft) or tansu
@@ -252,12 +252,12 @@ async def subscribe(fabric: Fabric) -> AsyncIterator[Callable[..., Any]]:
 async def typed_ids(s: Settings, context_type: str = "PageDSL") -> list[str]:
     """Every event id in a context type's topic, read to its end as ``read_committed``
     readers see it (what the route stage committed)."""
-    consumer = kafka_clients.consumer(s, max_partition_fetch_bytes=8 << 20)
+    consumer = kafka.consumer(s, max_partition_fetch_bytes=8 << 20)
     await consumer.start()
     ids: list[str] = []
     try:
-        registry = Registry.load(s.schemas_dir)
-        tps = await partitions_of(consumer, s.topic(registry[context_type].topic))
+        catalogue = Catalogue.load(s.schemas_dir)
+        tps = await partitions_of(consumer, s.topic(catalogue[context_type].topic))
         consumer.assign(tps)
         await consumer.seek_to_beginning(*tps)
         ends = await consumer.end_offsets(tps)

@@ -22,10 +22,10 @@ import pytest
 import websockets
 from aiokafka import AIOKafkaProducer
 
+from fabric.events.catalogue import Catalogue
+from fabric.events.codecs import avro_encode, confluent_frame
 from fabric.sinks.sink import owner_file
 from fabric.testing import bearer, operator
-from fabric.topics.codecs import avro_encode, confluent_frame
-from fabric.topics.registry import Registry
 from tests.integration.conftest import Fabric, eventually, start_fabric, variant
 
 pytestmark = pytest.mark.integration
@@ -252,7 +252,7 @@ async def test_avro_items_of_zero_bytes_are_refused_and_decoded_size_is_capped(
 ) -> None:
     acme, _ = two
     s = fabric.settings
-    schema = copy.deepcopy(Registry.load(s.schemas_dir).schemas.data_raw("DocChunk"))
+    schema = copy.deepcopy(Catalogue.load(s.schemas_dir).schemas.data_raw("DocChunk"))
     schema["fields"].append({"name": "pad", "type": {"type": "array", "items": "null"}, "default": []})
     async with httpx.AsyncClient(base_url=fabric.url, timeout=15, headers=operator(s)) as c:
         r = await c.post("/subjects/DocChunk/versions", json={"schema": orjson.dumps(schema).decode()})
@@ -267,7 +267,7 @@ async def test_avro_items_of_zero_bytes_are_refused_and_decoded_size_is_capped(
         # (400,000 empty strings: 1 byte each in Avro, 3 in JSON)
         data = {"app": "a", "page": "big", "title": "t", "services": [""] * (s.max_event_bytes // 2)}
         value = confluent_frame(12, avro_encode(fastavro.parse_schema(
-            Registry.load(s.schemas_dir).schemas.data_raw("PageDSL")), data))  # fmt: skip
+            Catalogue.load(s.schemas_dir).schemas.data_raw("PageDSL")), data))  # fmt: skip
         assert len(value) < s.max_event_bytes
         headers = [("ce_specversion", b"1.0"), ("ce_id", b"big-1"), ("ce_source", b"test"),
                    ("ce_type", b"page.updated"), ("ce_subject", b"big"), ("ce_tenant", acme.encode()),

@@ -13,9 +13,9 @@ import orjson
 import pytest
 
 from fabric.dev.stack import Stack
+from fabric.kafka.topics import read_compacted
 from fabric.settings import Settings
 from fabric.testing import bearer
-from fabric.topics.admin import read_compacted
 from tests.integration.conftest import eventually, start_fabric, variant
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

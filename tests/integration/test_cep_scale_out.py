@@ -14,11 +14,11 @@ import httpx
 import orjson
 import pytest
 
-from fabric import kafka_clients
+from fabric import kafka
 from fabric.dev.stack import Stack
+from fabric.kafka.topics import partitions_of
 from fabric.settings import Settings
 from fabric.testing import bearer
-from fabric.topics.admin import partitions_of
 from tests.integration.conftest import Fabric, eventually, variant
 
 pytestmark = pytest.mark.integration
@@ -35,10 +35,10 @@ def log(tenant: str, service: str, subject: str, t: datetime, etype: str = "log.
 async def caught_up(s: Settings, group: str, topic: str) -> bool:
     """Whether ``group`` has committed every record ``topic`` holds, committed or still in
     an open transaction (what follows its committed offsets may only be markers)."""
-    c = kafka_clients.consumer(s, group=group)
-    await kafka_clients.start(s, c)
-    reader = kafka_clients.consumer(s, isolation_level="read_uncommitted")
-    await kafka_clients.start(s, reader)
+    c = kafka.consumer(s, group=group)
+    await kafka.start(s, c)
+    reader = kafka.consumer(s, isolation_level="read_uncommitted")
+    await kafka.start(s, reader)
     try:
         parts = await partitions_of(c, topic)
         reader.assign(parts)
@@ -62,8 +62,8 @@ async def settled(s: Settings) -> bool:
 
 async def records(s: Settings, topic: str) -> list[Any]:
     """Every record of a topic, as read_committed readers see them."""
-    c = kafka_clients.consumer(s)
-    await kafka_clients.start(s, c)
+    c = kafka.consumer(s)
+    await kafka.start(s, c)
     try:
         parts = await partitions_of(c, s.topic(topic))
         c.assign(parts)

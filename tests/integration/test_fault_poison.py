@@ -16,9 +16,9 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from fabric.events.catalogue import Catalogue
+from fabric.events.codecs import avro_encode, confluent_frame
 from fabric.testing import bearer
-from fabric.topics.codecs import avro_encode, confluent_frame
-from fabric.topics.registry import Registry
 from tests.integration.conftest import Fabric, eventually
 
 pytestmark = pytest.mark.integration
@@ -31,11 +31,13 @@ def good(tenant: str, i: int) -> bytes:
     })  # fmt: skip
 
 
-def poison_kinds(tenant: str, registry: Registry, limit: int) -> dict[str, tuple[bytes, list[tuple[str, bytes]], str]]:
+def poison_kinds(
+    tenant: str, catalogue: Catalogue, limit: int
+) -> dict[str, tuple[bytes, list[tuple[str, bytes]], str]]:
     """name -> (value, headers, expected words of the DLQ reason)."""
     typed = {"id": "t", "source": "s", "type": "page.updated", "subject": "p", "tenant": tenant,
              "time": datetime(2026, 1, 1, tzinfo=UTC), "data": {"app": "a", "page": "p", "title": "t"}}  # fmt: skip
-    avro = confluent_frame(2, avro_encode(registry.schemas.avro("PageDSL"), typed))
+    avro = confluent_frame(2, avro_encode(catalogue.schemas.avro("PageDSL"), typed))
     envelope = b'{"id":"n","source":"s","type":"page.updated","subject":"p","tenant":"' + tenant.encode() + b'","data":'
     return {
         "random bytes": (b"\x89" + os.urandom(300), [], "not valid JSON"),
@@ -49,10 +51,10 @@ def poison_kinds(tenant: str, registry: Registry, limit: int) -> dict[str, tuple
 
 
 async def test_kafka_poison_goes_to_the_dlq_and_the_stream_goes_on(
-    fabric: Fabric, http: httpx.AsyncClient, tenant: str, registry: Registry
+    fabric: Fabric, http: httpx.AsyncClient, tenant: str, catalogue: Catalogue
 ) -> None:
     s = fabric.settings
-    kinds = poison_kinds(tenant, registry, s.max_event_bytes)
+    kinds = poison_kinds(tenant, catalogue, s.max_event_bytes)
     producer = AIOKafkaProducer(bootstrap_servers=s.kafka.bootstrap, max_request_size=4 * 1024 * 1024, linger_ms=5)
     await producer.start()
     sent_poison: dict[bytes, str] = {}

@@ -13,7 +13,7 @@ import pytest
 import redis.asyncio as aioredis
 from aiokafka import TopicPartition
 
-from fabric import kafka_clients
+from fabric import kafka
 from fabric.cache.keys import CacheKeys
 from fabric.dev.stack import Stack
 from fabric.settings import Settings
@@ -49,7 +49,7 @@ async def test_sigkill_mid_stream_then_restart(stack: Stack, stack_settings: Set
     r = aioredis.from_url(s.redis.url)
     keys = CacheKeys(s.redis.key_prefix)
     tenant = "crash"
-    producer = kafka_clients.producer(s, linger_ms=5)
+    producer = kafka.producer(s, linger_ms=5)
     await producer.start()
     try:
 
@@ -88,7 +88,7 @@ async def test_sigkill_mid_stream_then_restart(stack: Stack, stack_settings: Set
         body = orjson.loads(await r.hget(keys.ctx(tenant, "PageDSL", "page-7"), "v"))
         assert body["data"]["title"] == f"v{VERSIONS}"
         # no DLQ entries from the crash
-        consumer = kafka_clients.consumer(s)
+        consumer = kafka.consumer(s)
         await consumer.start()
         try:
             tps = [TopicPartition(s.topic("dlq"), p) for p in range(s.kafka.partitions)]

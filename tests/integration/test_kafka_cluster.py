@@ -27,7 +27,7 @@ import orjson
 import pytest
 import redis.asyncio as aioredis
 
-from fabric import kafka_clients
+from fabric import kafka
 from fabric.cache.keys import CacheKeys
 from fabric.client import ContextClient
 from fabric.dev.procs import free_port
@@ -95,7 +95,7 @@ def page(tenant: str, subject: int, seq: int) -> dict[str, Any]:
 
 async def leaders(s: Settings, topic: str) -> Counter[int]:
     """How many partitions of ``topic`` each broker leads."""
-    admin = kafka_clients.admin(s)
+    admin = kafka.admin(s)
     await admin.start()
     try:
         (described,) = await admin.describe_topics([topic])
@@ -264,7 +264,7 @@ async def test_a_rolling_restart_under_load_loses_and_doubles_nothing(
 
 
 async def _fully_replicated(s: Settings) -> bool:
-    admin = kafka_clients.admin(s)
+    admin = kafka.admin(s)
     await admin.start()
     try:
         topics = [t for t in await admin.list_topics() if t.startswith(f"{s.kafka.topic_prefix}.")]

@@ -24,8 +24,8 @@ import httpx
 import pytest
 from pydantic import SecretStr
 
-from fabric import kafka_clients
-from fabric.dev import kafka
+from fabric import kafka
+from fabric.dev import kafka_broker
 from fabric.dev.procs import free_port
 from fabric.dev.stack import Stack
 from fabric.errors import ConfigError
@@ -77,7 +77,7 @@ class SecureBroker:
         )
 
     def start(self) -> subprocess.Popen[bytes]:
-        argv = kafka.prepare(self.settings, extra=self.extra, scram=self.scram)
+        argv = kafka_broker.prepare(self.settings, extra=self.extra, scram=self.scram)
         with (self.settings.data_dir / "broker.log").open("ab") as log:
             proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         deadline = time.monotonic() + 120
@@ -128,18 +128,18 @@ def secure(stack: Stack, stack_settings: Settings, tmp_path_factory: pytest.Temp
 
 async def roundtrip(s: Settings) -> None:
     """Create a topic, write a record, read it back, all with the fabric's clients."""
-    from fabric.topics.admin import ensure_topics, partitions_of
+    from fabric.kafka.topics import ensure_topics, partitions_of
 
     topic = s.topic(f"probe-{uuid.uuid4().hex[:6]}")
     await ensure_topics(s, [topic])
-    p = kafka_clients.producer(s)
-    await kafka_clients.start(s, p)
+    p = kafka.producer(s)
+    await kafka.start(s, p)
     try:
         await p.send_and_wait(topic, b"hello", key=b"k", partition=0)
     finally:
         await p.stop()
-    c = kafka_clients.consumer(s)
-    await kafka_clients.start(s, c)
+    c = kafka.consumer(s)
+    await kafka.start(s, c)
     try:
         c.assign((await partitions_of(c, topic))[:1])
         got = await c.getmany(timeout_ms=5000)
@@ -222,7 +222,7 @@ async def test_oauthbearer_connects_with_a_client_credentials_token(
         assert issued  # the token came from the endpoint, and Kafka accepted it
         bad = secure.scram_settings(s, "OAUTHBEARER", sasl_password=SecretStr("wrong"), oauth_token_url=url)
         with pytest.raises(ConfigError, match=r"kafka\.sasl_password"):
-            await kafka_clients.start(bad, kafka_clients.admin(bad))
+            await kafka.start(bad, kafka.admin(bad))
 
 
 async def test_mutual_tls_connects(secure: SecureBroker, stack_settings: Settings, tmp_path: Path) -> None:
@@ -232,7 +232,7 @@ async def test_mutual_tls_connects(secure: SecureBroker, stack_settings: Setting
 async def test_a_wrong_password_names_the_setting(secure: SecureBroker, stack_settings: Settings) -> None:
     s = secure.scram_settings(stack_settings, sasl_password=SecretStr("not-her-password"))
     with pytest.raises(ConfigError, match=r"kafka\.sasl_password") as e:
-        await kafka_clients.start(s, kafka_clients.admin(s))
+        await kafka.start(s, kafka.admin(s))
     assert "\n" not in str(e.value)
     # a process started with it stops at once, saying the same
     done = await run_fabric(s, "worker")
@@ -247,7 +247,7 @@ async def test_a_wrong_ca_names_the_setting(secure: SecureBroker, stack_settings
         secure.tls_settings(stack_settings, ssl_cafile=other.ca_file),
     ):
         with pytest.raises(ConfigError, match=r"kafka\.ssl_cafile") as e:
-            await kafka_clients.start(s, kafka_clients.admin(s))
+            await kafka.start(s, kafka.admin(s))
         assert "\n" not in str(e.value)
     done = await run_fabric(s, "router")
     assert done.returncode != 0

@@ -14,10 +14,10 @@ import redis.asyncio as aioredis
 
 from fabric.cache.keys import CacheKeys
 from fabric.dev.stack import Stack
+from fabric.events.catalogue import Catalogue
 from fabric.router.hub import ChangeHub, Subscriber
 from fabric.security.tokens import Principal
 from fabric.settings import Settings
-from fabric.topics.registry import Registry
 
 pytestmark = pytest.mark.integration
 
@@ -49,9 +49,9 @@ async def read(sub: Subscriber, total: int, pause: float) -> tuple[list[int], li
 async def test_bursts_past_the_queue_lose_nothing(stack: Stack, stack_settings: Settings) -> None:
     r = aioredis.from_url(stack_settings.redis.url)
     keys = CacheKeys(f"hub{uuid.uuid4().hex[:6]}")
-    registry = Registry.load(stack_settings.schemas_dir)
-    assert "LogEntry" in registry.context_types
-    hub = ChangeHub(r, keys, registry, buffer=20, block_ms=20)
+    catalogue = Catalogue.load(stack_settings.schemas_dir)
+    assert "LogEntry" in catalogue.context_types
+    hub = ChangeHub(r, keys, catalogue, buffer=20, block_ms=20)
     tenant = "acme"
     feed = keys.changes(tenant)
     total = 3_000
@@ -96,7 +96,7 @@ async def test_a_position_past_retention_is_told_of_the_gap_then_goes_on(
 ) -> None:  # fmt: skip
     r = aioredis.from_url(stack_settings.redis.url)
     keys = CacheKeys(f"hub{uuid.uuid4().hex[:6]}")
-    hub = ChangeHub(r, keys, Registry.load(stack_settings.schemas_dir), buffer=5, block_ms=20)
+    hub = ChangeHub(r, keys, Catalogue.load(stack_settings.schemas_dir), buffer=5, block_ms=20)
     feed = keys.changes("acme")
     try:
         await write(r, feed, 0, 10)

@@ -25,9 +25,9 @@ from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared._httpx_utils import create_mcp_http_client
 
+from fabric.events.codecs import confluent_frame
 from fabric.settings import Settings
 from fabric.testing import bearer, operator
-from fabric.topics.codecs import confluent_frame
 from tests.integration.conftest import Fabric, eventually, start_fabric, variant
 
 pytestmark = pytest.mark.integration

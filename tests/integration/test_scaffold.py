@@ -15,8 +15,8 @@ import pytest
 import yaml
 
 from fabric.client import subject_path
+from fabric.kafka.topics import read_compacted
 from fabric.testing import bearer
-from fabric.topics.admin import read_compacted
 from tests.integration.conftest import ROOT, Fabric, eventually, loopback_http
 
 pytestmark = pytest.mark.integration

@@ -10,9 +10,9 @@ import orjson
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
+from fabric.events.catalogue import Catalogue
+from fabric.events.codecs import avro_encode, confluent_frame
 from fabric.testing import bearer
-from fabric.topics.codecs import avro_encode, confluent_frame
-from fabric.topics.registry import Registry
 from tests.integration.conftest import Fabric, eventually
 
 pytestmark = pytest.mark.integration
@@ -96,17 +96,17 @@ async def test_kafka_client_with_cloudevents_headers(
 
 
 async def test_confluent_avro_from_a_kafka_client(
-    fabric: Fabric, http: httpx.AsyncClient, tenant: str, registry: Registry
+    fabric: Fabric, http: httpx.AsyncClient, tenant: str, catalogue: Catalogue
 ) -> None:
     from datetime import UTC, datetime
 
-    ct = registry["Metric"]
+    ct = catalogue["Metric"]
     record = {
         "id": "m-1", "source": "prom://x", "specversion": "1.0", "type": "metric.sample",
         "subject": "api:p95", "time": datetime(2026, 5, 1, tzinfo=UTC), "tenant": tenant,
         "sequence": 1, "data": {"name": "p95", "value": 12.5, "labels": {"route": "/"}},
     }  # fmt: skip
-    value = confluent_frame(ct.schema_id, avro_encode(registry.schemas.avro("Metric"), record))
+    value = confluent_frame(ct.schema_id, avro_encode(catalogue.schemas.avro("Metric"), record))
     producer = AIOKafkaProducer(bootstrap_servers=fabric.settings.kafka.bootstrap)
     await producer.start()
     try:

@@ -6,13 +6,13 @@ from typing import Any
 import orjson
 from aiokafka import ConsumerRecord
 
+from fabric.events.catalogue import Catalogue
+from fabric.events.codecs import decode_typed
+from fabric.events.envelope import make_event, to_json
 from fabric.pipeline.enrich import Enricher
 from fabric.pipeline.materialize import change_from_record
-from fabric.pipeline.route import Router
+from fabric.pipeline.route import Routing
 from fabric.settings import Settings
-from fabric.topics.codecs import decode_typed
-from fabric.topics.envelope import make_event, to_json
-from fabric.topics.registry import Registry
 
 
 def record(
@@ -24,8 +24,8 @@ def record(
 PAGE = {"app": "a", "page": "p", "title": "t"}
 
 
-def test_route_splits_good_and_bad_without_stopping(registry: Registry) -> None:
-    router = Router(Settings(), registry)
+def test_route_splits_good_and_bad_without_stopping(catalogue: Catalogue) -> None:
+    router = Routing(Settings(), catalogue)
     good = to_json(make_event("page.updated", "p", PAGE, tenant="acme", source="d", sequence=1))
     log = to_json(
         make_event("log.entry", "api", {"service": "api", "level": "INFO", "message": "m"}, tenant="acme", source="s")
@@ -38,7 +38,7 @@ def test_route_splits_good_and_bad_without_stopping(registry: Registry) -> None:
     )
     assert [o.topic for o in result.ok] == ["ctx.page", "ctx.log"]
     assert result.ok[0].key == b"acme/p"
-    ct, rec = decode_typed(result.ok[0].value, registry)
+    ct, rec = decode_typed(result.ok[0].value, catalogue)
     assert ct.name == "PageDSL" and rec["provider"] == "sdk" and rec["traceparent"].startswith("00-")
     assert rec["receivedtime"] is not None and rec["contexttype"] == "PageDSL"
     assert [d.topic for d in result.dead] == ["ctx.dlq", "ctx.dlq"]
@@ -47,10 +47,10 @@ def test_route_splits_good_and_bad_without_stopping(registry: Registry) -> None:
     assert result.dead[1].value == bad  # the original bytes, untouched
 
 
-def test_enrich_fills_time_sequence_and_keeps_what_was_given(registry: Registry) -> None:
+def test_enrich_fills_time_sequence_and_keeps_what_was_given(catalogue: Catalogue) -> None:
     enrich = Enricher()
     now = datetime(2026, 1, 1, tzinfo=UTC)
-    ct = registry["PageDSL"]
+    ct = catalogue["PageDSL"]
     given = make_event("page.updated", "p", PAGE, tenant="t", source="s", sequence=7, traceparent="00-a-b-01")
     e = enrich(given, ct, "sdk", now)
     assert (e.sequence, e.traceparent, e.provider, e.time) == (7, "00-a-b-01", "sdk", now)
@@ -60,7 +60,7 @@ def test_enrich_fills_time_sequence_and_keeps_what_was_given(registry: Registry)
     assert enrich(bare, ct, None, now).provider == "s"
 
 
-def test_change_from_record_drops_nulls_and_keeps_data(registry: Registry) -> None:
+def test_change_from_record_drops_nulls_and_keeps_data(catalogue: Catalogue) -> None:
     rec: dict[str, Any] = {"tenant": "t", "type": "page.updated", "subject": "p", "sequence": 3,
                            "time": datetime(2026, 1, 1, tzinfo=UTC), "correlationid": None,
                            "data": {"title": "x", "route": None}}  # fmt: skip
@@ -70,8 +70,8 @@ def test_change_from_record_drops_nulls_and_keeps_data(registry: Registry) -> No
                                     "time": "2026-01-01T00:00:00Z", "data": {"title": "x", "route": None}}  # fmt: skip
 
 
-def test_oversized_event_is_dead_lettered_with_a_cut_original(registry: Registry) -> None:
-    router = Router(Settings(max_event_bytes=1000), registry)
+def test_oversized_event_is_dead_lettered_with_a_cut_original(catalogue: Catalogue) -> None:
+    router = Routing(Settings(max_event_bytes=1000), catalogue)
     big = b"{" + b" " * 200_000 + b"}"
     result = router.route([record(big, 7)])
     assert not result.ok
@@ -81,13 +81,13 @@ def test_oversized_event_is_dead_lettered_with_a_cut_original(registry: Registry
     assert h["fabric_original_size"] == b"200002" and len(dead.value) == 64 * 1024
 
 
-def test_cache_headers_round_trip_awkward_names(registry: Registry) -> None:
+def test_cache_headers_round_trip_awkward_names(catalogue: Catalogue) -> None:
     from fabric.pipeline.materialize import change_from_headers
     from fabric.pipeline.route import cache_headers
 
-    env = Router(Settings(), registry).enrich(
+    env = Routing(Settings(), catalogue).enrich(
         make_event("log.entry", "a/b c", {"service": "s", "level": "INFO", "message": "m"}, tenant="t.1", source="s", id="x/y z"),
-        registry["LogEntry"], None,
+        catalogue["LogEntry"], None,
     )  # fmt: skip
     c = change_from_headers("LogEntry", "stream", dict(cache_headers(env)), 9)
     assert c is not None and (c.tenant, c.type, c.subject, c.id, c.offset) == ("t.1", "log.entry", "a/b c", "x/y z", 9)
@@ -96,7 +96,7 @@ def test_cache_headers_round_trip_awkward_names(registry: Registry) -> None:
 def test_only_redis_errors_about_the_records_dead_letter_them() -> None:
     from redis.exceptions import ResponseError
 
-    from fabric.pipeline.stages import refuses_records
+    from fabric.pipeline.materialize_stage import refuses_records
 
     assert refuses_records(ResponseError("ERR string exceeds maximum allowed size (proto-max-bulk-len)"))
     assert not refuses_records(ResponseError("OOM command not allowed when used memory > 'maxmemory'."))

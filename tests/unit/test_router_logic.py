@@ -2,13 +2,13 @@ from __future__ import annotations
 
 import pytest
 
+from fabric.events.catalogue import Catalogue
 from fabric.router import bodies
 from fabric.router.edge import Rejected
 from fabric.router.freshness import freshness
 from fabric.router.hub import compile_patterns
 from fabric.router.ingest import split_body
 from fabric.router.problems import HTTPProblem
-from fabric.topics.registry import Registry
 
 
 def test_glob_patterns_over_event_types() -> None:
@@ -45,10 +45,10 @@ async def test_split_body_refuses_more_events_than_a_request_may_carry() -> None
     bodies.shutdown()
 
 
-def test_freshness_flags_stale_past_ttl(registry: Registry) -> None:
-    metric = registry["Metric"]
+def test_freshness_flags_stale_past_ttl(catalogue: Catalogue) -> None:
+    metric = catalogue["Metric"]
     assert metric.ttl_s == 300
     as_of, age, stale = freshness(1_000_000, metric, now_ms=1_000_000 + 299_000)
     assert (age, stale) == (299_000, False) and as_of == "1970-01-01T00:16:40.000Z"
     assert freshness(0, metric, now_ms=301_000)[2] is True
-    assert freshness(0, registry["PageDSL"], now_ms=10**12)[2] is False  # no TTL
+    assert freshness(0, catalogue["PageDSL"], now_ms=10**12)[2] is False  # no TTL

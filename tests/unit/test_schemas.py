@@ -7,19 +7,19 @@ import msgspec
 import pytest
 
 from fabric.errors import InvalidEvent
+from fabric.events.catalogue import Catalogue
+from fabric.events.codecs import validate
+from fabric.events.envelope import Envelope
+from fabric.events.schemas import avro_to_json_schema
 from fabric.router.edge import EdgeValidator
-from fabric.topics.codecs import validate
-from fabric.topics.envelope import Envelope
-from fabric.topics.registry import Registry
-from fabric.topics.schemas import avro_to_json_schema
 
 CONTEXT_TYPES = ["PageDSL", "BPMN", "SQLSchema", "LogEntry", "Metric", "DocChunk", "SaaSRecord", "Composite"]
 
 
-def test_every_context_type_has_avro_json_schema_and_msgspec_type(registry: Registry) -> None:
-    assert sorted(registry.context_types) == sorted(CONTEXT_TYPES)
+def test_every_context_type_has_avro_json_schema_and_msgspec_type(catalogue: Catalogue) -> None:
+    assert sorted(catalogue.context_types) == sorted(CONTEXT_TYPES)
     for name in CONTEXT_TYPES:
-        schema = registry.schemas.json_schema(name)
+        schema = catalogue.schemas.json_schema(name)
         jsonschema.Draft202012Validator.check_schema(schema)
         assert schema["$schema"] == "https://json-schema.org/draft/2020-12/schema"
         assert schema["properties"]["data"]["type"] == "object"
@@ -72,15 +72,15 @@ SAMPLES: list[tuple[str, dict[str, Any], bool]] = [
 
 @pytest.mark.parametrize(("etype", "data", "valid"), SAMPLES)
 def test_json_schema_and_worker_validation_agree(
-    registry: Registry, etype: str, data: dict[str, Any], valid: bool
+    catalogue: Catalogue, etype: str, data: dict[str, Any], valid: bool
 ) -> None:
     """The HTTP edge (JSON Schema) and the worker (msgspec) accept and refuse the same events."""
     event = {"id": "1", "source": "s", "type": etype, "subject": "x", "tenant": "t", "data": data}
-    edge = EdgeValidator(registry, 1 << 20).check(0, dict(event), "t", 100)
+    edge = EdgeValidator(catalogue, 1 << 20).check(0, dict(event), "t", 100)
     env = msgspec.convert({k: v for k, v in event.items() if k != "data"}, Envelope)
     env = msgspec.structs.replace(env, data=msgspec.Raw(msgspec.json.encode(data)))
     try:
-        validate(env, registry)
+        validate(env, catalogue)
         worker_ok = True
     except InvalidEvent:
         worker_ok = False
@@ -88,9 +88,9 @@ def test_json_schema_and_worker_validation_agree(
     assert worker_ok == valid
 
 
-def test_edge_refuses_what_the_worker_would_even_when_json_schema_allows_it(registry: Registry) -> None:
+def test_edge_refuses_what_the_worker_would_even_when_json_schema_allows_it(catalogue: Catalogue) -> None:
     """A float with an integral value passes JSON Schema's "integer" but not the worker's decoder."""
     event = {"id": "1", "source": "s", "type": "page.updated", "subject": "x", "tenant": "t", "sequence": 1.5e29,
              "data": {"app": "a", "page": "p", "title": "t"}}  # fmt: skip
-    problem = EdgeValidator(registry, 1 << 20).check(3, event, "t", 100)
+    problem = EdgeValidator(catalogue, 1 << 20).check(3, event, "t", 100)
     assert problem is not None and problem.pointer == "/3/sequence" and "got `float`" in problem.error

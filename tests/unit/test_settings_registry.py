@@ -5,8 +5,8 @@ from pathlib import Path
 import pytest
 
 from fabric.errors import ConfigError, UnknownEventType
+from fabric.events.catalogue import Catalogue
 from fabric.settings import load_settings
-from fabric.topics.registry import Registry
 
 
 def test_defaults_are_loopback_and_embedded(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -51,13 +51,13 @@ def test_bad_settings_fail_with_a_clear_message(
         load_settings()
 
 
-def test_registry_routes_by_glob_first_match_wins(registry: Registry) -> None:
-    assert registry.resolve("page.updated").name == "PageDSL"
-    assert registry.resolve("process.started").name == "BPMN"
-    assert registry.resolve("saas.account.updated").kind == "state"
-    assert registry.resolve("log.entry").kind == "stream"
+def test_registry_routes_by_glob_first_match_wins(catalogue: Catalogue) -> None:
+    assert catalogue.resolve("page.updated").name == "PageDSL"
+    assert catalogue.resolve("process.started").name == "BPMN"
+    assert catalogue.resolve("saas.account.updated").kind == "state"
+    assert catalogue.resolve("log.entry").kind == "stream"
     with pytest.raises(UnknownEventType):
-        registry.resolve("pages.updated")
+        catalogue.resolve("pages.updated")
 
 
 def test_registry_refuses_rules_to_unknown_types(tmp_path: Path) -> None:
@@ -67,9 +67,9 @@ def test_registry_refuses_rules_to_unknown_types(tmp_path: Path) -> None:
     shutil.copytree(root, tmp_path / "schemas")
     (tmp_path / "schemas/registry/event-types.yaml").write_text('- {match: "x.*", context_type: Weather}\n')
     with pytest.raises(ConfigError, match="unknown context type 'Weather'"):
-        Registry.load(tmp_path / "schemas")
+        Catalogue.load(tmp_path / "schemas")
     (tmp_path / "schemas/registry/context-types.yaml").write_text(
         "PageDSL: {kind: blob, topic: p, schema: fabric.PageDSL, schema_id: 2, data_schema_id: 12}\n"
     )
     with pytest.raises(ConfigError, match="kind must be state or stream"):
-        Registry.load(tmp_path / "schemas")
+        Catalogue.load(tmp_path / "schemas")

@@ -17,8 +17,8 @@ from typing import Any
 
 import orjson
 
+from fabric.events.envelope import Envelope
 from fabric.providers.sdk import Provider
-from fabric.topics.envelope import Envelope
 
 LEVELS = {"TRACE": "DEBUG", "DEBUG": "DEBUG", "INFO": "INFO", "NOTICE": "INFO", "WARN": "WARN", "WARNING": "WARN",
           "ERROR": "ERROR", "ERR": "ERROR", "CRITICAL": "FATAL", "FATAL": "FATAL", "PANIC": "FATAL"}  # fmt: skip

@@ -16,8 +16,8 @@ from typing import Any
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
+from fabric.events.envelope import Envelope
 from fabric.providers.sdk import Provider
-from fabric.topics.envelope import Envelope
 
 log = logging.getLogger(__name__)
 

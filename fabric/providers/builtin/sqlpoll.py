@@ -21,8 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from fabric.errors import ConfigError, MissingExtraError
+from fabric.events.envelope import Envelope
 from fabric.providers.sdk import Provider
-from fabric.topics.envelope import Envelope
 
 IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
 

@@ -30,8 +30,8 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from fabric.errors import InvalidEvent, PublishError
+from fabric.events.envelope import Envelope
 from fabric.providers.sdk import Provider
-from fabric.topics.envelope import Envelope
 
 SIGNATURE = "x-fabric-signature"
 DELIVERY = "x-fabric-delivery"

@@ -11,10 +11,10 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 
-from fabric import kafka_clients
+from fabric import kafka
 from fabric.errors import BackendUnavailable
+from fabric.events.catalogue import Catalogue
 from fabric.settings import Settings
-from fabric.topics.registry import Registry
 
 log = logging.getLogger(__name__)
 
@@ -27,12 +27,12 @@ def dlq_topic(s: Settings) -> str:
     return s.topic("dlq")
 
 
-def typed_topics(s: Settings, registry: Registry) -> list[str]:
-    return sorted({s.topic(ct.topic) for ct in registry.context_types.values()})
+def typed_topics(s: Settings, catalogue: Catalogue) -> list[str]:
+    return sorted({s.topic(ct.topic) for ct in catalogue.context_types.values()})
 
 
-def all_topics(s: Settings, registry: Registry) -> list[str]:
-    return [ingest_topic(s), dlq_topic(s), *typed_topics(s, registry)]
+def all_topics(s: Settings, catalogue: Catalogue) -> list[str]:
+    return [ingest_topic(s), dlq_topic(s), *typed_topics(s, catalogue)]
 
 
 #: topics that are tables: the last record per key is what counts, so Kafka keeps only that
@@ -53,9 +53,9 @@ async def ensure_topics(s: Settings, topics: list[str], timeout: float = 30.0) -
     """Create missing topics; retries while the broker is starting."""
     deadline = asyncio.get_running_loop().time() + timeout
     while True:
-        admin = kafka_clients.admin(s)
+        admin = kafka.admin(s)
         try:
-            await kafka_clients.start(s, admin)
+            await kafka.start(s, admin)
             existing = set(await admin.list_topics())
             missing = [t for t in topics if t not in existing]
             if missing:
@@ -96,8 +96,8 @@ async def partitions_of(c: AIOKafkaConsumer, topic: str, timeout: float = 15.0) 
 
 async def read_compacted(s: Settings, topic: str) -> dict[str, bytes | None]:
     """A compacted topic read to its end: the last value per key (None: removed)."""
-    c = kafka_clients.consumer(s)
-    await kafka_clients.start(s, c)
+    c = kafka.consumer(s)
+    await kafka.start(s, c)
     out: dict[str, bytes | None] = {}
     try:
         parts = await partitions_of(c, topic)
@@ -118,8 +118,8 @@ async def read_compacted(s: Settings, topic: str) -> dict[str, bytes | None]:
 async def follow_compacted(s: Settings, topic: str, apply: Callable[[str, bytes | None], None]) -> None:
     """Call ``apply(key, value)`` for every record written to ``topic`` from now on (value None:
     removed); runs until cancelled. Pair with ``read_compacted`` for what came before."""
-    c = kafka_clients.consumer(s, fetch_max_wait_ms=max(200, s.kafka.fetch_wait_ms))
-    await kafka_clients.start(s, c)
+    c = kafka.consumer(s, fetch_max_wait_ms=max(200, s.kafka.fetch_wait_ms))
+    await kafka.start(s, c)
     try:
         parts = await partitions_of(c, topic)
         c.assign(parts)

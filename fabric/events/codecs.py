@@ -14,7 +14,7 @@ Everything that fails raises ``InvalidEvent`` naming the problem and a JSON poin
 the worker turns that into a DLQ record, never into a crash.
 
 The canonical form on the typed topics is the Confluent-framed typed envelope, so
-Schema-Registry-aware tools can read the fabric's topics.
+Schema-Catalogue-aware tools can read the fabric's topics.
 """
 
 from __future__ import annotations
@@ -30,8 +30,8 @@ import fastavro
 import msgspec
 
 from fabric.errors import InvalidEvent
-from fabric.topics.envelope import ATTRIBUTES, Envelope
-from fabric.topics.registry import GENERIC_SCHEMA_ID, ContextType, Registry
+from fabric.events.catalogue import GENERIC_SCHEMA_ID, Catalogue, ContextType
+from fabric.events.envelope import ATTRIBUTES, Envelope
 
 MAGIC = 0
 _HEADER = struct.Struct(">bI")
@@ -102,21 +102,21 @@ def _from_avro_record(rec: dict[str, Any], data: bytes) -> Envelope:
     return msgspec.structs.replace(env, data=msgspec.Raw(data))
 
 
-def decode_confluent(value: bytes, registry: Registry) -> Envelope:
+def decode_confluent(value: bytes, catalogue: Catalogue) -> Envelope:
     schema_id, body = _unframe(value, "Avro event")
     if schema_id == GENERIC_SCHEMA_ID:
-        rec = _avro_decode(registry.schemas.envelope, body, "generic envelope")
+        rec = _avro_decode(catalogue.schemas.envelope, body, "generic envelope")
         data = rec["data"]
         return _from_avro_record(rec, data if data else b"null")
-    ct = registry.by_schema_id.get(schema_id)
+    ct = catalogue.by_schema_id.get(schema_id)
     if ct is None:
         raise InvalidEvent(f"unknown schema id {schema_id} in the Confluent header", "")
-    writer, reader = registry.typed_writers[schema_id], registry.schemas.avro(ct.name)
+    writer, reader = catalogue.typed_writers[schema_id], catalogue.schemas.avro(ct.name)
     rec = _avro_decode(writer, body, f"{ct.name} envelope", reader)
     return _from_avro_record(rec, msgspec.json.encode(rec["data"]))
 
 
-def decode_binary(value: bytes | None, headers: Headers, registry: Registry) -> Envelope:
+def decode_binary(value: bytes | None, headers: Headers, catalogue: Catalogue) -> Envelope:
     attrs: dict[str, Any] = {}
     content_type = None
     for k, v in headers:
@@ -138,10 +138,10 @@ def decode_binary(value: bytes | None, headers: Headers, registry: Registry) -> 
         raise InvalidEvent(f"CloudEvents headers: {reason}", ptr) from e
     if content_type and "avro" in content_type:
         schema_id, body = _unframe(value or b"", "Avro data")
-        ct = registry.by_data_schema_id.get(schema_id)
+        ct = catalogue.by_data_schema_id.get(schema_id)
         if ct is None:
             raise InvalidEvent(f"unknown data schema id {schema_id} in the Confluent header", "/data")
-        writer, reader = registry.data_writers[schema_id], registry.schemas.data_avro(ct.name)
+        writer, reader = catalogue.data_writers[schema_id], catalogue.schemas.data_avro(ct.name)
         rec = _avro_decode(writer, body, f"{ct.name} data", reader)
         data = msgspec.json.encode(rec)
     else:
@@ -163,26 +163,26 @@ def decode_structured(value: bytes) -> Envelope:
         raise InvalidEvent(f"not valid UTF-8: {e}", "") from e
 
 
-def decode_ingest(value: bytes | None, headers: Headers, registry: Registry) -> Envelope:
+def decode_ingest(value: bytes | None, headers: Headers, catalogue: Catalogue) -> Envelope:
     """Decode one ``ctx.ingest`` record in whichever of the three formats it is."""
     if any(k.lower() in ("ce_specversion", "ce_id") for k, _ in headers):
-        return decode_binary(value, headers, registry)
+        return decode_binary(value, headers, catalogue)
     if not value:
         raise InvalidEvent("empty message and no ce_* headers", "")
     if value[0] == MAGIC:
-        return decode_confluent(value, registry)
+        return decode_confluent(value, catalogue)
     return decode_structured(value)
 
 
-def validate(env: Envelope, registry: Registry) -> tuple[ContextType, Any]:
+def validate(env: Envelope, catalogue: Catalogue) -> tuple[ContextType, Any]:
     """Check an envelope against its context type; returns the type and the decoded data."""
     if not TENANT.fullmatch(env.tenant):
         raise InvalidEvent("tenant must be 1-64 of A-Z a-z 0-9 _ . - (not starting with _ . -)", "/tenant")
     if not env.subject:
         raise InvalidEvent("subject must not be empty", "/subject")
-    ct = registry.resolve(env.type)
+    ct = catalogue.resolve(env.type)
     try:
-        data = registry.schemas.data_decoder(ct.name).decode(env.data)
+        data = catalogue.schemas.data_decoder(ct.name).decode(env.data)
     except msgspec.ValidationError as e:
         reason, ptr = pointer_of(e, "/data")
         raise InvalidEvent(reason, ptr) from e
@@ -205,7 +205,7 @@ def micros(t: datetime) -> int:
 _ONE_MICRO = datetime.resolution
 
 
-def encode_typed(env: Envelope, ct: ContextType, data: Any, registry: Registry) -> bytes:
+def encode_typed(env: Envelope, ct: ContextType, data: Any, catalogue: Catalogue) -> bytes:
     """The canonical typed-topic form: Confluent-framed Avro of the typed envelope."""
     rec = msgspec.structs.asdict(env)
     rec["data"] = msgspec.to_builtins(data, builtin_types=(datetime,))
@@ -213,14 +213,14 @@ def encode_typed(env: Envelope, ct: ContextType, data: Any, registry: Registry) 
     rec["time"] = micros(env.time) if env.time else 0
     if env.receivedtime is not None:
         rec["receivedtime"] = micros(env.receivedtime)
-    return confluent_frame(registry.typed_id[ct.name], avro_encode(registry.schemas.avro(ct.name), rec))
+    return confluent_frame(catalogue.typed_id[ct.name], avro_encode(catalogue.schemas.avro(ct.name), rec))
 
 
-def decode_typed(value: bytes, registry: Registry) -> tuple[ContextType, dict[str, Any]]:
+def decode_typed(value: bytes, catalogue: Catalogue) -> tuple[ContextType, dict[str, Any]]:
     """Decode a typed-topic record to (context type, plain dict with ``data`` as a dict)."""
     schema_id, body = _unframe(value, "typed event")
-    ct = registry.by_schema_id.get(schema_id)
+    ct = catalogue.by_schema_id.get(schema_id)
     if ct is None:
         raise InvalidEvent(f"unknown schema id {schema_id} on a typed topic")
-    writer, reader = registry.typed_writers[schema_id], registry.schemas.avro(ct.name)
+    writer, reader = catalogue.typed_writers[schema_id], catalogue.schemas.avro(ct.name)
     return ct, _avro_decode(writer, body, f"{ct.name} envelope", reader)

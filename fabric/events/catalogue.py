@@ -1,4 +1,4 @@
-"""The first registry: context types and the event-type -> context-type mapping, from files.
+"""The first catalogue: context types and the event-type -> context-type mapping, from files.
 
 ``fabric/schemas/registry/context-types.yaml`` declares each context type (kind, typed topic,
 Avro schema, Confluent schema id); ``fabric/schemas/registry/event-types.yaml`` maps event
@@ -17,7 +17,7 @@ import fastavro
 import yaml
 
 from fabric.errors import ConfigError, UnknownEventType
-from fabric.topics.schemas import Schemas
+from fabric.events.schemas import Schemas
 
 Kind = Literal["state", "stream"]
 GENERIC_SCHEMA_ID = 1
@@ -42,7 +42,7 @@ class Rule:
     context_type: str
 
 
-class Registry:
+class Catalogue:
     """Context types, routing rules and their schemas. Lookups are cached per event type."""
 
     def __init__(self, context_types: list[ContextType], rules: list[Rule], schemas: Schemas):
@@ -62,7 +62,7 @@ class Registry:
         self.set_rules(rules)
 
     def set_rules(self, rules: list[Rule] | list[dict[str, Any]]) -> None:
-        """Replace the event-type rules (a new routing version from the registry)."""
+        """Replace the event-type rules (a new routing version from the catalogue)."""
         parsed = [r if isinstance(r, Rule) else Rule(str(r["match"]), str(r["context_type"])) for r in rules]
         for r in parsed:
             if r.context_type not in self.context_types:
@@ -71,7 +71,7 @@ class Registry:
         self._cache = {}
 
     @classmethod
-    def load(cls, schemas_dir: Path) -> Registry:
+    def load(cls, schemas_dir: Path) -> Catalogue:
         reg_dir = schemas_dir / "registry"
         ctypes = _read_yaml(reg_dir / "context-types.yaml")
         rules = _read_yaml(reg_dir / "event-types.yaml")

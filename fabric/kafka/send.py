@@ -1,0 +1,80 @@
+"""Batched sends: many records to many partitions with one batch (and one future) each.
+
+``producer.send`` costs a future and a lookup per message; ``send_all`` builds the
+batches itself, partitioning keys as the Java client does (murmur2), and waits for all.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from dataclasses import dataclass, field
+
+from aiokafka import AIOKafkaProducer
+from aiokafka.partitioner import DefaultPartitioner
+
+
+@dataclass(slots=True)
+class OutRecord:
+    topic: str
+    key: bytes | None
+    value: bytes
+    headers: list[tuple[str, bytes]] = field(default_factory=list)
+    #: a partition chosen by the caller; None: by the key (murmur2, as the Java client)
+    partition: int | None = None
+
+
+class _KeyPartitions:
+    """murmur2(key) mod n, remembered: the answer depends on the key and the partition
+    count only, so a topic that grows gets new answers, and the memory is bounded."""
+
+    limit = 100_000
+
+    def __init__(self) -> None:
+        self._of: dict[tuple[int, bytes], int] = {}
+        self._hash = DefaultPartitioner()
+
+    def __call__(self, key: bytes, parts: list[int]) -> int:
+        p = self._of.get((len(parts), key), -1)
+        if p < 0:
+            p = self._hash(key, parts, parts)
+            if len(self._of) >= self.limit:
+                self._of.clear()
+            self._of[(len(parts), key)] = p
+        return p
+
+
+_by_key = _KeyPartitions()
+
+
+async def send_all(prod: AIOKafkaProducer, records: list[OutRecord]) -> None:
+    """Send records as whole batches per partition, then wait for every delivery.
+    The partitions of each topic come from the producer's metadata, which it refreshes.
+    Raises if any batch failed."""
+    by_tp: dict[tuple[str, int], list[OutRecord]] = {}
+    parts_of: dict[str, list[int]] = {}
+    for r in records:
+        parts = parts_of.get(r.topic)
+        if parts is None:
+            parts = parts_of[r.topic] = sorted(await prod.partitions_for(r.topic))
+        if r.partition is not None:
+            p = r.partition
+        elif r.key is None:
+            p = random.choice(parts)
+        else:
+            p = _by_key(r.key, parts)
+        by_tp.setdefault((r.topic, p), []).append(r)
+    futures = []
+    for (topic, p), recs in by_tp.items():
+        batch = prod.create_batch()
+        for r in recs:
+            if batch.append(key=r.key, value=r.value, timestamp=None, headers=r.headers) is None:
+                batch.close()
+                futures.append(await prod.send_batch(batch, topic, partition=p))
+                batch = prod.create_batch()
+                if batch.append(key=r.key, value=r.value, timestamp=None, headers=r.headers) is None:
+                    raise ValueError(f"a record of {len(r.value)} bytes does not fit in a producer batch")
+        batch.close()
+        futures.append(await prod.send_batch(batch, topic, partition=p))
+    if futures:
+        await asyncio.gather(*futures)
