@@ -6,3 +6,6 @@ PROVIDER_HEADER = "fabric_provider"
 CACHE_JSON = "fabric_cache_json"
 #: on typed-topic records: the cache fields the materializer needs without decoding
 CACHE_KEY = "fabric_cache_key"
+
+#: on a ctx.ingest record: how many fields the HTTP edge masked (see fabric.pipeline.redact)
+REDACTED_HEADER = "fabric_redacted"

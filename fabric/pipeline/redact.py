@@ -5,7 +5,9 @@ Rules say which context types and sensitivities they cover, which detectors run 
 string values, and which keys are masked whole whatever they hold. A masked match
 becomes ``[email]``, ``[phone]``, ``[card]``, ``[national_id]`` or ``[secret]``; a key
 masked whole becomes ``[redacted]``. The event then carries ``redacted``: how many
-fields were masked. Rules come from ``worker.processor_options.redact.rules`` or the
+fields were masked. The router's HTTP edge masks with the same rules before it
+produces to ``ctx.ingest`` (and says how many in the ``fabric_redacted`` header); the
+route stage masks what other producers wrote there. Rules come from ``worker.processor_options.redact.rules`` or the
 bundled ``fabric/schemas/policies/redaction.yaml``; docs/extending.md shows the form.
 """
 
@@ -29,7 +31,7 @@ Level = Literal["public", "internal", "confidential", "restricted"]
 
 _PATTERNS: dict[str, str] = {
     "email": r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}",
-    "phone": r"(?<![\w+.])(?:\+\d{1,3}[ -]?)?(?:\(\d{2,4}\) ?|\d{2,4}[ -])\d{3,4}[ -]\d{3,4}(?![\w.])",
+    "phone": r"(?<![\w+.])(?<!\d[ -])(?:\+\d{1,3}[ -]?)?(?:\(\d{2,4}\) ?|\d{2,4}[ -])\d{3,4}[ -]\d{3,4}(?![\w.])(?![ -]\d)",
     "card": r"(?<!\d)(?:\d[ -]?){12,18}\d(?!\d)",
     "national_id": r"(?<!\d)(?:\d{3}-\d{2}-\d{4}|\d{17}[\dXx])(?![\w-])",
     "secret": r"(?:\b(?:sk|pk|rk)_(?:live|test)_[A-Za-z0-9]{16,}"
@@ -151,15 +153,25 @@ class Redaction(Processor):
             self._plans[key] = _Plan(detectors, keys) if detectors or keys else None
         return self._plans[key]
 
+    def mask(self, context_type: str, sensitivity: str, raw: bytes, data: Any) -> tuple[Any, int]:
+        """``data`` (whose JSON is ``raw``) with what the rules find masked, and how many
+        fields that changed; ``data`` is only walked when the raw JSON has a candidate."""
+        plan = self.plan(context_type, sensitivity)
+        if plan is None or plan.precheck is None or not plan.precheck.search(raw):
+            return data, 0
+        return _mask(data, plan)
+
     def process(self, events: list[Event]) -> None:
         for ev in events:
-            plan = self.plan(ev.context_type.name, ev.envelope.sensitivity)
+            env = ev.envelope
+            before = ev.extensions.get("redacted", 0)
+            plan = self.plan(ev.context_type.name, env.sensitivity)
             if plan is None or plan.precheck is None or not plan.precheck.search(ev.raw_data):
                 continue
             data, n = _mask(ev.data, plan)
             if n:
                 ev.data = data
-                ev.extensions["redacted"] = n
+                ev.extensions["redacted"] = before + n
 
 
 def _mask(value: Any, plan: _Plan) -> tuple[Any, int]:

@@ -22,7 +22,7 @@ from fabric.errors import InvalidEvent
 from fabric.events.catalogue import Catalogue
 from fabric.events.codecs import decode_ingest, encode_typed, micros, pointer_of, validate
 from fabric.events.envelope import ATTRIBUTES, LEVEL, Envelope
-from fabric.events.headers import CACHE_JSON, CACHE_KEY, PROVIDER_HEADER
+from fabric.events.headers import CACHE_JSON, CACHE_KEY, PROVIDER_HEADER, REDACTED_HEADER
 from fabric.kafka.send import OutRecord
 from fabric.kafka.topics import all_topics, ensure_topics, ingest_topic
 from fabric.pipeline.deadletter import dlq_record
@@ -85,8 +85,15 @@ class Routing:
                 if len(env.data) > self.max_bytes:  # Avro can decode into much more than it was
                     raise InvalidEvent(f"decoded data is {len(env.data)} bytes, over the limit of {self.max_bytes}")
                 ct, data = validate(env, catalogue)
-                provider = next((v.decode(errors="replace") for k, v in headers if k == PROVIDER_HEADER), None)
+                provider = masked = None
+                for k, v in headers:
+                    if k == PROVIDER_HEADER:
+                        provider = v.decode(errors="replace")
+                    elif k == REDACTED_HEADER and v.isdigit():
+                        masked = int(v)
                 ev = Event(self.enrich(env, ct, provider, now), ct, catalogue)
+                if masked:
+                    ev.extensions["redacted"] = masked
                 if env.time is None:
                     ev.warn("no event time: the received time stands in")
                 accepted.append((rec, ev, data))

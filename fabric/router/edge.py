@@ -11,6 +11,7 @@ import orjson
 from fabric.errors import InvalidEvent, UnknownEventType
 from fabric.events.catalogue import Catalogue
 from fabric.events.codecs import decode_structured, validate
+from fabric.pipeline.redact import Redaction
 
 
 class Rejected(msgspec.Struct):
@@ -36,9 +37,10 @@ def _pointer(index: int, path: Any) -> str:
 class EdgeValidator:
     """Precompiled JSON-Schema validators, one per context type."""
 
-    def __init__(self, catalogue: Catalogue, max_event_bytes: int) -> None:
+    def __init__(self, catalogue: Catalogue, max_event_bytes: int, redaction: Redaction | None = None) -> None:
         self.catalogue = catalogue
         self.max_event_bytes = max_event_bytes
+        self.redaction = redaction
         self._validators: dict[tuple[str, int], jsonschema.Draft202012Validator] = {}
 
     def validator(self, name: str) -> jsonschema.Draft202012Validator:
@@ -55,6 +57,17 @@ class EdgeValidator:
         """None when the event is valid (see ``accept``)."""
         outcome = self.accept(index, event, tenant, size)
         return None if isinstance(outcome, bytes) else outcome
+
+    def redact(self, event: dict[str, Any], encoded: bytes) -> tuple[bytes, int]:
+        """A valid event's JSON with its data masked by the redaction rules, and how many
+        fields were masked (the route stage adds it to the event's ``redacted``)."""
+        if self.redaction is None:
+            return encoded, 0
+        ct = self.catalogue.resolve(event["type"])
+        data, n = self.redaction.mask(ct.name, str(event.get("sensitivity", "internal")), encoded, event.get("data"))
+        if not n:
+            return encoded, 0
+        return orjson.dumps({**event, "data": data}), n
 
     def accept(self, index: int, event: Any, tenant: str, size: int) -> Rejected | bytes:
         """The event's JSON to produce when it is valid; fills in the caller's tenant when absent.

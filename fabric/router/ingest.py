@@ -19,7 +19,7 @@ from aiokafka.errors import KafkaError
 from starlette.requests import Request
 from starlette.responses import Response
 
-from fabric.events.headers import PROVIDER_HEADER
+from fabric.events.headers import PROVIDER_HEADER, REDACTED_HEADER
 from fabric.router import bodies
 from fabric.router.edge import IngestResult, Rejected
 from fabric.router.problems import HTTPProblem
@@ -88,7 +88,7 @@ async def post_events(request: Request) -> Response:
         chunks.append(chunk)
     body = b"".join(chunks)
     items = await split_body(body, request.headers.get("content-type", ""), limits.max_events_per_request)
-    accepted: list[tuple[str, bytes, bytes]] = []
+    accepted: list[tuple[str, bytes, bytes, list[tuple[str, bytes]]]] = []
     rejected: list[Rejected] = []
     refused = 0
     pause = Pause()
@@ -101,13 +101,14 @@ async def post_events(request: Request) -> Response:
                 rejected.append(outcome)
         else:
             event = item[0]  # type: ignore[index]
-            accepted.append((event["id"], f"{tenant}/{event['subject']}".encode(), outcome))
+            value, masked = st.validator.redact(event, outcome)
+            headers = [(PROVIDER_HEADER, b"http")] + ([(REDACTED_HEADER, b"%d" % masked)] if masked else [])
+            accepted.append((event["id"], f"{tenant}/{event['subject']}".encode(), value, headers))
     del items
     if accepted:
         topic = st.settings.topic("ingest")
-        headers = [(PROVIDER_HEADER, b"http")]
         try:
-            futures = [await st.producer.send(topic, v, key=k, headers=headers) for _, k, v in accepted]
+            futures = [await st.producer.send(topic, v, key=k, headers=h) for _, k, v, h in accepted]
             await asyncio.wait_for(asyncio.gather(*futures), timeout=st.settings.router.produce_timeout_s)
         except (KafkaError, TimeoutError) as e:
             raise HTTPProblem(

@@ -17,6 +17,7 @@ from fabric.cache.keys import CacheKeys
 from fabric.errors import ConfigError
 from fabric.events.catalogue import Catalogue
 from fabric.kafka.topics import ensure_topics, ingest_topic
+from fabric.pipeline.redact import Redaction
 from fabric.registry.store import RegistryFollower, SchemaStore
 from fabric.router import bodies
 from fabric.router.edge import EdgeValidator
@@ -72,7 +73,10 @@ async def open_state(settings: Settings) -> AsyncIterator[RouterState]:
         buffer=settings.router.subscriber_buffer, buffer_bytes=settings.router.subscriber_buffer_bytes,
         cluster=settings.redis.cluster,
     )  # fmt: skip
-    validator = EdgeValidator(catalogue, settings.max_event_bytes)
+    redaction = Redaction(settings, catalogue, settings.worker.processor_options.get("redact", {}))
+    validator = EdgeValidator(
+        catalogue, settings.max_event_bytes, redaction if "redact" in settings.worker.processors else None
+    )
     store = PolicyStore.bundled(settings.security.injection_file)
     await load_published(settings, store)
     follower = RegistryFollower(settings, SchemaStore(catalogue))
