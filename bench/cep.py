@@ -12,8 +12,9 @@ import yaml
 
 from bench.env import RESULTS, save
 from bench.plot import throughput_over_time
-from fabric.cep.matcher import Matcher, Position
+from fabric.cep.matcher import Matcher
 from fabric.cep.patterns import compile_pattern
+from fabric.cep.state import Position
 
 LIBRARY = Path(__file__).resolve().parent.parent / "fabric" / "schemas" / "patterns" / "library.yaml"
 

@@ -12,8 +12,9 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from fabric.cep.matcher import Composite, Late, Matcher, Output, Position
+from fabric.cep.matcher import Composite, Late, Matcher, Output
 from fabric.cep.patterns import Pattern, load_patterns
+from fabric.cep.state import Position
 from fabric.settings import Settings
 
 __all__ = ["Composite", "Late", "ManualClock", "Position", "bearer", "composites", "ev", "operator", "run_patterns"]

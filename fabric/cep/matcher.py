@@ -8,64 +8,32 @@ An event older than the watermark is late: it is reported (``Late``), never drop
 silently. Timers (an absence's deadline, a window's end, a session's gap) fire when
 the watermark passes them. Patterns in processing-time mode use the clock instead.
 
-State is plain dicts per pattern, bounded by ``max_keys`` (oldest keys evicted) and
-purged as the watermark moves past it.
+State is typed records per pattern (``cep/state.py``), bounded by ``max_keys`` (oldest
+keys evicted) and purged as the watermark moves past it; the watermark is in
+``cep/watermark.py``, the checkpoint codec in ``cep/checkpoint.py``.
 """
 
 from __future__ import annotations
 
-import bisect
 import heapq
-import itertools
 import math
-from collections import OrderedDict, deque
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from prometheus_client import Counter
 
+from fabric.cep.checkpoint import decode_state, encode_state
 from fabric.cep.clock import Clock, SystemClock, event_time_ms
 from fabric.cep.patterns import Absence, Aggregate, Pattern, Sequence
+from fabric.cep.state import Ev, Partial, Pending, Position, RunState, Session, Sliding, Slot, Timer, TimerKind
 from fabric.conditions import Predicate
 
 MAX_CONTRIBUTORS = 50
-#: A partition that sent nothing for this long (processing time) stops holding the watermark back.
-IDLE_MS = 10_000
-#: event ids remembered per pattern, so an event delivered twice is applied once
-APPLIED_IDS = 20_000
 DUPLICATES = Counter("fabric_cep_duplicates_total", "Events a pattern had already applied (same id), skipped")
 
 
-@dataclass(frozen=True, slots=True)
-class Position:
-    topic: str
-    partition: int
-    offset: int
-
-
 @dataclass(slots=True)
-class Ev:
-    time_ms: int
-    event: Mapping[str, Any]
-    #: where the matcher read it (replay after a restore starts from these)
-    position: Position | None
-    #: where it was first written, when the matcher reads a re-keyed copy: names the
-    #: event in composites, and its partition is the one that holds the watermark back
-    source: Position | None = None
-
-    def slim(self) -> Ev:
-        """What state keeps of a matched event: enough to name it in a composite."""
-        return Ev(self.time_ms, {"id": self.event.get("id")}, self.position, self.source)
-
-    def ref(self) -> dict[str, Any]:
-        p = self.source or self.position
-        return {"id": self.event.get("id"), "time_ms": self.time_ms,
-                "topic": p.topic if p else None, "partition": p.partition if p else None,
-                "offset": p.offset if p else None}  # fmt: skip
-
-
-@dataclass
 class Composite:
     pattern: str
     version: int
@@ -77,7 +45,7 @@ class Composite:
     confidence: float = 1.0
 
 
-@dataclass
+@dataclass(slots=True)
 class Late:
     pattern: str
     event_id: Any
@@ -127,54 +95,6 @@ def relevance(p: Pattern) -> Predicate:
     return rule.where
 
 
-class _Window:
-    """Values of a sliding window kept sorted, so p95/min/max need no sort per event."""
-
-    __slots__ = ("armed", "events", "sorted", "total")
-
-    def __init__(self) -> None:
-        self.events: deque[tuple[int, float, Ev]] = deque()
-        self.sorted: list[float] = []
-        self.total = 0.0
-        self.armed = False
-
-    def add(self, t: int, v: float, ev: Ev) -> None:
-        self.events.append((t, v, ev))
-        bisect.insort(self.sorted, v)
-        self.total += v
-
-    def evict_until(self, t: int) -> None:
-        while self.events and self.events[0][0] <= t:
-            _, v, _ = self.events.popleft()
-            del self.sorted[bisect.bisect_left(self.sorted, v)]
-            self.total -= v
-
-    def value(self, fn: str) -> float:
-        return summarize(fn, self.sorted, self.total)
-
-
-class _Bounded(OrderedDict[Any, Any]):
-    def __init__(self, limit: int) -> None:
-        super().__init__()
-        self.limit = limit
-
-    def put(self, key: Any, value: Any) -> None:
-        self[key] = value
-        self.move_to_end(key)
-        while len(self) > self.limit:
-            self.popitem(last=False)
-
-
-@dataclass
-class _Partial:
-    step: int
-    count: int
-    events: list[Ev]
-    first_ms: int
-    matched: set[int]
-    token: int = 0
-
-
 class PatternRun:
     """One pattern's watermark, buffer and state."""
 
@@ -182,19 +102,23 @@ class PatternRun:
         self.p = pattern
         self.relevant = relevance(pattern)
         self.replay_until: dict[tuple[str, int], int] = {}
-        self._base = -(2**62)  # the smallest newest-time over active partitions
-        self._base_at = -(2**62)
-        self.seen: dict[Any, tuple[int, int]] = {}  # partition -> (newest event time, when heard, clock ms)
-        self.watermark = -(2**62)
-        self.buffer: list[tuple[int, int, Ev]] = []
-        self._seq = itertools.count()
-        self.partials = _Bounded(pattern.max_keys)
-        self.pending = _Bounded(pattern.max_keys)  # absence: key -> (deadline, first Ev, token)
-        self.timers: list[tuple[int, int, Any]] = []  # (due, token, key)
-        self.windows = _Bounded(pattern.max_keys)  # (key, start) -> [values, Evs]
-        self.sessions = _Bounded(pattern.max_keys)  # key -> [start, last, values, Evs]
-        self.sliding = _Bounded(pattern.max_keys)  # key -> [deque[(t, v, Ev)], armed]
-        self.applied = _Bounded(APPLIED_IDS)  # ids of the latest events applied
+        self.st = RunState(pattern.max_keys, pattern.lateness_ms)
+        self._on_timer: dict[TimerKind, Callable[[Timer], list[Output]]] = {
+            TimerKind.EXPIRE: self._expire, TimerKind.ABSENCE: self._absent, TimerKind.WINDOW: self._window_closes,
+            TimerKind.SLIDE: self._slide_empties, TimerKind.SESSION: self._session_ends,
+        }  # fmt: skip
+
+    @property
+    def watermark(self) -> int:
+        return self.st.clock.value
+
+    @property
+    def buffer(self) -> list[tuple[int, int, Ev]]:
+        return self.st.buffer
+
+    @property
+    def timers(self) -> list[Timer]:
+        return self.st.timers
 
     # ------------------------------------------------------------------ time
 
@@ -203,51 +127,40 @@ class PatternRun:
         relevant = self.relevant(ev.event)
         if self.p.time == "processing":
             out = self._apply(Ev(now_ms, ev.event, ev.position, ev.source)) if relevant else []
-            return out + self._fire_until(now_ms)
-        if ev.time_ms <= self.watermark and ev.position is not None:
+            return out + self.fire_until(now_ms)
+        watermark = self.st.clock.value
+        if ev.time_ms <= watermark and ev.position is not None:
             done = self.replay_until.get((ev.position.topic, ev.position.partition), -1)
             if ev.position.offset < done:
                 return []  # replayed after a restore: applied (or reported late) before the checkpoint
-        if ev.time_ms < self.watermark:
+        if ev.time_ms < watermark:
             if not relevant:
                 return []
-            return [Late(self.p.name, ev.event.get("id"), self.watermark - ev.time_ms, ev.source or ev.position)]
+            return [Late(self.p.name, ev.event.get("id"), watermark - ev.time_ms, ev.source or ev.position)]
         if relevant:
-            heapq.heappush(self.buffer, (ev.time_ms, next(self._seq), ev))
+            heapq.heappush(self.st.buffer, (ev.time_ms, next(self.st.seq), ev))
         at = ev.source or ev.position
         return self.observe((at.topic, at.partition) if at else None, ev.time_ms, now_ms)
 
     def observe(self, part: tuple[str, int] | None, time_ms: int, now_ms: int) -> list[Output]:
         """A partition has reached ``time_ms``: move the watermark if that moves it."""
         if self.p.time == "processing":
-            return self._fire_until(now_ms)
-        newest = self.seen.get(part)
-        if newest is None or time_ms > newest[0]:
-            self.seen[part] = (time_ms, now_ms)
-            # The slowest partition holds the watermark back, unless it has gone quiet. The
-            # minimum only moves when the slowest one advances, or (checked each second) when
-            # one goes quiet; otherwise it is kept.
-            if newest is None or newest[0] <= self._base or now_ms - self._base_at >= 1000:
-                active = [t for t, heard in self.seen.values() if now_ms - heard <= IDLE_MS]
-                self._base, self._base_at = min(active or [time_ms]), now_ms
-            wm = self._base - self.p.lateness_ms
-            if wm > self.watermark:
-                return self.advance_to(wm)
-        else:
-            self.seen[part] = (newest[0], now_ms)
-        return []
+            return self.fire_until(now_ms)
+        moved = self.st.clock.heard(part, time_ms, now_ms)
+        return self.advance_to(moved) if moved is not None else []
 
     def advance_to(self, watermark: int) -> list[Output]:
         """Move the watermark forward: apply buffered events up to it, then fire due timers."""
-        if watermark <= self.watermark:
+        if watermark <= self.st.clock.value:
             return []
-        self.watermark = watermark
+        self.st.clock.value = watermark
+        buffer = self.st.buffer
         out: list[Output] = []
-        while self.buffer and self.buffer[0][0] <= watermark:
-            _, _, ev = heapq.heappop(self.buffer)
-            out += self._fire_until(ev.time_ms - 1)  # timers due before this event fire first
+        while buffer and buffer[0][0] <= watermark:
+            _, _, ev = heapq.heappop(buffer)
+            out += self.fire_until(ev.time_ms - 1)  # timers due before this event fire first
             out += self._apply(ev)
-        return out + self._fire_until(watermark)
+        return out + self.fire_until(watermark)
 
     # ----------------------------------------------------------------- rules
 
@@ -259,10 +172,10 @@ class PatternRun:
         if event_id is not None:
             # An event delivered twice (an edge producer's retry writes it again with the
             # same id) takes part once.
-            if event_id in self.applied:
+            if event_id in self.st.applied:
                 DUPLICATES.inc()
                 return []
-            self.applied.put(event_id, None)
+            self.st.applied.put(event_id, None)
         rule = self.p.rule
         if isinstance(rule, Sequence):
             return self._sequence(rule, key, ev)
@@ -272,27 +185,28 @@ class PatternRun:
 
     def _sequence(self, rule: Sequence, key: str, ev: Ev) -> list[Output]:
         steps = rule.steps
-        part: _Partial | None = self.partials.get(key)
+        partials = self.st.partials
+        part = partials.get(key)
         if part is not None and ev.time_ms - part.first_ms > rule.within_ms:
-            del self.partials[key]
+            del partials[key]
             part = None
         if part is None:
             if not steps[0].where(ev.event):
                 return []
-            part = _Partial(0, 1, [ev.slim()], ev.time_ms, {0}, next(self._seq))
-            self.partials.put(key, part)
-            self._schedule(part.first_ms + rule.within_ms, ("expire", key, part.token))
+            part = Partial(0, 1, [ev.slim()], ev.time_ms, {0}, next(self.st.seq))
+            partials.put(key, part)
+            self._schedule(part.first_ms + rule.within_ms, TimerKind.EXPIRE, key, part.token)
         elif not self._advance(steps, part, ev):
             return []
         last = len(steps) - 1
         if part.step == last and part.count >= steps[last].min:
-            del self.partials[key]
+            del partials[key]
             return [Composite(self.p.name, self.p.version, key, _contributors(part.events), part.first_ms,
                               ev.time_ms, {"steps": len(part.matched)}, round(len(part.matched) / len(steps), 3))]  # fmt: skip
         return []
 
     @staticmethod
-    def _advance(steps: Any, part: _Partial, ev: Ev) -> bool:
+    def _advance(steps: Any, part: Partial, ev: Ev) -> bool:
         cur = steps[part.step]
         if part.count < cur.max and cur.where(ev.event):
             part.count += 1
@@ -313,15 +227,16 @@ class PatternRun:
         return False
 
     def _absence(self, rule: Absence, key: str, ev: Ev) -> list[Output]:
-        waiting = self.pending.get(key)
-        if waiting is not None and rule.then_not(ev.event) and waiting[1].time_ms <= ev.time_ms <= waiting[0]:
-            del self.pending[key]
+        pending = self.st.pending
+        waiting = pending.get(key)
+        if waiting is not None and rule.then_not(ev.event) and waiting.first.time_ms <= ev.time_ms <= waiting.deadline:
+            del pending[key]
             waiting = None
         if waiting is None and rule.first(ev.event):
-            token = next(self._seq)
-            self.pending.put(key, (ev.time_ms + rule.within_ms, ev.slim(), token))
+            token = next(self.st.seq)
+            pending.put(key, Pending(ev.time_ms + rule.within_ms, ev.slim(), token))
             # fires once the watermark is past the deadline: an event at the deadline still counts
-            self._schedule(ev.time_ms + rule.within_ms + 1, ("absence", key, token))
+            self._schedule(ev.time_ms + rule.within_ms + 1, TimerKind.ABSENCE, key, token)
         return []
 
     def _aggregate(self, rule: Aggregate, key: str, ev: Ev) -> list[Output]:
@@ -335,37 +250,37 @@ class PatternRun:
             first = (t - w.size_ms) // w.slide_ms * w.slide_ms + w.slide_ms
             for start in range(first, t + 1, w.slide_ms):
                 if start <= t < start + w.size_ms:
-                    slot = self.windows.get((key, start))
+                    slot = self.st.windows.get((key, start))
                     if slot is None:
-                        slot = [[], []]
-                        self.windows.put((key, start), slot)
-                        self._schedule(start + w.size_ms - 1, ("window", (key, start), 0))
-                    slot[0].append(value)
-                    slot[1].append(ev.slim())
+                        slot = Slot()
+                        self.st.windows.put((key, start), slot)
+                        self._schedule(start + w.size_ms - 1, TimerKind.WINDOW, (key, start), 0)
+                    slot.values.append(value)
+                    slot.events.append(ev.slim())
             return []
         if w.kind == "session":
             out: list[Output] = []
-            s = self.sessions.get(key)
-            if s is not None and t - s[1] > w.gap_ms:
-                out += self._close(rule, key, s[2], s[3], s[0], s[1] + w.gap_ms)
+            s = self.st.sessions.get(key)
+            if s is not None and t - s.last > w.gap_ms:
+                out += self._close(rule, key, s.values, s.events, s.start, s.last + w.gap_ms)
                 s = None
             if s is None:
-                s = [t, t, [], []]
-                self.sessions.put(key, s)
-            s[1] = max(s[1], t)
-            s[2].append(value)
-            s[3].append(ev.slim())
-            self._schedule(s[1] + w.gap_ms, ("session", key, s[1]))
+                s = Session(t, t)
+                self.st.sessions.put(key, s)
+            s.last = max(s.last, t)
+            s.values.append(value)
+            s.events.append(ev.slim())
+            self._schedule(s.last + w.gap_ms, TimerKind.SESSION, key, s.last)
             return out
         # sliding: evaluated on every event over (t - size, t]; fires when the condition starts to hold
-        win: _Window | None = self.sliding.get(key)
+        win = self.st.sliding.get(key)
         if win is None:
-            win = _Window()
-            self.sliding.put(key, win)
+            win = Sliding()
+            self.st.sliding.put(key, win)
         win.add(t, float(value) if rule.fn != "count" else 1.0, ev.slim())
         win.evict_until(t - w.size_ms)
-        self._schedule(t + w.size_ms, ("slide", key, t))  # forget the key once its window is empty
-        agg = win.value(rule.fn)
+        self._schedule(t + w.size_ms, TimerKind.SLIDE, key, t)  # forget the key once its window is empty
+        agg = summarize(rule.fn, win.sorted, win.total)
         holds = rule.when({"value": agg})
         fired = holds and not win.armed
         win.armed = holds
@@ -384,115 +299,67 @@ class PatternRun:
 
     # ---------------------------------------------------------------- timers
 
-    def _schedule(self, due: int, what: tuple[str, Any, Any]) -> None:
-        heapq.heappush(self.timers, (due, next(self._seq), what))
+    def _schedule(self, due: int, kind: TimerKind, key: Any, token: Any) -> None:
+        heapq.heappush(self.st.timers, Timer(due, next(self.st.seq), kind, key, token))
 
-    def _fire_until(self, until: int) -> list[Output]:
+    def fire_until(self, until: int) -> list[Output]:
+        """Fire the timers due by ``until``, in time order."""
+        timers = self.st.timers
         out: list[Output] = []
-        while self.timers and self.timers[0][0] <= until:
-            _, _, (kind, key, token) = heapq.heappop(self.timers)
-            if kind == "expire":
-                part = self.partials.get(key)
-                if part is not None and part.token == token:
-                    del self.partials[key]
-            elif kind == "absence":
-                waiting = self.pending.get(key)
-                if waiting is not None and waiting[2] == token:
-                    del self.pending[key]
-                    first = waiting[1]
-                    out.append(Composite(self.p.name, self.p.version, key, [first.ref()], first.time_ms, waiting[0],
-                                         {"missing_for_ms": waiting[0] - first.time_ms}))  # fmt: skip
-            elif kind == "window":
-                slot = self.windows.pop(key, None)
-                rule = self.p.rule
-                if slot is not None and isinstance(rule, Aggregate):
-                    out += self._close(rule, key[0], slot[0], slot[1], key[1], key[1] + rule.window.size_ms)
-            elif kind == "slide":
-                win = self.sliding.get(key)
-                if win is not None and win.events and win.events[-1][0] == token:
-                    del self.sliding[key]
-            elif kind == "session":
-                s = self.sessions.get(key)
-                rule = self.p.rule
-                if s is not None and s[1] == token and isinstance(rule, Aggregate):
-                    del self.sessions[key]
-                    out += self._close(rule, key, s[2], s[3], s[0], s[1] + rule.window.gap_ms)
+        while timers and timers[0].due <= until:
+            timer = heapq.heappop(timers)
+            out += self._on_timer[timer.kind](timer)
         return out
+
+    def _expire(self, t: Timer) -> list[Output]:
+        part = self.st.partials.get(t.key)
+        if part is not None and part.token == t.token:
+            del self.st.partials[t.key]
+        return []
+
+    def _absent(self, t: Timer) -> list[Output]:
+        waiting = self.st.pending.get(t.key)
+        if waiting is None or waiting.token != t.token:
+            return []
+        del self.st.pending[t.key]
+        first = waiting.first
+        return [Composite(self.p.name, self.p.version, t.key, [first.ref()], first.time_ms, waiting.deadline,
+                          {"missing_for_ms": waiting.deadline - first.time_ms})]  # fmt: skip
+
+    def _window_closes(self, t: Timer) -> list[Output]:
+        slot = self.st.windows.pop(t.key, None)
+        rule = self.p.rule
+        if slot is None or not isinstance(rule, Aggregate):
+            return []
+        key, start = t.key
+        return self._close(rule, key, slot.values, slot.events, start, start + rule.window.size_ms)
+
+    def _slide_empties(self, t: Timer) -> list[Output]:
+        win = self.st.sliding.get(t.key)
+        if win is not None and win.events and win.events[-1][0] == t.token:
+            del self.st.sliding[t.key]
+        return []
+
+    def _session_ends(self, t: Timer) -> list[Output]:
+        s = self.st.sessions.get(t.key)
+        rule = self.p.rule
+        if s is None or s.last != t.token or not isinstance(rule, Aggregate):
+            return []
+        del self.st.sessions[t.key]
+        return self._close(rule, t.key, s.values, s.events, s.start, s.last + rule.window.gap_ms)
 
     # ------------------------------------------------------------ checkpoint
 
     def snapshot(self) -> dict[str, Any]:
         """State as plain JSON-able data (see ``restore``), without the events still
         waiting for the watermark: a restart replays those from Kafka."""
-        n = next(self._seq)
-        return {
-            "seq": n,
-            "watermark": self.watermark,
-            "seen": [[_part_out(k), t, heard] for k, (t, heard) in self.seen.items()],
-            "timers": [[due, s, [kind, _key_out(key), token]] for due, s, (kind, key, token) in self.timers],
-            "partials": [[k, p.step, p.count, [_ev_out(e) for e in p.events], p.first_ms, sorted(p.matched), p.token]
-                         for k, p in self.partials.items()],
-            "pending": [[k, d, _ev_out(e), tok] for k, (d, e, tok) in self.pending.items()],
-            "windows": [[_key_out(k), v[0], [_ev_out(e) for e in v[1]]] for k, v in self.windows.items()],
-            "sessions": [[k, s[0], s[1], s[2], [_ev_out(e) for e in s[3]]] for k, s in self.sessions.items()],
-            "sliding": [[k, w.armed, [[t, v, _ev_out(e)] for t, v, e in w.events]] for k, w in self.sliding.items()],
-        }  # fmt: skip
+        return encode_state(self.st)
 
     def restore(self, snap: dict[str, Any], now_ms: int) -> None:
-        self._seq = itertools.count(int(snap["seq"]))
-        self.watermark = int(snap["watermark"])
-        # every partition counts as just heard: one that was quiet before the restart must
-        # not be skipped (and its events taken as late) because the restart took a while
-        self.seen = {_part_in(k): (t, max(heard, now_ms)) for k, t, heard in snap["seen"]}
-        self.timers = [(due, s, (kind, _key_in(key), tok)) for due, s, (kind, key, tok) in snap["timers"]]
-        heapq.heapify(self.timers)
-        for k, step, count, evs, first, matched, tok in snap["partials"]:
-            self.partials.put(k, _Partial(step, count, [_ev_in(e) for e in evs], first, set(matched), tok))
-        for k, d, e, tok in snap["pending"]:
-            self.pending.put(k, (d, _ev_in(e), tok))
-        for k, values, evs in snap["windows"]:
-            self.windows.put(_key_in(k), [values, [_ev_in(e) for e in evs]])
-        for k, start, last, values, evs in snap["sessions"]:
-            self.sessions.put(k, [start, last, values, [_ev_in(e) for e in evs]])
-        for k, armed, items in snap["sliding"]:
-            w = _Window()
-            for t, v, e in items:
-                w.add(t, v, _ev_in(e))
-            w.armed = armed
-            self.sliding.put(k, w)
+        decode_state(snap, self.st, now_ms)
 
     def state_size(self) -> int:
-        return len(self.partials) + len(self.pending) + len(self.windows) + len(self.sessions) + len(self.sliding)
-
-
-def _pos_out(p: Position | None) -> list[Any] | None:
-    return [p.topic, p.partition, p.offset] if p else None
-
-
-def _ev_out(e: Ev) -> list[Any]:
-    return [e.time_ms, dict(e.event), _pos_out(e.position), _pos_out(e.source)]
-
-
-def _ev_in(raw: list[Any]) -> Ev:
-    t, event, pos, *source = raw
-    src = source[0] if source else None
-    return Ev(t, event, Position(*pos) if pos else None, Position(*src) if src else None)
-
-
-def _part_out(k: Any) -> list[Any] | None:
-    return list(k) if k is not None else None
-
-
-def _part_in(k: Any) -> Any:
-    return tuple(k) if k is not None else None
-
-
-def _key_out(k: Any) -> Any:
-    return list(k) if isinstance(k, tuple) else k
-
-
-def _key_in(k: Any) -> Any:
-    return tuple(k) if isinstance(k, list) else k
+        return self.st.size()
 
 
 class Matcher:
@@ -539,7 +406,7 @@ class Matcher:
     def advance_to(self, watermark_ms: int) -> list[Output]:
         out: list[Output] = []
         for run in self.runs.values():
-            out += run.advance_to(watermark_ms) if run.p.time == "event" else run._fire_until(self.clock.now_ms())
+            out += run.advance_to(watermark_ms) if run.p.time == "event" else run.fire_until(self.clock.now_ms())
         return out
 
     def snapshot(self) -> dict[str, Any]:

@@ -39,9 +39,11 @@ from aiokafka.errors import KafkaError
 from aiokafka.partitioner import DefaultPartitioner
 
 from fabric import kafka
+from fabric.cep.checkpoint import Checkpoint
 from fabric.cep.clock import event_time_ms
-from fabric.cep.matcher import Composite, Late, Matcher, Output, Position, relevance
+from fabric.cep.matcher import Composite, Late, Matcher, Output, relevance
 from fabric.cep.patterns import Pattern, PatternError, compile_pattern, load_patterns, scoped
+from fabric.cep.state import Position
 from fabric.errors import InvalidEvent
 from fabric.events.catalogue import Catalogue
 from fabric.events.codecs import decode_structured, decode_typed, encode_typed, validate
@@ -327,11 +329,11 @@ class CepStage(TransactionalStage):
             matcher = Matcher(self.patterns)
             snap = saved.get(self.checkpoint_key(tp))
             if snap:
-                state = orjson.loads(snap)
-                restored = matcher.restore(state["matcher"], {(tp.topic, tp.partition): state["processed"]})
-                self.consumer.seek(tp, state["offset"])
+                cp = Checkpoint.decode(snap)
+                restored = matcher.restore(cp.matcher, {(tp.topic, tp.partition): cp.processed})
+                self.consumer.seek(tp, cp.offset)
                 log.warning("cep: partition %d: restored %s, reading again from %d (sent up to %d)",
-                            tp.partition, ", ".join(restored) or "no pattern", state["offset"], committed)  # fmt: skip
+                            tp.partition, ", ".join(restored) or "no pattern", cp.offset, committed)  # fmt: skip
             else:
                 await self.consumer.seek_to_beginning(tp)  # no state saved: rebuild it from the start
             self.parts[tp] = _Part(matcher, committed)
@@ -376,9 +378,8 @@ class CepStage(TransactionalStage):
                 continue
             part.saved = part.next
             oldest = part.matcher.replay_from().get((tp.topic, tp.partition), part.next)
-            snap = {"offset": min(oldest, part.next), "processed": part.next, "matcher": part.matcher.snapshot()}
-            out.append(OutRecord(self.settings.topic("cep-checkpoints"), self.checkpoint_key(tp).encode(),
-                                 orjson.dumps(snap, default=str)))  # fmt: skip
+            cp = Checkpoint(min(oldest, part.next), part.next, part.matcher.snapshot())
+            out.append(OutRecord(self.settings.topic("cep-checkpoints"), self.checkpoint_key(tp).encode(), cp.encode()))
         self._last_checkpoint = asyncio.get_running_loop().time()
         return out
 

@@ -7,8 +7,9 @@ from typing import Any
 
 import orjson
 
-from fabric.cep.matcher import Composite, Late, Matcher, Output, Position
+from fabric.cep.matcher import Composite, Late, Matcher, Output
 from fabric.cep.patterns import load_patterns
+from fabric.cep.state import Position
 from fabric.testing import ManualClock
 
 PATTERNS = """

@@ -6,8 +6,9 @@ import random
 
 import pytest
 
-from fabric.cep.matcher import Matcher, Position
+from fabric.cep.matcher import Matcher
 from fabric.cep.patterns import PatternError, load_patterns
+from fabric.cep.state import Position
 from fabric.testing import Late, ManualClock, composites, ev, run_patterns
 
 DEPLOY_BURST = """
