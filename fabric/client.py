@@ -31,7 +31,7 @@ import websockets
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from fabric import contract
-from fabric.errors import Forbidden, NotFound, RateLimited, Refused, Unauthorized
+from fabric.errors import BackendUnavailable, Forbidden, NotFound, RateLimited, Refused, Unauthorized
 
 __all__ = [
     "Bundle", "ClientError", "Context", "ContextClient", "Forbidden", "NotFound", "RateLimited",
@@ -42,8 +42,9 @@ __all__ = [
 ClientError = Refused
 
 
-class Unavailable(Refused):
-    """The fabric answered 5xx or could not be reached (``status`` 0); trying later may work."""
+class Unavailable(Refused, BackendUnavailable):
+    """The fabric answered 5xx or could not be reached (``status`` 0); trying later may work.
+    Both a refusal (it has a ``status``) and a ``BackendUnavailable``."""
 
     status = 503
     retriable = True

@@ -18,7 +18,7 @@ from fabric.cache.fastredis import RedisUnavailable
 from fabric.router.assemble import assemble, get_policy, list_policies, put_policy
 from fabric.router.audit_api import audit_records, audit_report
 from fabric.router.contexts import list_composites, list_contexts
-from fabric.router.fastpath import FastPull
+from fabric.router.fastpath import FrontDoor
 from fabric.router.ingest import post_events
 from fabric.router.mcp import mcp_http_app
 from fabric.router.problems import HTTPProblem
@@ -99,7 +99,7 @@ async def jwks(request: Request) -> Response:
     return Response(_enc.encode(dev_jwks(st.settings)), media_type="application/json")
 
 
-def create_app(settings: Settings) -> FastPull:
+def create_app(settings: Settings) -> FrontDoor:
     """Build the router. Redis and Kafka connections open in the lifespan."""
 
     @contextlib.asynccontextmanager
@@ -132,7 +132,7 @@ def create_app(settings: Settings) -> FastPull:
         lifespan=lifespan,
         exception_handlers={HTTPProblem: problem, RedisError: redis_down, RedisUnavailable: redis_down},
     )
-    return FastPull(app, mcp_app)
+    return FrontDoor(app, mcp_app)
 
 
 def run_router(settings: Settings) -> None:

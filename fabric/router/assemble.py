@@ -194,7 +194,7 @@ async def assemble(request: Request) -> Response:
     bundle = await Assembler(st).assemble(who, subject, policy)
     items = sum(len(s.items) for s in bundle.sections)
     withheld = sum(s.omitted.withheld for s in bundle.sections)
-    st.gate.allow(who, "context.assemble", resource, trace, f"{items} items, {withheld} withheld")
+    st.gate.record_allowed(who, "context.assemble", resource, trace, f"{items} items, {withheld} withheld")
     return Response(_enc.encode(bundle), media_type="application/json")
 
 
@@ -251,6 +251,6 @@ async def put_policy(request: Request) -> Response:
             503, f"the broker did not store the policy ({type(e).__name__}); retry", {"Retry-After": "1"}
         ) from None
     store.put(policy, who.tenant)
-    st.gate.allow(who, "policies.write", f"{name}@{policy.version}", trace)
+    st.gate.record_allowed(who, "policies.write", f"{name}@{policy.version}", trace)
     return Response(_enc.encode({"name": name, "version": policy.version}), status_code=201,
                     media_type="application/json")  # fmt: skip

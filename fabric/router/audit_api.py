@@ -51,7 +51,7 @@ async def audit_records(request: Request) -> Response:
     except FabricError as e:
         raise HTTPProblem(400, str(e)) from None
     records = await _rows(request, sql)
-    st.gate.allow(who, "audit.read", "audit", trace, f"{len(records)} records")
+    st.gate.record_allowed(who, "audit.read", "audit", trace, f"{len(records)} records")
     return Response(_enc.encode({"records": records}), media_type="application/json")
 
 
@@ -67,5 +67,5 @@ async def audit_report(request: Request) -> Response:
     out: dict[str, Any] = {"tenant": who.tenant, "since": since}
     for name, sql in parts.items():
         out[name] = await _rows(request, sql)
-    st.gate.allow(who, "audit.read", "audit/report", trace)
+    st.gate.record_allowed(who, "audit.read", "audit/report", trace)
     return Response(_enc.encode(out), media_type="application/json")

@@ -76,7 +76,7 @@ async def list_contexts(request: Request) -> Response:
     limit = _limit(request)
     members: Any = await st.redis.zrevrange(st.keys.recent(who.tenant, ct.name), 0, limit - 1)
     items = await fetch(st, who, ct, [s.decode() for s in members])
-    st.gate.allow(who, "context.list", ct.name, trace, f"{len(items)} items")
+    st.gate.record_allowed(who, "context.list", ct.name, trace, f"{len(items)} items")
     return Response(_enc.encode(ContextList(ct.name, items)), media_type="application/json")
 
 
@@ -98,7 +98,7 @@ async def list_composites(request: Request) -> Response:
         except ValueError:
             raise HTTPProblem(400, f"since must be an RFC 3339 time, got {since!r}") from None
     items = await recent_composites(st, who, pattern, low, limit)
-    st.gate.allow(who, "composites.list", resource, trace, f"{len(items)} items")
+    st.gate.record_allowed(who, "composites.list", resource, trace, f"{len(items)} items")
     return Response(_enc.encode(ContextList(ct.name, items)), media_type="application/json")
 
 

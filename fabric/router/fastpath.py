@@ -58,8 +58,9 @@ def _headers(scope: Scope) -> tuple[str | None, str | None]:
 MCP_PATHS = ("/mcp", "/.well-known/oauth-protected-resource")
 
 
-class FastPull:
-    """ASGI wrapper: pulls here, MCP to ``mcp``, the rest to ``app``."""
+class FrontDoor:
+    """The router's front door (ASGI): MCP requests to ``mcp``, single pulls answered here on
+    the fast path (``read_context``), everything else to the Starlette ``app``."""
 
     def __init__(self, app: Starlette, mcp: Any = None) -> None:
         self.app = app
@@ -121,7 +122,7 @@ async def read_context(
             if not st.cache_ready or not await st.fast.execute("EXISTS", st.keys.ready):
                 raise HTTPProblem(503, "the context cache is being rebuilt from Kafka; retry shortly",
                                   {"Retry-After": "1"})  # fmt: skip
-            gate.allow(who, action, resource, trace, "404 not found")
+            gate.record_allowed(who, action, resource, trace, "404 not found")
             raise HTTPProblem(404, f"no {ct.name} context for subject {subject!r}")
     except RedisUnavailable as e:
         raise HTTPProblem(503, f"the context cache is unavailable: {e}", {"Retry-After": "1"}) from None
@@ -131,5 +132,5 @@ async def read_context(
     if rule is not None:
         raise gate.forbid(who, action, resource, trace, f"access rule {rule!r} denies this context")
     context = build_context(st, who, ct, subject, fields, replies[1] if ct.kind == "stream" else None)
-    gate.allow(who, action, resource, trace)
+    gate.record_allowed(who, action, resource, trace)
     return context

@@ -88,6 +88,7 @@ class Gate:
             return None
         return self.rules.denied_by(who, context_type, level)
 
-    def allow(self, who: Principal, action: str, resource: str, trace: str, reason: str = "") -> None:
+    def record_allowed(self, who: Principal, action: str, resource: str, trace: str, reason: str = "") -> None:
+        """Audit a request the checks above let through (the decision was made before)."""
         if self.enabled:
             self.audit.record(who, action, resource, "allow", reason, trace)

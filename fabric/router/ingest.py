@@ -118,6 +118,6 @@ async def post_events(request: Request) -> Response:
                 {"Retry-After": "1"},
             ) from None
     status = 202 if not refused else (207 if accepted else 400)
-    st.gate.allow(who, "events.write", "events", trace, f"{status} {len(accepted)} accepted, {refused} rejected")
+    st.gate.record_allowed(who, "events.write", "events", trace, f"{status} {len(accepted)} accepted, {refused} rejected")
     result = IngestResult([a[0] for a in accepted], rejected, refused)
     return Response(msgspec.json.encode(result), status_code=status, media_type="application/json")

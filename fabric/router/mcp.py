@@ -182,7 +182,7 @@ class FabricMCP:
             else:
                 offset += len(subjects)
         cursor = f"{index}:{offset}" if index < len(names) else None
-        st.gate.allow(who, "mcp.resources.list", "*", trace, f"{len(resources)} resources")
+        st.gate.record_allowed(who, "mcp.resources.list", "*", trace, f"{len(resources)} resources")
         return types.ListResourcesResult(resources=resources, next_cursor=cursor)
 
     async def list_templates(
@@ -219,7 +219,7 @@ class FabricMCP:
             raise MCPError(NOT_FOUND, f"unknown context type {ctype!r}")
         self._require_read(st, who, ct.name, action, resource, trace)
         if tenant is not None and tenant != who.tenant:
-            st.gate.allow(who, action, resource, trace, "404 not found")
+            st.gate.record_allowed(who, action, resource, trace, "404 not found")
             # another tenant's URI looks exactly like a missing one
             raise MCPError(NOT_FOUND, f"no {ct.name} context for subject {subject!r}")
         try:
@@ -266,7 +266,7 @@ class FabricMCP:
             limit = max(1, min(1000, arg("limit", int, 20)))
             members: Any = await st.redis.zrevrange(st.keys.recent(who.tenant, ct.name), 0, limit - 1)
             items = await fetch(st, who, ct, [m.decode() for m in members])
-            st.gate.allow(who, "mcp.tool.list_contexts", ct.name, trace, f"{len(items)} items")
+            st.gate.record_allowed(who, "mcp.tool.list_contexts", ct.name, trace, f"{len(items)} items")
             return _enc.encode({"context_type": ct.name, "items": items}).decode()
         if name == "assemble_context":
             try:
@@ -275,7 +275,7 @@ class FabricMCP:
                 raise MCPError(NOT_FOUND, e.message) from None
             subject = arg("subject", str)
             bundle = await Assembler(st).assemble(who, subject, policy)
-            st.gate.allow(who, "mcp.tool.assemble_context", f"{policy.name}@{policy.version}/{subject}", trace)
+            st.gate.record_allowed(who, "mcp.tool.assemble_context", f"{policy.name}@{policy.version}/{subject}", trace)
             return _enc.encode(bundle).decode()
         if name == "query_composites":
             self._require_read(st, who, "Composite", "mcp.tool.query_composites", "Composite", trace)
@@ -287,7 +287,7 @@ class FabricMCP:
             if until is not None:
                 items = [c for c in items if _iso_ms(c.as_of) <= until]
             items = items[:limit]
-            st.gate.allow(who, "mcp.tool.query_composites", f"Composite/{pattern or '*'}", trace, f"{len(items)} items")
+            st.gate.record_allowed(who, "mcp.tool.query_composites", f"Composite/{pattern or '*'}", trace, f"{len(items)} items")
             return _enc.encode({"context_type": "Composite", "items": items}).decode()
         raise MCPError(types.INVALID_PARAMS, f"unknown tool {name!r} (tools: {', '.join(t.name for t in TOOLS)})")
 
@@ -302,7 +302,7 @@ class FabricMCP:
         bus = InMemorySubscriptionBus()
         sub = st.hub.subscriber(who, ["*"])
         await st.hub.join(sub)
-        st.gate.allow(who, "mcp.subscribe", " ".join(uris)[:500], trace)
+        st.gate.record_allowed(who, "mcp.subscribe", " ".join(uris)[:500], trace)
 
         async def pump() -> None:
             while True:

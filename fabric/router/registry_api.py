@@ -203,7 +203,7 @@ async def register(request: Request) -> Response:
     finally:
         if await st.redis.get(lock) == token.encode():
             await st.redis.delete(lock)
-    st.gate.allow(who, "registry.write", f"{subject}@{sv.version}", trace, f"id {sv.id}")
+    st.gate.record_allowed(who, "registry.write", f"{subject}@{sv.version}", trace, f"id {sv.id}")
     return _json({"id": sv.id})
 
 
@@ -219,7 +219,7 @@ async def config(request: Request) -> Response:
     except (orjson.JSONDecodeError, AttributeError, ValueError) as e:
         return _err(422, 42203, str(e))
     await _store(st, f"config:{subject}", orjson.dumps({"compatibility": level}))
-    st.gate.allow(who, "registry.write", f"config:{subject}", trace, level)
+    st.gate.record_allowed(who, "registry.write", f"config:{subject}", trace, level)
     return _json({"compatibility": level})
 
 
@@ -239,7 +239,7 @@ async def manifests(request: Request) -> Response:
         raise HTTPProblem(400, str(e)) from None
     value = orjson.dumps({m.kind: m.spec})
     await _store(st, m.key, value)
-    st.gate.allow(who, "registry.write", m.key, trace)
+    st.gate.record_allowed(who, "registry.write", m.key, trace)
     return _json({"registered": m.key}, 201)
 
 
@@ -291,7 +291,7 @@ async def routing(request: Request) -> Response:
         raise HTTPProblem(400, f"invalid routing: {e}") from None
     version = st.schemas.store.routing_version + 1
     await _store(st, f"routing:{version}", orjson.dumps({"version": version, "rules": rules}))
-    st.gate.allow(who, "registry.write", f"routing:{version}", trace, f"{len(rules)} rules")
+    st.gate.record_allowed(who, "registry.write", f"routing:{version}", trace, f"{len(rules)} rules")
     return _json({"version": version})
 
 

@@ -96,7 +96,7 @@ async def subscribe(ws: WebSocket) -> None:
     resource = " ".join(patterns)
     sub = hub.subscriber(who, patterns)
     await ws.send_text(orjson.dumps({"subscribed": patterns, "tenant": who.tenant}).decode())
-    st.gate.allow(who, "push.subscribe", resource, trace, f"resume {resume}" if resume else "")
+    st.gate.record_allowed(who, "push.subscribe", resource, trace, f"resume {resume}" if resume else "")
     heartbeat = st.settings.router.heartbeat_s
 
     def versioned(msg: bytes) -> bytes:
@@ -148,7 +148,7 @@ async def subscribe(ws: WebSocket) -> None:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await t
         hub.unsubscribe(sub)
-        st.gate.allow(
+        st.gate.record_allowed(
             who, "push.end", resource, trace,
             f"{sub.delivered} delivered, fell behind {sub.fell_behind} times" + (f"; {sub.closed}" if sub.closed else ""),
         )  # fmt: skip
