@@ -13,10 +13,10 @@ from pathlib import Path
 
 import orjson
 
-from fabric import kafka
 from fabric.assembly.policy import InjectionPolicy, parse_policies, policy_from
 from fabric.errors import ConfigError
-from fabric.kafka.topics import ensure_topics, follow_compacted, read_compacted
+from fabric.kafka import compacted
+from fabric.kafka.compacted import Follower
 from fabric.registry.store import POLICY, split_owner
 from fabric.settings import Settings
 
@@ -81,26 +81,22 @@ class PolicyStore:
         return max(self.owners.get(tenant, {}).get(name, {}), default=0) + 1
 
 
+def follower(settings: Settings, store: PolicyStore) -> Follower:
+    """Keeps ``store`` current with the published policies: ``start()`` reads them all,
+    ``run()`` applies new ones as they are published."""
+    return Follower(settings, settings.topic("registry"), store.apply_record, prefix=POLICY)
+
+
 async def load_published(settings: Settings, store: PolicyStore) -> None:
-    topic = settings.topic("registry")
-    await ensure_topics(settings, [topic])
-    for key, value in (await read_compacted(settings, topic)).items():
-        if key.startswith(POLICY):
-            store.apply_record(key.removeprefix(POLICY), value)
-
-
-async def follow(settings: Settings, store: PolicyStore) -> None:
-    """Apply new policy records as they are published (runs until cancelled)."""
-
-    def apply(key: str, value: bytes | None) -> None:
-        if key.startswith(POLICY):
-            store.apply_record(key.removeprefix(POLICY), value)
-
-    await follow_compacted(settings, settings.topic("registry"), apply)
+    """Read the published policies into ``store`` once (for commands)."""
+    f = follower(settings, store)
+    try:
+        await f.start()
+    finally:
+        await f.stop()
 
 
 async def publish(settings: Settings, items: list[tuple[str, bytes | None]]) -> None:
     """Write policy records (``name@version`` -> JSON, or None to remove)."""
-    topic = settings.topic("registry")
-    await ensure_topics(settings, [topic])
-    await kafka.publish(settings, topic, [(f"{POLICY}{key}".encode(), value) for key, value in items])
+    await compacted.publish(settings, settings.topic("registry"),
+                            [(f"{POLICY}{key}".encode(), value) for key, value in items])  # fmt: skip

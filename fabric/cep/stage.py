@@ -34,11 +34,10 @@ from typing import Any
 
 import msgspec
 import orjson
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import TopicPartition
 from aiokafka.errors import KafkaError
 from aiokafka.partitioner import DefaultPartitioner
 
-from fabric import kafka
 from fabric.cep.checkpoint import Checkpoint
 from fabric.cep.clock import event_time_ms
 from fabric.cep.matcher import Composite, Late, Matcher, Output, relevance
@@ -48,8 +47,9 @@ from fabric.errors import InvalidEvent
 from fabric.events.catalogue import Catalogue
 from fabric.events.codecs import decode_structured, decode_typed, encode_typed, validate
 from fabric.events.headers import CACHE_JSON
+from fabric.kafka.compacted import Follower, read_compacted
 from fabric.kafka.send import OutRecord
-from fabric.kafka.topics import all_topics, ensure_topics, partitions_of, read_compacted, typed_topics
+from fabric.kafka.topics import all_topics, ensure_topics, typed_topics
 from fabric.pipeline.enrich import new_traceparent
 from fabric.pipeline.route import cache_headers
 from fabric.pipeline.stage import EVENTS, TransactionalStage
@@ -103,42 +103,31 @@ class PatternSource:
         self.bundled = {p.name: p.source for p in bundled}
         self.overrides: dict[str, dict[str, Any] | None] = {}
         self.on_change = on_change
-        self.consumer: AIOKafkaConsumer | None = None
+        self.follower = Follower(settings, settings.topic("registry"), self._record, prefix=PATTERN,
+                                 after_batch=self._changed)  # fmt: skip
+        self._dirty = False
+
+    def _record(self, name: str, spec: bytes | None) -> None:
+        self.overrides[name] = orjson.loads(spec) if spec else None
+        self._dirty = True
+
+    def _changed(self) -> None:
+        if self._dirty:
+            self._dirty = False
+            self.on_change(self.compiled())
 
     async def start(self) -> list[Pattern]:
         """Read what was applied so far; returns the patterns that run now."""
-        s = self.settings
-        self.consumer = kafka.consumer(s)
-        await kafka.start(s, self.consumer)
-        self.consumer.assign(await partitions_of(self.consumer, s.topic("registry")))
-        for key, spec in (await read_compacted(s, s.topic("registry"))).items():
-            if key.startswith(PATTERN):
-                self.overrides[key.removeprefix(PATTERN)] = orjson.loads(spec) if spec else None
+        await self.follower.start()
+        self._dirty = False
         return self.compiled()
 
     async def stop(self) -> None:
-        if self.consumer is not None:
-            await self.consumer.stop()
+        await self.follower.stop()
 
     async def follow(self, stopped: Callable[[], bool]) -> None:
         """Apply pattern changes from the registry topic as they come."""
-        assert self.consumer is not None
-        while not stopped():
-            try:
-                batch = await self.consumer.getmany(timeout_ms=500)
-            except KafkaError as e:
-                log.warning("cep: reading patterns: %s", e)
-                await asyncio.sleep(1)
-                continue
-            changed = False
-            for recs in batch.values():
-                for r in recs:
-                    key = (r.key or b"").decode()
-                    if key.startswith(PATTERN):
-                        self.overrides[key.removeprefix(PATTERN)] = orjson.loads(r.value) if r.value else None
-                        changed = True
-            if changed:
-                self.on_change(self.compiled())
+        await self.follower.run(stopped)
 
     def compiled(self) -> list[Pattern]:
         """The platform's patterns (bundled, then ``pattern:<name>`` records) for every

@@ -15,17 +15,16 @@ from typing import Any
 import click
 import orjson
 
-from fabric import kafka
 from fabric.cep.patterns import load_patterns
 from fabric.cli.common import owner_option, settings_of
-from fabric.kafka.topics import ensure_topics, read_compacted
+from fabric.kafka.compacted import publish, read_compacted
+from fabric.kafka.topics import ensure_topics
 from fabric.registry.store import PATTERN
 from fabric.settings import Settings
 
 
 async def _publish(s: Settings, items: list[tuple[str, bytes | None]]) -> None:
-    await ensure_topics(s, [s.topic("registry")])
-    await kafka.publish(s, s.topic("registry"), [(f"{PATTERN}{name}".encode(), v) for name, v in items])
+    await publish(s, s.topic("registry"), [(f"{PATTERN}{name}".encode(), v) for name, v in items])
 
 
 async def current(s: Settings) -> dict[str, Any]:

@@ -202,15 +202,3 @@ async def _probe(settings: Settings) -> ConfigError | None:
             continue
         conn.close()
     return None
-
-
-async def publish(settings: Settings, topic: str, items: list[tuple[bytes, bytes | None]]) -> None:
-    """Write a few keyed records (None: a tombstone) with a producer of their own, and wait
-    until every one is acknowledged; for commands and tools, not for streams."""
-    p = producer(settings, linger_ms=0)
-    await start(settings, p)
-    try:
-        for key, value in items:
-            await p.send_and_wait(topic, value, key=key)
-    finally:
-        await p.stop()

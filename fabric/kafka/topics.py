@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-from collections.abc import Callable
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import NewTopic
@@ -92,48 +90,3 @@ async def partitions_of(c: AIOKafkaConsumer, topic: str, timeout: float = 15.0) 
         if asyncio.get_running_loop().time() > deadline:
             raise BackendUnavailable(f"topic {topic} has no partitions on {c._client.hosts}")
         await asyncio.sleep(0.2)
-
-
-async def read_compacted(s: Settings, topic: str) -> dict[str, bytes | None]:
-    """A compacted topic read to its end: the last value per key (None: removed)."""
-    c = kafka.consumer(s)
-    await kafka.start(s, c)
-    out: dict[str, bytes | None] = {}
-    try:
-        parts = await partitions_of(c, topic)
-        c.assign(parts)
-        ends = await c.end_offsets(parts)
-        # only partitions with records: asking a just-created empty partition for its
-        # position can wait ~30 s for its leader (seen on Apache Kafka over SASL_SSL)
-        parts = [tp for tp in parts if ends[tp] > 0]
-        while [tp for tp in parts if await c.position(tp) < ends[tp]]:
-            for recs in (await c.getmany(timeout_ms=500)).values():
-                for r in recs:
-                    out[(r.key or b"").decode()] = r.value or None
-    finally:
-        await c.stop()
-    return out
-
-
-async def follow_compacted(s: Settings, topic: str, apply: Callable[[str, bytes | None], None]) -> None:
-    """Call ``apply(key, value)`` for every record written to ``topic`` from now on (value None:
-    removed); runs until cancelled. Pair with ``read_compacted`` for what came before."""
-    c = kafka.consumer(s, fetch_max_wait_ms=max(200, s.kafka.fetch_wait_ms))
-    await kafka.start(s, c)
-    try:
-        parts = await partitions_of(c, topic)
-        c.assign(parts)
-        await c.seek_to_end(*parts)
-        while True:
-            try:
-                batch = await c.getmany(timeout_ms=500)
-            except KafkaError as e:
-                log.warning("following %s: %s", topic, e)
-                await asyncio.sleep(1)
-                continue
-            for recs in batch.values():
-                for r in recs:
-                    apply((r.key or b"").decode(), r.value or None)
-    finally:
-        with contextlib.suppress(Exception):
-            await c.stop()

@@ -18,6 +18,7 @@ import re
 from pathlib import Path
 from typing import Any, Literal
 
+import re2
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -29,19 +30,26 @@ from fabric.settings import BUNDLED, Settings
 Detector = Literal["email", "phone", "card", "national_id", "secret"]
 Level = Literal["public", "internal", "confidential", "restricted"]
 
+# RE2 (linear time, whatever the input: no ReDoS) has no look-around, so the boundaries a
+# regex would check with it are checked on the match instead (``_confirmed``).
 _PATTERNS: dict[str, str] = {
-    "email": r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}",
-    "phone": r"(?<![\w+.])(?<!\d[ -])(?:\+\d{1,3}[ -]?)?(?:\(\d{2,4}\) ?|\d{2,4}[ -])\d{3,4}[ -]\d{3,4}(?![\w.])(?![ -]\d)",
-    "card": r"(?<!\d)(?:\d[ -]?){12,18}\d(?!\d)",
-    "national_id": r"(?<!\d)(?:\d{3}-\d{2}-\d{4}|\d{17}[\dXx])(?![\w-])",
-    "secret": r"(?:\b(?:sk|pk|rk)_(?:live|test)_[A-Za-z0-9]{16,}"
-    r"|\bAKIA[0-9A-Z]{16}\b"
-    r"|\bgh[pousr]_[A-Za-z0-9]{36,}"
-    r"|\bxox[abprs]-[A-Za-z0-9-]{10,}"
-    r"|\beyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}"
-    r"|(?i:\bbearer\s+)[A-Za-z0-9._~+/-]{20,}=*"
-    r"|-----BEGIN [A-Z ]*PRIVATE KEY-----)",
+    "email": r"[A-Za-z0-9._%+-]{1,64}@[A-Za-z0-9-]{1,63}(?:\.[A-Za-z0-9-]{1,63}){0,8}\.[A-Za-z]{2,24}",
+    "national_id": r"\d{3}-\d{2}-\d{4}|\d{17}[\dXx]",
+    "card": r"(?:\d[ -]?){12,18}\d",
+    "phone": r"(?:\+\d{1,3}[ -]?)?(?:\(\d{2,4}\) ?|\d{2,4}[ -])\d{3,4}[ -]\d{3,4}",
+    "secret": r"(?:sk|pk|rk)_(?:live|test)_[A-Za-z0-9]{16,}"
+    r"|AKIA[0-9A-Z]{16}"
+    r"|gh[pousr]_[A-Za-z0-9]{36,}"
+    r"|xox[abprs]-[A-Za-z0-9-]{10,}"
+    r"|eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}"
+    r"|(?i:bearer)\s{1,4}[A-Za-z0-9._~+/-]{20,}=*"
+    r"|-----BEGIN [A-Z ]{0,40}PRIVATE KEY-----",
 }
+#: tried in this order where several could match at one place
+_ORDER = ("national_id", "card", "phone", "email", "secret")
+#: candidate matches looked at per event; past it every remaining string is masked whole
+#: (so the work for one event is bounded, however many candidates it was built to hold)
+MAX_CANDIDATES = 1000
 
 
 def _luhn(digits: str) -> bool:
@@ -61,13 +69,23 @@ def _cn_id(text: str) -> bool:
     return "10X98765432"[total % 11] == text[17].upper()
 
 
-def _confirmed(detector: str, match: str) -> bool:
-    """Checks a regex cannot make: card numbers pass Luhn, national ids their check digit."""
+def _confirmed(detector: str, text: str, start: int, end: int) -> bool:
+    """The checks a regex would make with look-around, and the check digits."""
+    before = text[start - 1] if start else " "
+    after = text[end] if end < len(text) else " "
+    match = text[start:end]
     if detector == "card":
-        digits = re.sub(r"\D", "", match)
-        return 13 <= len(digits) <= 19 and _luhn(digits)
-    if detector == "national_id" and len(match) == 18:
-        return _cn_id(match)
+        digits = "".join(c for c in match if c.isdigit())
+        return not before.isdigit() and not after.isdigit() and 13 <= len(digits) <= 19 and _luhn(digits)
+    if detector == "national_id":
+        if before.isdigit() or after.isalnum() or after in "_-":
+            return False
+        return len(match) != 18 or _cn_id(match)
+    if detector == "phone":
+        if before.isalnum() or before in "_+." or (before in " -" and start > 1 and text[start - 2].isdigit()):
+            return False
+        follows = text[end + 1] if end + 1 < len(text) else " "
+        return not (after.isalnum() or after in "_." or (after in " -" and follows.isdigit()))
     return True
 
 
@@ -111,24 +129,53 @@ def load_rules(options: dict[str, Any]) -> list[Rule]:
         raise ConfigError(f"{origin}: {where}: {e.errors()[0]['msg']}") from e
 
 
+def _key_regex(glob: str) -> str:
+    """A key glob as a regex over JSON key text: ``*`` and ``?`` never cross a quote."""
+    return "".join('[^"\\\\]{0,64}' if ch == "*" else '[^"\\\\]' if ch == "?" else re.escape(ch) for ch in glob)
+
+
 class _Plan:
     """What to look for in one context type at one sensitivity (rules merged)."""
 
     def __init__(self, detectors: set[str], keys: set[str]) -> None:
-        self.detectors = [(d, re.compile(_PATTERNS[d])) for d in sorted(detectors)]
-        self.keys = [re.compile(fnmatch.translate(k.lower())) for k in sorted(keys)]
-        # one cheap pass over the raw JSON decides whether the event needs decoding at all
-        alts = [_PATTERNS[d] for d in sorted(detectors)] + [rf'"{fnmatch.translate(k)[4:-3]}"\s*:' for k in keys]
-        self.precheck = re.compile("|".join(f"(?:{a})" for a in alts).encode(), re.IGNORECASE) if alts else None
+        self.names = [d for d in _ORDER if d in detectors]
+        alts = [f"(?P<{d}>{_PATTERNS[d]})" for d in self.names]
+        self.finder = re2.compile("|".join(alts)) if alts else None
+        self.keys = re.compile("|".join(fnmatch.translate(k.lower()) for k in sorted(keys))) if keys else None
+        self._key_seen: dict[str, bool] = {}
+        # one linear pass over the raw JSON decides whether the event needs decoding at all
+        keyed = [f'"(?i:{_key_regex(k)})"\\s*:' for k in sorted(keys)]
+        self.precheck = re2.compile("|".join([_PATTERNS[d] for d in self.names] + keyed).encode())
 
     def key_masked(self, key: str) -> bool:
-        low = key.lower()
-        return any(k.fullmatch(low) for k in self.keys)
+        hit = self._key_seen.get(key)
+        if hit is None:
+            hit = self.keys is not None and self.keys.fullmatch(key.lower()) is not None
+            if len(self._key_seen) >= 10_000:
+                self._key_seen.clear()
+            self._key_seen[key] = hit
+        return hit
 
-    def mask_text(self, text: str) -> str:
-        for name, rx in self.detectors:
-            text = rx.sub(lambda m, n=name: f"[{n}]" if _confirmed(n, m.group()) else m.group(), text)  # type: ignore[misc]
-        return text
+    def mask_text(self, text: str, budget: list[int]) -> str:
+        """``text`` with confirmed matches masked; spends ``budget[0]`` per candidate."""
+        if self.finder is None:
+            return text
+        out: list[str] = []
+        at = 0
+        for m in self.finder.finditer(text):
+            budget[0] -= 1
+            if budget[0] < 0:
+                return "[redacted]"
+            name = m.lastgroup
+            start, end = m.start(), m.end()
+            if name is not None and _confirmed(name, text, start, end):
+                out.append(text[at:start])
+                out.append(f"[{name}]")
+                at = end
+        if not out:
+            return text
+        out.append(text[at:])
+        return "".join(out)
 
 
 class Redaction(Processor):
@@ -157,27 +204,27 @@ class Redaction(Processor):
         """``data`` (whose JSON is ``raw``) with what the rules find masked, and how many
         fields that changed; ``data`` is only walked when the raw JSON has a candidate."""
         plan = self.plan(context_type, sensitivity)
-        if plan is None or plan.precheck is None or not plan.precheck.search(raw):
+        if plan is None or not plan.precheck.search(raw):
             return data, 0
-        return _mask(data, plan)
+        return _mask(data, plan, [MAX_CANDIDATES])
 
     def process(self, events: list[Event]) -> None:
         for ev in events:
             env = ev.envelope
             before = ev.extensions.get("redacted", 0)
             plan = self.plan(ev.context_type.name, env.sensitivity)
-            if plan is None or plan.precheck is None or not plan.precheck.search(ev.raw_data):
+            if plan is None or not plan.precheck.search(ev.raw_data):
                 continue
-            data, n = _mask(ev.data, plan)
+            data, n = _mask(ev.data, plan, [MAX_CANDIDATES])
             if n:
                 ev.data = data
                 ev.extensions["redacted"] = before + n
 
 
-def _mask(value: Any, plan: _Plan) -> tuple[Any, int]:
+def _mask(value: Any, plan: _Plan, budget: list[int]) -> tuple[Any, int]:
     """The value with what the plan finds masked, and how many string fields changed."""
     if isinstance(value, str):
-        masked = plan.mask_text(value)
+        masked = plan.mask_text(value, budget) if budget[0] >= 0 else "[redacted]"
         return masked, int(masked != value)
     if isinstance(value, dict):
         n = 0
@@ -186,10 +233,10 @@ def _mask(value: Any, plan: _Plan) -> tuple[Any, int]:
             if isinstance(v, str) and plan.key_masked(str(k)):
                 out[k], hit = "[redacted]", int(v != "[redacted]")
             else:
-                out[k], hit = _mask(v, plan)
+                out[k], hit = _mask(v, plan, budget)
             n += hit
         return out, n
     if isinstance(value, list):
-        items = [_mask(v, plan) for v in value]
+        items = [_mask(v, plan, budget) for v in value]
         return [v for v, _ in items], sum(h for _, h in items)
     return value, 0

@@ -19,9 +19,8 @@ from typing import Any
 import orjson
 import yaml
 
-from fabric import kafka
 from fabric.errors import ConfigError
-from fabric.kafka.topics import ensure_topics
+from fabric.kafka.compacted import publish
 from fabric.settings import Settings
 
 REQUIRED = {"provider": ("id", "owner", "produces"), "consumer": ("id", "owner", "consumes")}
@@ -77,6 +76,4 @@ def load_manifest(path: Path, tenant: str | None = None) -> Manifest:
 
 
 async def publish_manifest(settings: Settings, m: Manifest) -> None:
-    topic = settings.topic("registry")
-    await ensure_topics(settings, [topic])
-    await kafka.publish(settings, topic, [(m.key.encode(), orjson.dumps({m.kind: m.spec}))])
+    await publish(settings, settings.topic("registry"), [(m.key.encode(), orjson.dumps({m.kind: m.spec}))])

@@ -37,7 +37,7 @@ import orjson
 from fabric.errors import ConfigError
 from fabric.events.catalogue import Catalogue
 from fabric.events.codecs import MAGIC
-from fabric.kafka.topics import ensure_topics, follow_compacted, read_compacted
+from fabric.kafka.compacted import Follower, read_compacted
 from fabric.registry.compat import LEVELS, check_level, zero_size_items
 from fabric.registry.manifests import Manifest, parse_manifest
 from fabric.settings import Settings
@@ -186,26 +186,25 @@ class RegistryFollower:
         self.topic = settings.topic("registry")
         self._task: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
+        self._follower = Follower(settings, self.topic, store.apply_record)
 
     async def start(self) -> None:
-        await ensure_topics(self.settings, [self.topic])
-        await self.catch_up()
-        self._task = asyncio.create_task(self._follow(), name="registry-follower")
+        async with self._lock:
+            await self._follower.start()
+        self._task = asyncio.create_task(self._follower.run(), name="registry-follower")
 
     async def stop(self) -> None:
         if self._task:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._task
+        await self._follower.stop()
 
     async def catch_up(self) -> None:
         """Read the topic to its end now (when an unknown schema id shows up)."""
         async with self._lock:
             for key, value in (await read_compacted(self.settings, self.topic)).items():
                 self.store.apply_record(key, value)
-
-    async def _follow(self) -> None:
-        await follow_compacted(self.settings, self.topic, self.store.apply_record)
 
 
 def valid_level(level: Any) -> str:

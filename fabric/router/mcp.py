@@ -287,7 +287,9 @@ class FabricMCP:
             if until is not None:
                 items = [c for c in items if _iso_ms(c.as_of) <= until]
             items = items[:limit]
-            st.gate.record_allowed(who, "mcp.tool.query_composites", f"Composite/{pattern or '*'}", trace, f"{len(items)} items")
+            st.gate.record_allowed(
+                who, "mcp.tool.query_composites", f"Composite/{pattern or '*'}", trace, f"{len(items)} items"
+            )
             return _enc.encode({"context_type": "Composite", "items": items}).decode()
         raise MCPError(types.INVALID_PARAMS, f"unknown tool {name!r} (tools: {', '.join(t.name for t in TOOLS)})")
 

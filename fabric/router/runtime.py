@@ -11,7 +11,8 @@ from collections.abc import AsyncIterator
 from aiokafka import AIOKafkaProducer
 
 from fabric import kafka, redis_clients
-from fabric.assembly.store import PolicyStore, follow, load_published
+from fabric.assembly.store import PolicyStore
+from fabric.assembly.store import follower as policy_follower
 from fabric.cache.fastredis import FastCluster, FastRedis, Pipelined
 from fabric.cache.keys import CacheKeys
 from fabric.errors import ConfigError
@@ -78,11 +79,12 @@ async def open_state(settings: Settings) -> AsyncIterator[RouterState]:
         catalogue, settings.max_event_bytes, redaction if "redact" in settings.worker.processors else None
     )
     store = PolicyStore.bundled(settings.security.injection_file)
-    await load_published(settings, store)
+    policies = policy_follower(settings, store)
+    await policies.start()
     follower = RegistryFollower(settings, SchemaStore(catalogue))
     await follower.start()
     state = RouterState(settings, catalogue, redis, keys, producer, hub, validator, fast, gate, store, follower)
-    tasks = [asyncio.create_task(watch_cache(state)), asyncio.create_task(follow(settings, store))]
+    tasks = [asyncio.create_task(watch_cache(state)), asyncio.create_task(policies.run())]
     gate.audit.start()
     bodies.start()
     try:
@@ -94,6 +96,7 @@ async def open_state(settings: Settings) -> AsyncIterator[RouterState]:
                 await t
         await gate.audit.stop()
         await follower.stop()
+        await policies.stop()
         await fast.close()
         await hub.stop()
         await producer.stop()

@@ -13,7 +13,7 @@ import orjson
 import pytest
 
 from fabric.dev.stack import Stack
-from fabric.kafka.topics import read_compacted
+from fabric.kafka.compacted import read_compacted
 from fabric.settings import Settings
 from fabric.testing import bearer
 from tests.integration.conftest import eventually, start_fabric, variant

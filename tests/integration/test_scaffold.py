@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from fabric.client import subject_path
-from fabric.kafka.topics import read_compacted
+from fabric.kafka.compacted import read_compacted
 from fabric.testing import bearer
 from tests.integration.conftest import ROOT, Fabric, eventually, loopback_http
 

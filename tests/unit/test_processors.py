@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import time
 from datetime import UTC, datetime
 from typing import Any
 
@@ -18,7 +19,7 @@ from fabric.events.envelope import make_event, to_json
 from fabric.pipeline.materialize import change_from_headers
 from fabric.pipeline.processors import Event, Processor, load_processors
 from fabric.pipeline.quality import Quality, score, served_quality
-from fabric.pipeline.redact import Redaction
+from fabric.pipeline.redact import MAX_CANDIDATES, Redaction
 from fabric.pipeline.route import Routing
 from fabric.settings import Settings
 
@@ -194,3 +195,33 @@ def test_quality_options_are_checked(catalogue: Catalogue) -> None:
         routing(catalogue, ["quality"], quality={"sources": {"crm": 2}})
     with pytest.raises(ConfigError, match=r"quality\.bogus"):
         routing(catalogue, ["quality"], quality={"bogus": 1})
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        {"m": "x" * 1_000_000},  # a backtracking regex spends seconds or minutes on these
+        {"m": "12345 " * 160_000},
+        {"m": "a@b.co " * 140_000},
+        {f"k{i}": "ann@x.org" for i in range(50_000)},
+    ],
+    ids=["letters", "digit-groups", "emails", "many-fields"],
+)
+def test_redaction_of_hostile_input_is_bounded(catalogue: Catalogue, data: dict[str, Any]) -> None:
+    r = Redaction(Settings(), catalogue, {})
+    started = time.monotonic()
+    masked, n = r.mask("LogEntry", "internal", orjson.dumps(data), data)
+    # a hang detector, not a speed claim (bench/ measures speed): linear work takes ~0.1 s here
+    assert time.monotonic() - started < 5
+    values = list(masked.values())
+    if n:  # past the candidate budget, the remaining strings are masked whole
+        assert all(v.startswith("[") or "[email]" in v or "[phone]" in v for v in values)
+    assert n <= len(values)
+
+
+def test_candidate_budget_masks_the_rest_whole(catalogue: Catalogue) -> None:
+    r = Redaction(Settings(), catalogue, {})
+    data = {f"k{i}": f"mail u{i}@x.org" for i in range(MAX_CANDIDATES + 5)}
+    masked, n = r.mask("LogEntry", "internal", orjson.dumps(data), data)
+    assert n == len(data)
+    assert masked["k0"] == "mail [email]" and masked[f"k{MAX_CANDIDATES + 4}"] == "[redacted]"
