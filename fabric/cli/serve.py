@@ -9,7 +9,9 @@ from fabric.cli.common import settings_of
 
 
 @click.command(
-    help="Run the pipeline worker: ingest -> validate -> enrich -> route (Kafka transactions) -> Redis, and CEP."
+    help="Run the pipeline worker: batch loops on aiokafka under mode's service lifecycle (no Faust app). "
+    "route: ingest -> decode, validate, enrich, processors -> typed topics (one Kafka transaction per batch); "
+    "materialize: typed topics -> Redis cache and change feed; cep: keying and matching -> composites."
 )
 @click.option(
     "--stages", default="route,materialize,cep", show_default=True,
@@ -18,7 +20,7 @@ from fabric.cli.common import settings_of
 )  # fmt: skip
 @click.pass_context
 def worker(ctx: click.Context, stages: str) -> None:
-    from fabric.pipeline.worker import run_worker
+    from fabric.worker import run_worker
 
     run_worker(settings_of(ctx), tuple(s.strip() for s in stages.split(",") if s.strip()))
 
