@@ -54,6 +54,7 @@ from fabric.pipeline.enrich import new_traceparent
 from fabric.pipeline.route import cache_headers
 from fabric.pipeline.stage import EVENTS, TransactionalStage
 from fabric.registry.store import PATTERN, split_owner
+from fabric.retry import until_done
 from fabric.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -330,17 +331,13 @@ class CepStage(TransactionalStage):
     async def _rewind(self) -> None:
         """A batch failed after its events reached the matchers: rebuild every partition's
         state from its checkpoint (the offsets alone would apply those events twice)."""
-        while not self.should_stop:
-            try:
+        async for attempt in until_done("cep: restore the state", KafkaError, stop=lambda: self.should_stop):
+            with attempt:
                 assert self.consumer is not None
                 async with self.batch_lock:
                     self.epoch += 1  # a batch fetched meanwhile is from before the restore
                     self.parts.clear()
                     await self.take_over(list(self.consumer.assignment()))
-                return
-            except KafkaError as e:
-                log.warning("cep: could not restore the state yet (%s); retrying in 1 s", e)
-                await asyncio.sleep(1.0)
 
     async def hand_over(self, revoked: list[TopicPartition]) -> None:
         """Checkpoint the revoked partitions and commit their offsets, so the next owner

@@ -28,6 +28,7 @@ from fabric.pipeline.deadletter import dlq_record
 from fabric.pipeline.materialize import STATE_LOST, Change, Materializer, change_from_headers, change_from_record
 from fabric.pipeline.stage import EVENTS, Stage
 from fabric.pipeline.watermarks import Watermarks
+from fabric.retry import until_done
 
 log = logging.getLogger(__name__)
 
@@ -134,13 +135,10 @@ class MaterializeStage(Stage):
 
     async def _rewind(self) -> None:
         assert self.consumer is not None
-        while not self.should_stop:
-            try:
+        async for attempt in until_done("materialize: reposition", (KafkaError, OSError, RedisError),
+                                        stop=lambda: self.should_stop):  # fmt: skip
+            with attempt:
                 await self.position_from_cache(self.consumer.assignment())
-                return
-            except (KafkaError, OSError, RedisError) as e:
-                log.warning("materialize: cannot reposition yet (%s); retrying in 1 s", e)
-                await asyncio.sleep(1.0)
 
     async def handle(self, batch: dict[Any, list[Any]]) -> None:
         dead: list[OutRecord] = []

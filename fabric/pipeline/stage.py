@@ -29,6 +29,7 @@ from fabric import kafka
 from fabric.events.catalogue import Catalogue
 from fabric.kafka.send import OutRecord, send_all
 from fabric.registry.store import RegistryFollower, SchemaStore
+from fabric.retry import until_done
 from fabric.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -163,18 +164,14 @@ class Stage(mode.Service):
     async def _rewind(self) -> None:
         """Go back to the committed offsets; keeps trying, since going on would skip records."""
         assert self.consumer is not None
-        while not self.should_stop:
-            try:
+        async for attempt in until_done(f"{self.stage}: rewind", KafkaError, stop=lambda: self.should_stop):
+            with attempt:
                 for tp in self.consumer.assignment():
                     committed = await self.consumer.committed(tp)
                     if committed is None:
                         await self.consumer.seek_to_beginning(tp)
                     else:
                         self.consumer.seek(tp, committed)
-                return
-            except KafkaError as e:
-                log.warning("%s: could not rewind yet (%s); retrying in 1 s", self.stage, e)
-                await asyncio.sleep(1.0)
 
 
 class TransactionalStage(Stage):

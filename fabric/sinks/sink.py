@@ -34,6 +34,7 @@ from fabric.events.catalogue import Catalogue
 from fabric.events.codecs import decode_typed
 from fabric.kafka.topics import all_topics, dlq_topic, ensure_topics, typed_topics
 from fabric.registry.store import RegistryFollower, SchemaStore
+from fabric.retry import until_done
 from fabric.settings import Settings
 from fabric.sinks.clickhouse import (
     AUDIT_COLUMNS,
@@ -125,41 +126,32 @@ class Sink:
         self.db = settings.clickhouse.database
 
     async def open(self) -> None:
-        delay = 0.5
-        while True:
-            try:
+        async for attempt in until_done("sink: ClickHouse not ready", Exception):
+            with attempt:
                 self.client = await asyncio.to_thread(connect, self.settings)
                 await asyncio.to_thread(create_tables, self.client, self.settings)
                 self.reader = await asyncio.to_thread(connect, self.settings)
-                return
-            except Exception as e:
-                log.warning("sink: ClickHouse not ready (%s); retrying in %.1f s", e, delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 10.0)
 
     async def _insert(self, table: str, rows: list[list[Any]], columns: list[str]) -> None:
         """Insert with retries; returns only once every row is in ClickHouse, or, for rows
         ClickHouse itself refuses while the table answers, in ``fabric.dlq`` with its reason."""
         full = f"{self.db}.{table}"
-        delay = 0.2
-        while True:
-            try:
-                refused = await asyncio.to_thread(
-                    insert_isolating,
-                    lambda part: insert(self.client, full, part, columns),
-                    lambda: table_answers(self.client, full),
-                    rows,
-                )
-                ROWS.labels(table).inc(len(rows) - len(refused))
-                if refused:
-                    log.warning("sink: ClickHouse refused %d rows of %s: %s", len(refused), table, refused[0][1])
-                    await self._insert("dlq", [refused_row(table, r, why) for r, why in refused], DLQ_COLUMNS)
-                return
-            except Unavailable as e:
-                FAILURES.labels(table).inc()
-                log.warning("sink: %s unavailable (%s); retrying %d rows in %.1f s", full, e, len(rows), delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 10.0)
+        async for attempt in until_done(f"sink: insert {len(rows)} rows into {full}", Unavailable, initial_s=0.2):
+            with attempt:
+                try:
+                    refused = await asyncio.to_thread(
+                        insert_isolating,
+                        lambda part: insert(self.client, full, part, columns),
+                        lambda: table_answers(self.client, full),
+                        rows,
+                    )
+                except Unavailable:
+                    FAILURES.labels(table).inc()
+                    raise
+        ROWS.labels(table).inc(len(rows) - len(refused))
+        if refused:
+            log.warning("sink: ClickHouse refused %d rows of %s: %s", len(refused), table, refused[0][1])
+            await self._insert("dlq", [refused_row(table, r, why) for r, why in refused], DLQ_COLUMNS)
 
     async def run(self, stop: asyncio.Event) -> None:
         s = self.settings
