@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from fabric.conditions import ConditionError, compile_predicate, getter
 from fabric.errors import ConfigError
+from fabric.specs import describe
 
 
 class Section(BaseModel):
@@ -73,9 +74,7 @@ def policy_from(item: Any, origin: str = "policy") -> InjectionPolicy:
     try:
         return InjectionPolicy.model_validate(item)
     except ValidationError as e:
-        first = e.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "top level"
-        raise ConfigError(f"{origin}, {where}: {first['msg']}") from None
+        raise ConfigError(f"{origin}, {describe(e, dotted=True)}") from None
 
 
 def resolve(spec: Any, subject: str, found: dict[str, list[dict[str, Any]]]) -> Any:

@@ -33,16 +33,16 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, ValidationError, model_validator
 
 from fabric.conditions import MISSING, ConditionError, Predicate, compile_predicate, getter
+from fabric.specs import field_path
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _UNIT_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000, None: 1000}
-AGGREGATES = ("count", "sum", "avg", "min", "max", "p95")
-WINDOWS = ("tumbling", "hopping", "sliding", "session")
 
 
 class PatternError(ConditionError):
@@ -58,15 +58,6 @@ def _condition(spec: Any, pattern: str, field: str) -> Predicate:
         return compile_predicate(spec, f"pattern {pattern!r}", field)
     except ConditionError as e:
         raise PatternError(pattern, e.field, e.problem) from None
-
-
-def duration_ms(value: Any, pattern: str, where: str, allow_zero: bool = False) -> int:
-    if isinstance(value, (int, float)) and not isinstance(value, bool) and (value > 0 or (allow_zero and value == 0)):
-        return int(value * 1000)
-    m = _DURATION.match(str(value)) if isinstance(value, str) else None
-    if not m or (float(m.group(1)) <= 0 and not allow_zero):
-        raise PatternError(pattern, where, f"not a duration: {value!r} (use 250ms, 30s, 5m, 2h)")
-    return int(float(m.group(1)) * _UNIT_MS[m.group(2)])
 
 
 @dataclass(frozen=True)
@@ -168,110 +159,162 @@ def _key_fn(spec: Any, pattern: str) -> Callable[[Mapping[str, Any]], str | None
     return key
 
 
-def _count(step: Mapping[str, Any], pattern: str, where: str) -> tuple[int, float]:
-    times, at_least, optional = step.get("times"), step.get("at_least"), step.get("optional", False)
-    if times is not None and at_least is not None:
-        raise PatternError(pattern, where, "use times or at_least, not both")
-    for name, n in (("times", times), ("at_least", at_least)):
-        if n is not None and (not isinstance(n, int) or isinstance(n, bool) or n < 1):
-            raise PatternError(pattern, f"{where}.{name}", f"must be a whole number >= 1, got {n!r}")
-    if not isinstance(optional, bool):
-        raise PatternError(pattern, f"{where}.optional", "must be true or false")
-    low = times or at_least or 1
-    high: float = float("inf") if at_least else float(times or 1)
-    return (0 if optional else low), high
+def _duration(allow_zero: bool) -> Callable[[Any], int]:
+    def check(value: Any) -> int:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if value > 0 or (allow_zero and value == 0):
+                return int(value * 1000)
+        m = _DURATION.match(value) if isinstance(value, str) else None
+        if not m or (float(m.group(1)) <= 0 and not allow_zero):
+            raise ValueError(f"not a duration: {value!r} (use 250ms, 30s, 5m, 2h)")
+        return int(float(m.group(1)) * _UNIT_MS[m.group(2)])
+
+    return check
 
 
-def _known(spec: Mapping[str, Any], allowed: set[str], pattern: str, where: str) -> None:
-    unknown = sorted(set(spec) - allowed)
-    if unknown:
-        raise PatternError(pattern, f"{where}.{unknown[0]}" if where else unknown[0],
-                           f"unknown field (expected one of: {', '.join(sorted(allowed))})")  # fmt: skip
+#: a duration in milliseconds, written ``250ms``, ``30s``, ``5m``, ``2h`` or as seconds
+Duration = Annotated[int, BeforeValidator(_duration(False))]
+Lateness = Annotated[int, BeforeValidator(_duration(True))]
+Count = Annotated[int, Field(ge=1, strict=True)]
+Condition = dict[str, Any] | None
+
+
+class _Spec(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class StepSpec(_Spec):
+    name: str | None = None
+    where: Condition = None
+    times: Count | None = None
+    at_least: Count | None = None
+    optional: StrictBool = False
+
+    @model_validator(mode="after")
+    def _one_count(self) -> StepSpec:
+        if self.times is not None and self.at_least is not None:
+            raise ValueError("use times or at_least, not both")
+        return self
+
+
+class SequenceSpec(_Spec):
+    within: Duration
+    steps: list[StepSpec] = Field(min_length=1)
+
+
+class AbsenceSpec(_Spec):
+    first: Condition = None
+    then_not: Condition = None
+    within: Duration
+
+
+class WindowSpec(_Spec):
+    kind: Literal["tumbling", "hopping", "sliding", "session"]
+    size: Duration | None = None
+    slide: Duration | None = None
+    gap: Duration | None = None
+
+
+class AggregateSpec(_Spec):
+    where: Condition = None
+    field: str | None = None
+    fn: Literal["count", "sum", "avg", "min", "max", "p95"] = "count"
+    window: WindowSpec
+    when: dict[str, Any]
+
+
+class PatternSpec(_Spec):
+    """One pattern as written (see the module's docstring)."""
+
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9_.-]{0,63}$")
+    version: Count = 1
+    description: str = ""
+    key: str | list[str] = "subject"
+    time: Literal["event", "processing"] = "event"
+    allowed_lateness: Lateness = 5000
+    max_keys: Count = 100_000
+    sequence: SequenceSpec | None = None
+    absence: AbsenceSpec | None = None
+    aggregate: AggregateSpec | None = None
+
+
+#: what a field's problem is called, by pydantic's error type
+_SAY = {
+    "extra_forbidden": "unknown field",
+    "missing": "is required",
+    "too_short": "needs a non-empty list",
+    "string_pattern_mismatch": "must be 1-64 of a-z 0-9 _ . - (it becomes composite.<name>)",
+    "greater_than_equal": "must be a whole number >= 1",
+    "int_type": "must be a whole number >= 1",
+    "bool_type": "must be true or false",
+    "dict_type": "must be a mapping",
+    "model_type": "must be a mapping",
+}
+
+
+def _spec_error(e: ValidationError, name: str) -> PatternError:
+    err = e.errors()[0]
+    kind, where = err["type"], field_path(tuple(err["loc"]))
+    if kind == "literal_error":
+        problem = f"must be one of {str(err['ctx']['expected']).replace(chr(39), '').replace(' or ', ', ')}"
+    elif kind == "value_error":
+        problem = str(err["ctx"]["error"])
+    else:
+        problem = _SAY.get(kind, err["msg"])
+    return PatternError(name, where, problem)
 
 
 def compile_pattern(spec: Any) -> Pattern:
+    """A pattern from its spec (a mapping); ``PatternError`` names the pattern, the field and
+    the problem. The shape is checked by ``PatternSpec``; what depends on several fields here."""
     if not isinstance(spec, Mapping):
         raise PatternError("?", "", f"a pattern must be a mapping, got {type(spec).__name__}")
-    name = spec.get("name")
-    if not isinstance(name, str) or not re.fullmatch(r"[a-z0-9][a-z0-9_.-]{0,63}", name):
-        raise PatternError(str(name), "name", "must be 1-64 of a-z 0-9 _ . - (it becomes composite.<name>)")
-    _known(spec, {"name", "version", "key", "time", "allowed_lateness", "max_keys", "sequence", "absence",
-                  "aggregate", "description"}, name, "")  # fmt: skip
-    version = spec.get("version", 1)
-    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
-        raise PatternError(name, "version", "must be a whole number >= 1")
-    time = spec.get("time", "event")
-    if time not in ("event", "processing"):
-        raise PatternError(name, "time", "must be event or processing")
-    lateness = duration_ms(spec.get("allowed_lateness", "5s"), name, "allowed_lateness", allow_zero=True)
-    kinds = [k for k in ("sequence", "absence", "aggregate") if k in spec]
-    if len(kinds) != 1:
+    name = str(spec.get("name"))
+    if len([k for k in ("sequence", "absence", "aggregate") if k in spec]) != 1:
         raise PatternError(name, "", "needs exactly one of sequence, absence, aggregate")
-    body = spec[kinds[0]]
-    if not isinstance(body, Mapping):
-        raise PatternError(name, kinds[0], "must be a mapping")
+    try:
+        p = PatternSpec.model_validate(spec)
+    except ValidationError as e:
+        raise _spec_error(e, name) from None
     rule: Sequence | Absence | Aggregate
-    if kinds[0] == "sequence":
-        _known(body, {"within", "steps"}, name, "sequence")
-        steps_spec = body.get("steps")
-        if not isinstance(steps_spec, list) or not steps_spec:
-            raise PatternError(name, "sequence.steps", "needs a non-empty list of steps")
+    if p.sequence is not None:
         steps = []
-        for i, st in enumerate(steps_spec):
-            where = f"sequence.steps[{i}]"
-            if not isinstance(st, Mapping):
-                raise PatternError(name, where, "a step must be a mapping")
-            _known(st, {"name", "where", "times", "at_least", "optional"}, name, where)
-            low, high = _count(st, name, where)
-            steps.append(
-                Step(
-                    str(st.get("name", f"step{i}")),
-                    _condition(st.get("where"), name, f"{where}.where"),
-                    low,
-                    high,
-                )
-            )
+        for i, st in enumerate(p.sequence.steps):
+            low = st.times or st.at_least or 1
+            high: float = float("inf") if st.at_least else float(st.times or 1)
+            where = _condition(st.where, name, f"sequence.steps[{i}].where")
+            steps.append(Step(st.name or f"step{i}", where, 0 if st.optional else low, high))
         if steps[0].min == 0 or steps[-1].min == 0:
             raise PatternError(name, "sequence.steps", "the first and last steps cannot be optional")
-        rule = Sequence(tuple(steps), duration_ms(body.get("within"), name, "sequence.within"))
-    elif kinds[0] == "absence":
-        _known(body, {"first", "then_not", "within"}, name, "absence")
-        rule = Absence(
-            _condition(body.get("first"), name, "absence.first"),
-            _condition(body.get("then_not"), name, "absence.then_not"),
-            duration_ms(body.get("within"), name, "absence.within"),
-        )
+        rule = Sequence(tuple(steps), p.sequence.within)
+    elif p.absence is not None:
+        a = p.absence
+        rule = Absence(_condition(a.first, name, "absence.first"), _condition(a.then_not, name, "absence.then_not"),
+                       a.within)  # fmt: skip
     else:
-        _known(body, {"where", "field", "fn", "window", "when"}, name, "aggregate")
-        fn = body.get("fn", "count")
-        if fn not in AGGREGATES:
-            raise PatternError(name, "aggregate.fn", f"must be one of {', '.join(AGGREGATES)}, got {fn!r}")
-        path = body.get("field")
-        if fn != "count" and not isinstance(path, str):
-            raise PatternError(name, "aggregate.field", f"{fn} needs the dotted path of a numeric field")
-        w = body.get("window")
-        if not isinstance(w, Mapping) or w.get("kind") not in WINDOWS:
-            raise PatternError(name, "aggregate.window.kind", f"must be one of {', '.join(WINDOWS)}")
-        _known(w, {"kind", "size", "slide", "gap"}, name, "aggregate.window")
-        kind = w["kind"]
-        size = duration_ms(w.get("size"), name, "aggregate.window.size") if kind != "session" else 0
-        slide = duration_ms(w.get("slide"), name, "aggregate.window.slide") if kind == "hopping" else size
-        gap = duration_ms(w.get("gap"), name, "aggregate.window.gap") if kind == "session" else 0
-        if kind == "hopping" and slide > size:
+        assert p.aggregate is not None
+        g, w = p.aggregate, p.aggregate.window
+        if g.fn != "count" and g.field is None:
+            raise PatternError(name, "aggregate.field", f"{g.fn} needs the dotted path of a numeric field")
+        for needed, kinds in (
+            ("size", ("tumbling", "hopping", "sliding")),
+            ("slide", ("hopping",)),
+            ("gap", ("session",)),
+        ):
+            if w.kind in kinds and getattr(w, needed) is None:
+                raise PatternError(name, f"aggregate.window.{needed}", f"a {w.kind} window needs it (e.g. 5m)")
+        size = w.size or 0 if w.kind != "session" else 0
+        slide = (w.slide or 0) if w.kind == "hopping" else size
+        gap = (w.gap or 0) if w.kind == "session" else 0
+        if w.kind == "hopping" and slide > size:
             raise PatternError(name, "aggregate.window.slide", "must not be longer than size")
-        when = body.get("when")
-        if not isinstance(when, Mapping):
-            raise PatternError(name, "aggregate.when", "needs a condition on the value, e.g. {$gt: 500}")
         rule = Aggregate(
-            _condition(body.get("where"), name, "aggregate.where"),
-            getter(path) if isinstance(path, str) else (lambda ev: 1),
-            fn, Window(kind, size, slide, gap),
-            _condition({"value": when}, name, "aggregate.when"),
+            _condition(g.where, name, "aggregate.where"),
+            getter(g.field) if g.field is not None else (lambda ev: 1),
+            g.fn, Window(w.kind, size, slide, gap),
+            _condition({"value": g.when}, name, "aggregate.when"),
         )  # fmt: skip
-    max_keys = spec.get("max_keys", 100_000)
-    if not isinstance(max_keys, int) or max_keys < 1:
-        raise PatternError(name, "max_keys", "must be a whole number >= 1")
-    return Pattern(name, version, _key_fn(spec.get("key", "subject"), name), time, lateness, rule, max_keys, dict(spec))
+    return Pattern(name, p.version, _key_fn(p.key, name), p.time, p.allowed_lateness, rule, p.max_keys, dict(spec))
 
 
 def load_patterns(text: str) -> list[Pattern]:

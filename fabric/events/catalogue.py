@@ -15,9 +15,11 @@ from typing import Any, Literal
 
 import fastavro
 import yaml
+from pydantic import BaseModel, ConfigDict, Field, RootModel
 
 from fabric.errors import ConfigError, UnknownEventType
 from fabric.events.schemas import Schemas
+from fabric.specs import parse
 
 Kind = Literal["state", "stream"]
 GENERIC_SCHEMA_ID = 1
@@ -40,6 +42,36 @@ class ContextType:
 class Rule:
     match: str
     context_type: str
+
+
+class ContextTypeSpec(BaseModel):
+    """One entry of ``context-types.yaml``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    kind: Kind
+    topic: str = Field(min_length=1, description="the typed topic, without the prefix")
+    schema_: str = Field(alias="schema", min_length=1, description="the Avro record's full name")
+    schema_id: int = Field(ge=1)
+    data_schema_id: int = Field(ge=1)
+    ttl_s: float = Field(0.0, ge=0, description="older contexts are flagged stale; 0: never")
+
+
+class ContextTypeSpecs(RootModel[dict[str, ContextTypeSpec]]):
+    pass
+
+
+class RuleSpec(BaseModel):
+    """One entry of ``event-types.yaml``: event types matching the glob go to the context type."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    match: str = Field(min_length=1)
+    context_type: str = Field(min_length=1)
+
+
+class RuleSpecs(RootModel[list[RuleSpec]]):
+    pass
 
 
 class Catalogue:
@@ -73,31 +105,19 @@ class Catalogue:
     @classmethod
     def load(cls, schemas_dir: Path) -> Catalogue:
         reg_dir = schemas_dir / "registry"
-        ctypes = _read_yaml(reg_dir / "context-types.yaml")
-        rules = _read_yaml(reg_dir / "event-types.yaml")
-        if not isinstance(ctypes, dict) or not isinstance(rules, list):
-            raise ConfigError(f"{reg_dir}: context-types must be a mapping, event-types a list")
-        cts = []
-        for name, spec in ctypes.items():
-            try:
-                kind = spec["kind"]
-                if kind not in ("state", "stream"):
+        path = reg_dir / "context-types.yaml"
+        doc = _read_yaml(path)
+        if isinstance(doc, dict):  # the friendlier message for the one choice people get wrong
+            for name, spec in doc.items():
+                kind = spec.get("kind") if isinstance(spec, dict) else None
+                if kind is not None and kind not in ("state", "stream"):
                     raise ConfigError(f"context type {name}: kind must be state or stream, got {kind!r}")
-                cts.append(
-                    ContextType(
-                        name,
-                        kind,
-                        spec["topic"],
-                        spec["schema"],
-                        int(spec["schema_id"]),
-                        int(spec["data_schema_id"]),
-                        float(spec.get("ttl_s", 0)),
-                    )
-                )
-            except (KeyError, TypeError) as e:
-                raise ConfigError(f"context type {name}: missing or bad field {e}") from e
+        ctypes = parse(ContextTypeSpecs, doc, str(path)).root
+        rules = parse(RuleSpecs, _read_yaml(reg_dir / "event-types.yaml"), str(reg_dir / "event-types.yaml")).root
+        cts = [ContextType(name, c.kind, c.topic, c.schema_, c.schema_id, c.data_schema_id, c.ttl_s)
+               for name, c in ctypes.items()]  # fmt: skip
         schemas = Schemas(schemas_dir / "avro", {c.name: c.schema for c in cts})
-        return cls(cts, [Rule(r["match"], r["context_type"]) for r in rules], schemas)
+        return cls(cts, [Rule(r.match, r.context_type) for r in rules], schemas)
 
     def resolve(self, event_type: str) -> ContextType:
         """The context type of an event type; ``UnknownEventType`` when no rule matches."""

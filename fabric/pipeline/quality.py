@@ -19,14 +19,14 @@ served score; injection policies can leave out items under ``min_quality``.
 from __future__ import annotations
 
 import fnmatch
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
-from fabric.errors import ConfigError
 from fabric.events.catalogue import Catalogue, ContextType
 from fabric.pipeline.processors import Event, Processor
 from fabric.settings import Settings
+from fabric.specs import parse
 
 COMPLETENESS, RELIABILITY, CLEAN = 0.5, 0.3, 0.2
 WARNING_COST = 0.25
@@ -35,7 +35,9 @@ WARNING_COST = 0.25
 class QualityOptions(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    sources: dict[str, float] = Field({}, description="source glob -> reliability in [0, 1]")
+    sources: dict[str, Annotated[float, Field(ge=0.0, le=1.0)]] = Field(
+        {}, description="source glob -> reliability in [0, 1]"
+    )
 
 
 def score(completeness: float, reliability: float, warnings: int) -> float:
@@ -64,15 +66,7 @@ class Quality(Processor):
 
     def __init__(self, settings: Settings, catalogue: Catalogue, options: dict[str, Any]) -> None:
         super().__init__(settings, catalogue, options)
-        try:
-            opts = QualityOptions.model_validate(options)
-        except ValidationError as e:
-            err = e.errors()[0]
-            where = ".".join(str(p) for p in err["loc"])
-            raise ConfigError(f"worker.processor_options.quality.{where}: {err['msg']}") from e
-        for glob, r in opts.sources.items():
-            if not 0.0 <= r <= 1.0:
-                raise ConfigError(f"worker.processor_options.quality.sources.{glob}: {r} is not in [0, 1]")
+        opts = parse(QualityOptions, options, "worker.processor_options.quality")
         self.sources = list(opts.sources.items())
         self._fields: dict[str, list[str]] = {}
         self._reliability: dict[str, float] = {}

@@ -20,12 +20,13 @@ from typing import Any, Literal
 
 import re2
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from fabric.errors import ConfigError
 from fabric.events.catalogue import Catalogue
 from fabric.pipeline.processors import Event, Processor
 from fabric.settings import BUNDLED, Settings
+from fabric.specs import parse
 
 Detector = Literal["email", "phone", "card", "national_id", "secret"]
 Level = Literal["public", "internal", "confidential", "restricted"]
@@ -122,11 +123,7 @@ def load_rules(options: dict[str, Any]) -> list[Rule]:
             doc = yaml.safe_load(path.read_text())
         except (OSError, yaml.YAMLError) as e:
             raise ConfigError(f"{origin}: {e}") from e
-    try:
-        return Rules.model_validate(doc).rules
-    except ValidationError as e:
-        where = ".".join(str(p) for p in e.errors()[0]["loc"])
-        raise ConfigError(f"{origin}: {where}: {e.errors()[0]['msg']}") from e
+    return parse(Rules, doc, origin).rules
 
 
 def _key_regex(glob: str) -> str:

@@ -18,13 +18,12 @@ from typing import Any
 
 import orjson
 import yaml
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
 
 from fabric.errors import ConfigError
 from fabric.kafka.compacted import publish
 from fabric.settings import Settings
-
-REQUIRED = {"provider": ("id", "owner", "produces"), "consumer": ("id", "owner", "consumes")}
-ENTRY = {"provider": ("event_type", "context_type"), "consumer": ("context_type",)}
+from fabric.specs import parse
 
 
 @dataclass(frozen=True)
@@ -42,28 +41,51 @@ class Manifest:
         return f"{self.kind}:{self.tenant}/{self.id}" if self.tenant else f"{self.kind}:{self.id}"
 
 
+class _Entry(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+
+class Produces(_Entry):
+    event_type: StrictStr
+    context_type: StrictStr
+
+
+class Consumes(_Entry):
+    context_type: StrictStr
+    version: StrictInt | None = Field(None, description="the schema version the consumer reads")
+
+
+_ID = Field(min_length=1, max_length=200, pattern=r"^[^/]+$", description="unique per tenant; no '/'")
+
+
+class ProviderSpec(_Entry):
+    id: StrictStr = _ID
+    owner: StrictStr
+    produces: list[Produces] = Field(min_length=1)
+
+
+class ConsumerSpec(_Entry):
+    id: StrictStr = _ID
+    owner: StrictStr
+    consumes: list[Consumes] = Field(min_length=1)
+
+
+class _ProviderDoc(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    provider: ProviderSpec
+
+
+class _ConsumerDoc(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    consumer: ConsumerSpec
+
+
 def parse_manifest(doc: Any, origin: str = "manifest", tenant: str | None = None) -> Manifest:
-    if not isinstance(doc, dict) or len(doc) != 1 or next(iter(doc)) not in REQUIRED:
+    """A provider or consumer manifest (one top-level key); errors name the field."""
+    if not isinstance(doc, dict) or len(doc) != 1 or next(iter(doc)) not in ("provider", "consumer"):
         raise ConfigError(f"{origin}: expected one top-level key, 'provider' or 'consumer'")
     kind, spec = next(iter(doc.items()))
-    if not isinstance(spec, dict):
-        raise ConfigError(f"{origin}: {kind} must be a mapping")
-    for key in REQUIRED[kind]:
-        if key not in spec:
-            raise ConfigError(f"{origin}: {kind}.{key} is required")
-    entries = spec["produces" if kind == "provider" else "consumes"]
-    if not isinstance(entries, list) or not entries:
-        raise ConfigError(
-            f"{origin}: {kind}.{'produces' if kind == 'provider' else 'consumes'} must be a non-empty list"
-        )
-    for i, e in enumerate(entries):
-        for key in ENTRY[kind]:
-            if not isinstance(e, dict) or not isinstance(e.get(key), str):
-                raise ConfigError(f"{origin}: {kind} entry [{i}].{key} must be a string")
-        if kind == "consumer" and "version" in e and not isinstance(e["version"], int):
-            raise ConfigError(f"{origin}: consumer entry [{i}].version must be an integer")
-    if not isinstance(spec["id"], str) or not spec["id"] or "/" in spec["id"] or len(spec["id"]) > 200:
-        raise ConfigError(f"{origin}: {kind}.id must be a non-empty string of at most 200 characters without '/'")
+    parse(_ProviderDoc if kind == "provider" else _ConsumerDoc, doc, origin)
     return Manifest(kind, spec["id"], spec, tenant)
 
 

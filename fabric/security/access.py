@@ -11,13 +11,31 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from pydantic import BaseModel, ConfigDict, Field, StrictStr
 
 from fabric.conditions import ConditionError, compile_predicate
 from fabric.errors import ConfigError
 from fabric.events.envelope import LEVEL, LEVELS
 from fabric.security.tokens import Principal
+from fabric.specs import parse
 
 DEFAULT_LEVEL = LEVEL["internal"]
+
+
+class RuleSpec(BaseModel):
+    """One access rule as written: when it applies, and the roles of which a caller needs one."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: StrictStr = Field(min_length=1)
+    when: dict[str, Any] | None = Field(None, description="a condition on sensitivity and context_type")
+    require_any_role: list[StrictStr]
+
+
+class AccessRulesSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    rules: list[RuleSpec] = []
 
 
 @dataclass(frozen=True)
@@ -49,30 +67,21 @@ class AccessRules:
 
     @classmethod
     def parse(cls, doc: Any, context_types: list[str], origin: str = "access rules") -> AccessRules:
-        if not isinstance(doc, dict) or not isinstance(doc.get("rules", []), list):
-            raise ConfigError(f"{origin}: expected a mapping with a 'rules' list")
+        """Rules from their YAML document; errors name the rule and the field."""
+        spec = parse(AccessRulesSpec, doc if doc is not None else {}, origin)
         rules = []
-        for i, r in enumerate(doc.get("rules", [])):
-            where = f"{origin}: rules[{i}]"
-            if not isinstance(r, dict) or not isinstance(r.get("name"), str):
-                raise ConfigError(f"{where}: each rule needs a name")
-            roles = r.get("require_any_role")
-            if not isinstance(roles, list) or not all(isinstance(x, str) for x in roles):
-                raise ConfigError(f"{where} ({r['name']}): require_any_role must be a list of role names")
-            unknown = set(r) - {"name", "when", "require_any_role"}
-            if unknown:
-                raise ConfigError(f"{where} ({r['name']}): unknown field(s) {', '.join(sorted(unknown))}")
+        for i, r in enumerate(spec.rules):
             try:
-                when = compile_predicate(r.get("when"), f"rule {r['name']!r}", "when")
+                when = compile_predicate(r.when, f"rule {r.name!r}", "when")
             except ConditionError as e:
-                raise ConfigError(f"{origin}: {e}") from None
+                raise ConfigError(f"{origin}: rules[{i}]: {e}") from None
             applies = frozenset(
                 (ct, level)
                 for ct in [*context_types, "*"]
                 for level, name in enumerate(LEVELS)
                 if when({"sensitivity": name, "context_type": ct})
             )
-            rules.append(Rule(r["name"], frozenset(roles), applies))
+            rules.append(Rule(r.name, frozenset(r.require_any_role), applies))
         return cls(rules, context_types)
 
     def denied_by(self, who: Principal, context_type: str, level: int) -> str | None:
