@@ -29,11 +29,11 @@ import fastavro
 import httpx
 import orjson
 import websockets
-from aiokafka import AIOKafkaProducer
 
 from bench.env import BenchEnv, rss_mb, save
 from bench.hist import histogram, record, summary
 from bench.loadgen import drive, http_get
+from fabric import kafka
 from fabric.events.catalogue import Catalogue
 from fabric.settings import SecuritySettings
 from fabric.testing import bearer, operator
@@ -201,8 +201,8 @@ async def avro_bomb(env: BenchEnv, probe: Probe) -> dict[str, Any]:
                ("ce_subject", b"d"), ("ce_tenant", ATTACKER.encode()), ("content-type", b"application/avro")]  # fmt: skip
     worker = env.procs.procs["worker"].pid
     before = rss_mb(worker)
-    p = AIOKafkaProducer(bootstrap_servers=s.kafka.bootstrap)
-    await p.start()
+    p = kafka.producer(s)
+    await kafka.start(s, p)
     try:
         await p.send_and_wait(s.topic("ingest"), b"\x00" + sid.to_bytes(4, "big") + bomb, key=b"mallory/d",
                               headers=headers)  # fmt: skip

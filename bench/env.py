@@ -14,8 +14,8 @@ from typing import Any
 
 import httpx
 import orjson
-from aiokafka import AIOKafkaProducer
 
+from fabric import kafka
 from fabric.dev.procs import Processes, free_port
 from fabric.dev.stack import Stack
 from fabric.settings import (
@@ -119,8 +119,8 @@ def event(i: int, n_subjects: int, tenant: str = "bench", seq: int | None = None
 
 async def produce(settings: Settings, n: int, n_subjects: int, tenant: str = "bench") -> float:
     """Produce n events to ctx.ingest as fast as the broker takes them; returns seconds."""
-    p = AIOKafkaProducer(bootstrap_servers=settings.kafka.bootstrap, linger_ms=10, max_batch_size=1 << 20)
-    await p.start()
+    p = kafka.producer(settings, linger_ms=10, max_batch_size=1 << 20)
+    await kafka.start(settings, p)
     started = time.perf_counter()
     try:
         futures = []

@@ -11,10 +11,10 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from aiokafka import AIOKafkaProducer
 
 from bench.env import RESULTS, BenchEnv, save
 from bench.plot import percentile_bars
+from fabric import kafka
 
 
 def metric_event(i: int, sent_ns: int) -> tuple[bytes, bytes]:
@@ -27,8 +27,8 @@ def metric_event(i: int, sent_ns: int) -> tuple[bytes, bytes]:
 
 async def produce_at(env: BenchEnv, rate: float, seconds: float, offset: int) -> int:
     """Open loop: event i is stamped and sent at t0 + i/rate; returns how many were sent."""
-    p = AIOKafkaProducer(bootstrap_servers=env.settings.kafka.bootstrap, linger_ms=1)
-    await p.start()
+    p = kafka.producer(env.settings, linger_ms=1)
+    await kafka.start(env.settings, p)
     topic = env.settings.topic("ingest")
     t0 = time.perf_counter()
     wall0 = time.time_ns()

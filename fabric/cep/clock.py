@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, Protocol
+
+from fabric.events.times import ms_of
 
 
 class Clock(Protocol):
@@ -20,10 +22,8 @@ class SystemClock:
 def event_time_ms(event: Mapping[str, Any]) -> int:
     """The event's ``time`` in epoch milliseconds (a datetime, RFC 3339 text or a number of ms)."""
     t = event.get("time")
-    if isinstance(t, datetime):
-        return int((t if t.tzinfo else t.replace(tzinfo=UTC)).timestamp() * 1000)
-    if isinstance(t, str):
-        return int(datetime.fromisoformat(t.replace("Z", "+00:00")).timestamp() * 1000)
+    if isinstance(t, (datetime, str)):
+        return ms_of(t)
     if isinstance(t, (int, float)) and not isinstance(t, bool):
         return int(t)
     raise ValueError(f"event {event.get('id')!r} has no usable time: {t!r}")

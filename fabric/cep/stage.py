@@ -47,6 +47,7 @@ from fabric.errors import InvalidEvent
 from fabric.events.catalogue import Catalogue
 from fabric.events.codecs import decode_structured, decode_typed, encode_typed, validate
 from fabric.events.headers import CACHE_JSON
+from fabric.events.times import iso_ms
 from fabric.kafka.compacted import Follower, read_compacted
 from fabric.kafka.send import OutRecord
 from fabric.kafka.topics import all_topics, ensure_topics, typed_topics
@@ -69,10 +70,6 @@ def load_pattern_file(path: Path | None) -> list[Pattern]:
     return load_patterns(path.read_text())
 
 
-def _ms(ms: int) -> str:
-    return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
 def composite_event(c: Composite, catalogue: Catalogue) -> tuple[Any, Any, Any]:
     """The composite as an envelope, validated against the Composite schema."""
     tenant, _, key = c.key.partition("|")
@@ -82,10 +79,10 @@ def composite_event(c: Composite, catalogue: Catalogue) -> tuple[Any, Any, Any]:
     body = {
         "id": f"{c.pattern}.v{c.version}.{c.key}.{c.first_ms}.{c.last_ms}", "source": "fabric://cep",
         "type": f"composite.{c.pattern}", "subject": f"{c.pattern}/{key}", "tenant": tenant,
-        "time": _ms(c.last_ms), "sequence": c.last_ms, "traceparent": new_traceparent(),
-        "data": {"pattern": c.pattern, "version": c.version, "key": key, "first_time": _ms(c.first_ms),
-                 "last_time": _ms(c.last_ms), "confidence": c.confidence, "aggregates": aggregates,
-                 "events": [{"id": e["id"], "time": _ms(e["time_ms"]), "topic": e["topic"],
+        "time": iso_ms(c.last_ms), "sequence": c.last_ms, "traceparent": new_traceparent(),
+        "data": {"pattern": c.pattern, "version": c.version, "key": key, "first_time": iso_ms(c.first_ms),
+                 "last_time": iso_ms(c.last_ms), "confidence": c.confidence, "aggregates": aggregates,
+                 "events": [{"id": e["id"], "time": iso_ms(e["time_ms"]), "topic": e["topic"],
                              "partition": e["partition"], "offset": e["offset"]} for e in c.events]},
     }  # fmt: skip
     env = decode_structured(orjson.dumps(body))

@@ -33,6 +33,7 @@ import redis.asyncio as aioredis
 from fabric.cache.keys import CacheKeys
 from fabric.events.envelope import LEVEL
 from fabric.events.headers import CACHE_JSON, CACHE_KEY
+from fabric.events.times import ms_of
 from fabric.settings import Settings
 
 _LUA = """
@@ -134,7 +135,7 @@ def change_from_record(ctype: str, kind: str, rec: dict[str, Any], offset: int) 
     event = {k: v for k, v in rec.items() if v is not None}
     return Change(
         tenant=rec["tenant"], ctype=ctype, kind=kind, type=rec["type"], subject=rec["subject"],
-        sequence=rec["sequence"], at_ms=int(t.timestamp() * 1000), json=_encoder.encode(event),
+        sequence=rec["sequence"], at_ms=ms_of(t), json=_encoder.encode(event),
         offset=offset, id=rec.get("id") or "", level=LEVEL.get(rec.get("sensitivity") or "internal", 1),
         quality=rec.get("quality"),
     )  # fmt: skip

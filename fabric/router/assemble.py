@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
 import msgspec
@@ -28,6 +27,7 @@ from fabric.assembly.store import PolicyStore
 from fabric.contract import Bundle, Context, Item, Omitted, Provenance, Section
 from fabric.errors import ConfigError
 from fabric.events.catalogue import ContextType
+from fabric.events.times import ms_of
 from fabric.registry.store import POLICY
 from fabric.router.contexts import build_context
 from fabric.router.problems import HTTPProblem
@@ -138,7 +138,7 @@ def _candidate(
 
 def _event_ms(event: dict[str, Any], default: int) -> int:
     try:
-        return int(datetime.fromisoformat(str(event["time"]).replace("Z", "+00:00")).timestamp() * 1000)
+        return ms_of(str(event["time"]))
     except (KeyError, ValueError):
         return default
 

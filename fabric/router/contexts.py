@@ -9,7 +9,6 @@ and windows, as if they were not there.
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Any
 
 import msgspec
@@ -19,6 +18,7 @@ from starlette.responses import Response
 from fabric.contract import Context, ContextList
 from fabric.events.catalogue import ContextType
 from fabric.events.envelope import LEVELS
+from fabric.events.times import ms_of
 from fabric.pipeline.quality import served_quality
 from fabric.registry.convert import converter
 from fabric.router.freshness import freshness
@@ -94,7 +94,7 @@ async def list_composites(request: Request) -> Response:
     low: str | int = "-inf"
     if since:
         try:
-            low = int(datetime.fromisoformat(since.replace("Z", "+00:00")).timestamp() * 1000)
+            low = ms_of(since)
         except ValueError:
             raise HTTPProblem(400, f"since must be an RFC 3339 time, got {since!r}") from None
     items = await recent_composites(st, who, pattern, low, limit)

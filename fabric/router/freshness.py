@@ -3,13 +3,9 @@
 from __future__ import annotations
 
 import time
-from datetime import UTC, datetime
 
 from fabric.events.catalogue import ContextType
-
-
-def iso(ms: int) -> str:
-    return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+from fabric.events.times import iso_ms
 
 
 def freshness(at_ms: int, ct: ContextType, now_ms: int | None = None) -> tuple[str, int, bool]:
@@ -17,4 +13,4 @@ def freshness(at_ms: int, ct: ContextType, now_ms: int | None = None) -> tuple[s
     than the context type's ``ttl_s``."""
     now_ms = int(time.time() * 1000) if now_ms is None else now_ms
     age = max(0, now_ms - at_ms)
-    return iso(at_ms), age, bool(ct.ttl_s) and age > ct.ttl_s * 1000
+    return iso_ms(at_ms), age, bool(ct.ttl_s) and age > ct.ttl_s * 1000

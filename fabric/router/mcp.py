@@ -24,7 +24,6 @@ import asyncio
 import contextlib
 import urllib.parse
 from collections.abc import Callable
-from datetime import datetime
 from typing import Any
 
 import mcp_types as types
@@ -42,6 +41,7 @@ from starlette.applications import Starlette
 from fabric import __version__
 from fabric.client import subject_path
 from fabric.errors import RateLimited, Unauthorized
+from fabric.events.times import ms_of
 from fabric.router.assemble import Assembler, policy_named
 from fabric.router.contexts import fetch, recent_composites
 from fabric.router.fastpath import read_context
@@ -285,7 +285,7 @@ class FabricMCP:
             pattern = a.get("pattern")
             items = await recent_composites(st, who, pattern if isinstance(pattern, str) else None, since, 1000)
             if until is not None:
-                items = [c for c in items if _iso_ms(c.as_of) <= until]
+                items = [c for c in items if ms_of(c.as_of) <= until]
             items = items[:limit]
             st.gate.record_allowed(
                 who, "mcp.tool.query_composites", f"Composite/{pattern or '*'}", trace, f"{len(items)} items"
@@ -326,13 +326,9 @@ class FabricMCP:
 
 def _ms(value: Any, field: str) -> int:
     try:
-        return _iso_ms(str(value))
+        return ms_of(str(value))
     except ValueError:
         raise MCPError(types.INVALID_PARAMS, f"{field} must be an RFC 3339 time, got {value!r}") from None
-
-
-def _iso_ms(text: str) -> int:
-    return int(datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp() * 1000)
 
 
 def build_server(handlers: FabricMCP) -> Server[Any]:

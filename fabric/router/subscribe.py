@@ -28,8 +28,8 @@ from starlette.responses import Response
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from fabric.errors import FabricError
+from fabric.events.times import iso_ms
 from fabric.registry.convert import converter
-from fabric.router.freshness import iso
 from fabric.router.hub import ENTRY_ID, SubscriberClosed
 from fabric.router.problems import HTTPProblem
 from fabric.router.state import caller, state_of
@@ -119,7 +119,7 @@ async def subscribe(ws: WebSocket) -> None:
             try:
                 msg = await asyncio.wait_for(sub.next(), heartbeat)
             except TimeoutError:
-                await ws.send_text(orjson.dumps({"heartbeat": iso(int(time.time() * 1000))}).decode())
+                await ws.send_text(orjson.dumps({"heartbeat": iso_ms(int(time.time() * 1000))}).decode())
                 continue
             if st.schemas.store.consumer_manifest(who.tenant, who.sub):  # this consumer declared versions
                 msg = versioned(msg)

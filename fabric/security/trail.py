@@ -10,6 +10,7 @@ from datetime import UTC, datetime, timedelta
 
 from fabric.errors import FabricError
 from fabric.events.codecs import TENANT
+from fabric.events.times import parse_rfc3339
 
 _AGO = re.compile(r"(\d{1,6})([smhd])")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
@@ -24,10 +25,9 @@ def since_time(since: str, now: datetime | None = None) -> datetime:
     if m:
         return now - timedelta(**{_UNITS[m.group(2)]: int(m.group(1))})
     try:
-        t = datetime.fromisoformat(since.replace("Z", "+00:00"))
+        return parse_rfc3339(since)
     except ValueError:
         raise FabricError(f"since must be like 15m, 2h, 7d or an RFC 3339 time, got {since[:40]!r}") from None
-    return t if t.tzinfo else t.replace(tzinfo=UTC)
 
 
 def _where(database: str, tenant: str, since: str, decision: str | None = None, action: str | None = None) -> str:

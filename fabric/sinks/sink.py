@@ -32,6 +32,7 @@ from fabric import kafka
 from fabric.errors import FabricError, InvalidEvent
 from fabric.events.catalogue import Catalogue
 from fabric.events.codecs import decode_typed
+from fabric.events.times import parse_rfc3339
 from fabric.kafka.topics import all_topics, dlq_topic, ensure_topics, typed_topics
 from fabric.registry.store import RegistryFollower, SchemaStore
 from fabric.retry import until_done
@@ -74,7 +75,7 @@ def dlq_row(rec: Any) -> list[Any]:
 
     failed = text("fabric_failed_at")
     try:
-        failed_at = datetime.fromisoformat(failed) if failed else datetime.now(UTC)
+        failed_at = parse_rfc3339(failed) if failed else datetime.now(UTC)
     except ValueError:
         failed_at = datetime.now(UTC)
     headers = {k: v.decode(errors="replace") for k, v in h.items() if not k.startswith("fabric_")}
