@@ -149,18 +149,25 @@ def decode_binary(value: bytes | None, headers: Headers, catalogue: Catalogue) -
     return msgspec.structs.replace(env, data=msgspec.Raw(data))
 
 
-def decode_structured(value: bytes) -> Envelope:
+def _json_decoded(decoder: msgspec.json.Decoder[Any], value: Any, at: str = "") -> Any:
+    """``value`` decoded; any problem becomes an InvalidEvent pointing at ``at``."""
+    what = f"{at[1:]} is" if at else "JSON is"
     try:
-        return _envelope_decoder.decode(value)
+        return decoder.decode(value)
     except msgspec.ValidationError as e:
-        reason, ptr = pointer_of(e)
+        reason, ptr = pointer_of(e, at)
         raise InvalidEvent(reason, ptr) from e
     except msgspec.DecodeError as e:
-        raise InvalidEvent(f"not valid JSON: {e}", "") from e
+        raise InvalidEvent(f"{at[1:] + ' is ' if at else ''}not valid JSON: {e}", at) from e
     except RecursionError as e:
-        raise InvalidEvent("JSON is nested too deeply", "") from e
+        raise InvalidEvent(f"{what} nested too deeply", at) from e
     except UnicodeDecodeError as e:
-        raise InvalidEvent(f"not valid UTF-8: {e}", "") from e
+        raise InvalidEvent(f"{at[1:] + ' is ' if at else ''}not valid UTF-8: {e}", at) from e
+
+
+def decode_structured(value: bytes) -> Envelope:
+    envelope: Envelope = _json_decoded(_envelope_decoder, value)
+    return envelope
 
 
 def decode_ingest(value: bytes | None, headers: Headers, catalogue: Catalogue) -> Envelope:
@@ -181,18 +188,7 @@ def validate(env: Envelope, catalogue: Catalogue) -> tuple[ContextType, Any]:
     if not env.subject:
         raise InvalidEvent("subject must not be empty", "/subject")
     ct = catalogue.resolve(env.type)
-    try:
-        data = catalogue.schemas.data_decoder(ct.name).decode(env.data)
-    except msgspec.ValidationError as e:
-        reason, ptr = pointer_of(e, "/data")
-        raise InvalidEvent(reason, ptr) from e
-    except msgspec.DecodeError as e:
-        raise InvalidEvent(f"data is not valid JSON: {e}", "/data") from e
-    except RecursionError as e:
-        raise InvalidEvent("data is nested too deeply", "/data") from e
-    except UnicodeDecodeError as e:
-        raise InvalidEvent(f"data is not valid UTF-8: {e}", "/data") from e
-    return ct, data
+    return ct, _json_decoded(catalogue.schemas.data_decoder(ct.name), env.data, "/data")
 
 
 def micros(t: datetime) -> int:
