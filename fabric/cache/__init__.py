@@ -1,5 +1,5 @@
-"""The Redis hot cache: its key layout and the pipelined client the router reads it with.
-The Lua scripts that write it belong to the materializer (``fabric.pipeline.materialize``)."""
+"""The Redis hot cache: its key layout (``keys``), the Lua scripts that write it
+(``scripts``, run by the materializer) and the pipelined client the router reads it with."""
 
 from fabric.cache.fastredis import FastCluster, FastRedis, Pipelined, RedisUnavailable
 from fabric.cache.keys import CacheKeys
