@@ -151,7 +151,8 @@ async def scenario(settings: Settings, router_url: str, live_seconds: float = 0.
             headers=ce_headers("schema.altered", "shop.orders", "cdc://shop", base + 7),
         )
         account = {"system": "crm", "object": "Account", "record_id": "A-1042",
-                   "fields": {"name": "Initech", "tier": "gold", "arr": 120000}}  # fmt: skip
+                   "fields": {"name": "Initech", "tier": "gold", "arr": 120000,
+                              "owner": "jane.doe@initech.example", "phone": "+1 415 555 0142"}}  # fmt: skip
         await producer.send_and_wait(
             topic,
             orjson.dumps(account),
@@ -173,12 +174,19 @@ async def scenario(settings: Settings, router_url: str, live_seconds: float = 0.
         ok = body.get("sequence") == base + 3
         if ok:
             _say(f"pull PageDSL/orders-list: {body['event']['data']['title']!r} (sequence {body['sequence']}, "
-                 f"the newest), as_of {body['as_of']}, age {body['age_ms']} ms")  # fmt: skip
+                 f"the newest), as_of {body['as_of']}, age {body['age_ms']} ms, quality {body.get('quality')}")  # fmt: skip
         else:
             _say("pull PageDSL/orders-list: not materialized within 30 s (is the worker running?)")
         for p in [p for p in pushes if not p["type"].startswith("composite.")][:6]:
             _say(f"  push -> {p['type']:<22} {p['subject']:<16} seq {p['sequence']}")
         _say(f"tenant globex received {len(other_tenant)} pushes (isolation)")
+        r = await http.get("/v1/contexts/SaaSRecord/A-1042")
+        if r.status_code == 200:
+            acct = r.json()
+            f = acct["event"]["data"]["fields"]
+            _say(f"pull SaaSRecord/A-1042: owner {f.get('owner')!r}, phone {f.get('phone')!r} "
+                 f"({acct['event'].get('redacted', 0)} fields masked before the typed topic, cache and ClickHouse), "
+                 f"quality {acct.get('quality')}")  # fmt: skip
         counts = {}
         for ct in ("PageDSL", "SQLSchema", "LogEntry", "Metric", "SaaSRecord"):
             r = await http.get(f"/v1/contexts/{ct}", params={"limit": 100})
