@@ -137,7 +137,9 @@ class Sink:
         """Insert with retries; returns only once every row is in ClickHouse, or, for rows
         ClickHouse itself refuses while the table answers, in ``fabric.dlq`` with its reason."""
         full = f"{self.db}.{table}"
-        async for attempt in until_done(f"sink: insert {len(rows)} rows into {full}", Unavailable, initial_s=0.2):
+        async for attempt in until_done(
+            f"sink: {full} unavailable, {len(rows)} rows waiting", Unavailable, initial_s=0.2
+        ):
             with attempt:
                 try:
                     refused = await asyncio.to_thread(
