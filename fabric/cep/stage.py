@@ -106,8 +106,10 @@ class PatternSource:
         self._dirty = False
 
     def _record(self, name: str, spec: bytes | None) -> None:
-        self.overrides[name] = orjson.loads(spec) if spec else None
-        self._dirty = True
+        value = orjson.loads(spec) if spec else None
+        if name not in self.overrides or self.overrides[name] != value:
+            self.overrides[name] = value
+            self._dirty = True
 
     def _changed(self) -> None:
         if self._dirty:
@@ -126,6 +128,15 @@ class PatternSource:
     async def follow(self, stopped: Callable[[], bool]) -> None:
         """Apply pattern changes from the registry topic as they come."""
         await self.follower.run(stopped)
+
+    async def catch_up(self) -> None:
+        """Read the registry topic to its end now (a keyed record names a pattern this
+        process has not loaded yet: the key stage's follower was faster than ours)."""
+        records = await read_compacted(self.settings, self.settings.topic("registry"))
+        for key, spec in records.items():
+            if key.startswith(PATTERN):
+                self._record(key.removeprefix(PATTERN), spec)
+        self._changed()
 
     def compiled(self) -> list[Pattern]:
         """The platform's patterns (bundled, then ``pattern:<name>`` records) for every
@@ -263,9 +274,11 @@ class CepStage(TransactionalStage):
         self.source = PatternSource(settings, patterns, self._use)
         self.parts: dict[TopicPartition, _Part] = {}
         self._last_checkpoint = 0.0
+        self._looked_up: set[str] = set()  # pattern ids caught up on and still unknown
 
     def _use(self, patterns: list[Pattern]) -> None:
         self.patterns = patterns
+        self._looked_up.clear()
         for part in self.parts.values():
             part.matcher.replace(patterns)
         log.warning("cep: patterns now %s", ", ".join(f"{p.run_id} v{p.version}" for p in patterns) or "none")
@@ -376,6 +389,7 @@ class CepStage(TransactionalStage):
             await self.produce(self._checkpoints(changed), self._offsets(changed))
 
     async def handle(self, batch: dict[Any, list[Any]]) -> None:
+        await self._know_patterns(batch)
         outputs: list[Output] = []
         for tp, recs in batch.items():
             part = self.parts.get(tp)
@@ -406,6 +420,17 @@ class CepStage(TransactionalStage):
             records += self._checkpoints(list(self.parts))
         offsets = {tp: self.parts[tp].next for tp in batch if tp in self.parts}
         await self.produce(records, offsets)
+
+    async def _know_patterns(self, batch: dict[Any, list[Any]]) -> None:
+        """Every pattern a keyed record names is loaded before the record is matched: the
+        key stage may have heard of a new pattern before this stage did."""
+        known = {p.run_id for p in self.patterns}
+        named = {run for recs in batch.values() for r in recs for k, v in (r.headers or ()) if k == RUNS
+                 for run in v.decode().split(",")}  # fmt: skip
+        missing = named - known - self._looked_up
+        if missing:
+            await self.source.catch_up()
+            self._looked_up |= missing - {p.run_id for p in self.patterns}
 
     def _records(self, outputs: list[Output]) -> list[OutRecord]:
         records = []
