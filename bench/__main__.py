@@ -1,4 +1,4 @@
-"""``python -m bench [pull|push|worker|ingest|cep|mcp|abuse|idle|brokers|cep_scale|all] [--quick]``: results in bench/results/."""
+"""``python -m bench [pull|push|push_path|worker|ingest|cep|mcp|abuse|idle|brokers|cep_scale|all] [--quick]``: results in bench/results/."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ ALL = ["pull", "push", "worker", "ingest", "cep", "mcp"]
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument(
-        "which", nargs="*", default=["all"], choices=[*ALL, "abuse", "idle", "brokers", "cep_scale", "all"]
+        "which", nargs="*", default=["all"], choices=[*ALL, "abuse", "idle", "brokers", "cep_scale", "push_path", "all"]
     )
     parser.add_argument("--quick", action="store_true", help="fewer rates and shorter runs (a smoke test)")
     args = parser.parse_args()

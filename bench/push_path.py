@@ -1,0 +1,188 @@
+"""Where a push's time goes: one event stream (1,000 events/s, open loop) through a running
+fabric, timed at every place it can be seen, in one run, beside the floor.
+
+- **floor**: two plain hops on the same broker with the same client (produce -> consume ->
+  produce -> consume), what any two-stage pipeline pays at least;
+- **typed (uncommitted)**: the route stage's output on the typed topic, as soon as the
+  broker has it (``read_uncommitted``);
+- **typed (committed)**: the same once its transaction committed (``read_committed``:
+  what the materializer, CEP and the sink read);
+- **feed**: the change in the tenant's Redis feed (after the materializer's script);
+- **frame**: the WebSocket frame one subscriber receives.
+
+``python -m bench push_path [--quick]``; set ``BENCH_BROKER=tansu`` for Tansu.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from typing import Any
+
+import orjson
+import redis.asyncio as aioredis
+import websockets
+
+from bench.env import BenchEnv, save
+from bench.hist import histogram, record, summary
+from bench.push import metric_event
+from fabric import kafka
+from fabric.cache.keys import CacheKeys
+from fabric.events.headers import CACHE_JSON
+from fabric.kafka.topics import ensure_topics, partitions_of
+from fabric.testing import bearer
+
+
+def _sent_ns(event: dict[str, Any]) -> int:
+    return int(event["data"]["labels"]["sent_ns"])
+
+
+async def _typed(env: BenchEnv, isolation: str, h: Any, total: int, done: asyncio.Event) -> None:
+    s = env.settings
+    c = kafka.consumer(s, isolation_level=isolation)
+    await kafka.start(s, c)
+    topic = s.topic("metric")
+    c.assign(await partitions_of(c, topic))
+    await c.seek_to_end(*c.assignment())
+    got = 0
+    try:
+        while got < total and not done.is_set():
+            batch = await c.getmany(timeout_ms=200)
+            now = time.time_ns()
+            for recs in batch.values():
+                for r in recs:
+                    body = dict(r.headers).get(CACHE_JSON)
+                    if body:
+                        record(h, (now - _sent_ns(orjson.loads(body))) / 1e9)
+                        got += 1
+    finally:
+        await c.stop()
+
+
+async def _feed(env: BenchEnv, h: Any, total: int, done: asyncio.Event) -> None:
+    r = aioredis.from_url(env.settings.redis.url)
+    stream = CacheKeys(env.settings.redis.key_prefix).changes("bench")
+    last = "$"
+    got = 0
+    try:
+        while got < total and not done.is_set():
+            res: Any = await r.xread({stream: last}, count=1000, block=200)
+            now = time.time_ns()
+            for _, entries in res or []:
+                for entry_id, f in entries:
+                    last = entry_id
+                    record(h, (now - _sent_ns(orjson.loads(f[b"v"]))) / 1e9)
+                    got += 1
+    finally:
+        await r.aclose()
+
+
+async def _frames(env: BenchEnv, h: Any, total: int, done: asyncio.Event, ready: asyncio.Event) -> None:
+    url = env.procs.url.replace("http", "ws", 1) + "/v1/subscribe"
+    headers = bearer(env.settings, "bench")
+    async with websockets.connect(url, additional_headers=headers, max_size=None) as ws:
+        await ws.send(orjson.dumps({"subscribe": ["metric.*"]}).decode())
+        await ws.recv()
+        ready.set()
+        got = 0
+        while got < total and not done.is_set():
+            try:
+                msg = orjson.loads(await asyncio.wait_for(ws.recv(), 1.0))
+            except TimeoutError:
+                continue
+            now = time.time_ns()
+            if "event" in msg:
+                record(h, (now - _sent_ns(msg["event"])) / 1e9)
+                got += 1
+
+
+async def floor(env: BenchEnv, rate: int, seconds: float) -> dict[str, Any]:
+    """Two plain hops: produce to A; a relay consumes A and produces to B; consume B."""
+    s = env.settings
+    a, b = s.topic("floor-a"), s.topic("floor-b")
+    await ensure_topics(s, [a, b])
+    relay_in, sink = kafka.consumer(s), kafka.consumer(s)
+    for c, t in ((relay_in, a), (sink, b)):
+        await kafka.start(s, c)
+        c.assign(await partitions_of(c, t))
+        await c.seek_to_end(*c.assignment())
+    p_in, p_relay = kafka.producer(s, linger_ms=1), kafka.producer(s, linger_ms=1)
+    await kafka.start(s, p_in)
+    await kafka.start(s, p_relay)
+    h = histogram()
+    total = int(rate * seconds)
+
+    async def relay() -> None:
+        moved = 0
+        while moved < total:
+            batch = await relay_in.getmany(timeout_ms=1000)
+            for recs in batch.values():
+                for r in recs:
+                    await p_relay.send(b, r.value, key=r.key)
+                    moved += 1
+
+    async def receive() -> None:
+        got = 0
+        while got < total:
+            batch = await sink.getmany(timeout_ms=1000)
+            now = time.time_ns()
+            for recs in batch.values():
+                for r in recs:
+                    record(h, (now - int(r.value)) / 1e9)
+                    got += 1
+
+    tasks = [asyncio.create_task(relay()), asyncio.create_task(receive())]
+    t0 = time.perf_counter()
+    try:
+        for i in range(total):
+            await asyncio.sleep(max(0.0, t0 + i / rate - time.perf_counter()))
+            await p_in.send(a, str(time.time_ns()).encode(), key=str(i % 64).encode())
+        await asyncio.wait_for(asyncio.gather(*tasks), 30)
+    finally:
+        for t in tasks:
+            t.cancel()
+        for x in (relay_in, sink, p_in, p_relay):
+            await x.stop()
+    return summary(h)
+
+
+async def run(quick: bool = False) -> dict[str, Any]:
+    broker = os.environ.get("BENCH_BROKER", "kafka")
+    rate, seconds = 1000, (3.0 if quick else 8.0)
+    total = int(rate * seconds)
+    with BenchEnv("push_path", broker=broker) as env:
+        env.procs.start("worker")
+        env.procs.start("router")
+        env.procs.wait_ready()
+        floor_summary = await floor(env, rate, seconds)
+        hs = {name: histogram() for name in ("typed_uncommitted", "typed_committed", "feed", "frame")}
+        done, ready = asyncio.Event(), asyncio.Event()
+        watchers = [
+            asyncio.create_task(_typed(env, "read_uncommitted", hs["typed_uncommitted"], total, done)),
+            asyncio.create_task(_typed(env, "read_committed", hs["typed_committed"], total, done)),
+            asyncio.create_task(_feed(env, hs["feed"], total, done)),
+            asyncio.create_task(_frames(env, hs["frame"], total, done, ready)),
+        ]
+        await asyncio.wait_for(ready.wait(), 30)
+        await asyncio.sleep(1.0)  # the consumers are positioned
+        p = kafka.producer(env.settings, linger_ms=1)
+        await kafka.start(env.settings, p)
+        t0 = time.perf_counter()
+        wall0 = time.time_ns()
+        topic = env.settings.topic("ingest")
+        for i in range(total):
+            await asyncio.sleep(max(0.0, t0 + i / rate - time.perf_counter()))
+            key, value = metric_event(i, wall0 + int(i / rate * 1e9))
+            await p.send(topic, value, key=key)
+        await p.flush()
+        await p.stop()
+        await asyncio.wait(watchers, timeout=15)
+        done.set()
+        await asyncio.gather(*watchers, return_exceptions=True)
+    rows = {"floor_two_hops": floor_summary, **{k: summary(h) for k, h in hs.items()}}
+    for name, row in rows.items():
+        print(f"  {name:<18} p50 {row['p50_ms']:>7} p99 {row['p99_ms']:>7} p999 {row['p999_ms']:>7} ms "
+              f"(n={row['count']})", flush=True)  # fmt: skip
+    save(f"push_path-{broker}", {"broker": broker, "rate": rate, "seconds": seconds, "stages": rows})
+    return {"stages": rows}
