@@ -20,6 +20,7 @@ import os
 import time
 from typing import Any
 
+import httpx
 import orjson
 import redis.asyncio as aioredis
 import websockets
@@ -95,6 +96,20 @@ async def _frames(env: BenchEnv, h: Any, total: int, done: asyncio.Event, ready:
             if "event" in msg:
                 record(h, (now - _sent_ns(msg["event"])) / 1e9)
                 got += 1
+
+
+async def _batch_times(env: BenchEnv) -> dict[str, tuple[int, float]]:
+    """Per worker stage, from its Prometheus metrics: batches handled and the mean time of one."""
+    async with httpx.AsyncClient() as c:
+        text = (await c.get(f"http://127.0.0.1:{env.settings.worker.metrics_port}/metrics")).text
+    sums: dict[str, float] = {}
+    counts: dict[str, int] = {}
+    for line in text.splitlines():
+        if line.startswith("fabric_worker_batch_seconds_sum{"):
+            sums[line.split('"')[1]] = float(line.rsplit(" ", 1)[1])
+        elif line.startswith("fabric_worker_batch_seconds_count{"):
+            counts[line.split('"')[1]] = int(float(line.rsplit(" ", 1)[1]))
+    return {k: (counts[k], 1000 * sums[k] / counts[k]) for k in counts if counts[k]}
 
 
 async def floor(env: BenchEnv, rate: int, seconds: float) -> dict[str, Any]:
@@ -180,9 +195,21 @@ async def run(quick: bool = False) -> dict[str, Any]:
         await asyncio.wait(watchers, timeout=15)
         done.set()
         await asyncio.gather(*watchers, return_exceptions=True)
+        stages = await _batch_times(env)
     rows = {"floor_two_hops": floor_summary, **{k: summary(h) for k, h in hs.items()}}
+    for name, (n, mean_ms) in stages.items():
+        print(f"  worker stage {name:<12} {n:>6} batches, {mean_ms:6.2f} ms per batch (handle + produce)", flush=True)
     for name, row in rows.items():
         print(f"  {name:<18} p50 {row['p50_ms']:>7} p99 {row['p99_ms']:>7} p999 {row['p999_ms']:>7} ms "
               f"(n={row['count']})", flush=True)  # fmt: skip
-    save(f"push_path-{broker}", {"broker": broker, "rate": rate, "seconds": seconds, "stages": rows})
+    save(
+        f"push_path-{broker}",
+        {
+            "broker": broker,
+            "rate": rate,
+            "seconds": seconds,
+            "stages": rows,
+            "worker_batches": {k: {"batches": n, "mean_ms": m} for k, (n, m) in stages.items()},
+        },
+    )
     return {"stages": rows}

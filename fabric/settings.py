@@ -39,6 +39,13 @@ class KafkaSettings(_Part):
     # out, not when data arrives, so there this bounds the latency each stage adds (5 ms);
     # Apache Kafka answers as soon as data arrives, so long polls cost nothing (500 ms).
     fetch_max_wait_ms: int = Field(0, description="0: 500 on Apache Kafka (broker=kafka), 5 on Tansu")
+    txn_retry_backoff_ms: int = Field(
+        2,
+        ge=1,
+        le=100,
+        description="wait before the producer asks again to add partitions to a new transaction while the "
+        "previous one's commit markers are still being written (aiokafka's fixed wait is 20 ms; KAFKA-5477)",
+    )
     transaction_timeout_ms: int = Field(
         10_000,
         description="a dead worker's open transaction is aborted after this unless the worker comes back first; "
@@ -248,6 +255,13 @@ class WorkerSettings(_Part):
     metrics_port: int = Field(8701, description="Prometheus port of the worker; 0 turns it off")
     log_level: str = "info"
     checkpoint_every_s: float = Field(5.0, description="how often the CEP stage checkpoints its state")
+    commit_interval_ms: int = Field(
+        100,
+        ge=1,
+        le=5000,
+        description="transactional stages commit every this many ms (Kafka Streams' default under exactly-once); "
+        "read_committed readers see records up to this much later",
+    )
     processors: list[str] = Field(
         ["redact", "quality"],
         description="processors the route stage runs, in order: entry-point names (group fabric.processors) "

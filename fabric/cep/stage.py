@@ -303,7 +303,8 @@ class CepStage(TransactionalStage):
         async with self.batch_lock:
             if self.parts:
                 try:
-                    await self.produce(self._checkpoints(list(self.parts)), self._offsets(list(self.parts)))
+                    await self.produce(self._checkpoints(list(self.parts)), self._offsets(list(self.parts)),
+                                       finish=True)  # fmt: skip
                 except KafkaError as e:
                     log.warning("cep: last checkpoint not written: %s", e)
         await self.source.stop()
@@ -354,7 +355,9 @@ class CepStage(TransactionalStage):
         starts from this state."""
         try:
             if revoked:
-                await self.produce(self._checkpoints(revoked), self._offsets(revoked))
+                await self.produce(self._checkpoints(revoked), self._offsets(revoked), finish=True)
+            else:
+                await self.finish_transaction()
         except KafkaError as e:
             log.warning("cep: hand-over checkpoint not written (%s); the next owner replays more", e)
         for tp in revoked:
@@ -381,6 +384,7 @@ class CepStage(TransactionalStage):
 
     async def tick(self) -> None:
         """A checkpoint is due even without traffic when a partition moved since the last."""
+        await super().tick()
         due = asyncio.get_running_loop().time() - self._last_checkpoint >= self.settings.worker.checkpoint_every_s
         if not due or all(p.next == p.saved for p in self.parts.values()):
             return

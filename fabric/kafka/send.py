@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import random
 from dataclasses import dataclass, field
+from typing import Any
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.partitioner import DefaultPartitioner
@@ -49,8 +50,16 @@ _by_key = _KeyPartitions()
 
 async def send_all(prod: AIOKafkaProducer, records: list[OutRecord]) -> None:
     """Send records as whole batches per partition, then wait for every delivery.
-    The partitions of each topic come from the producer's metadata, which it refreshes.
     Raises if any batch failed."""
+    futures = await send_batches(prod, records)
+    if futures:
+        await asyncio.gather(*futures)
+
+
+async def send_batches(prod: AIOKafkaProducer, records: list[OutRecord]) -> list[asyncio.Future[Any]]:
+    """Hand records to the producer as whole batches per partition, in order; returns the
+    deliveries to wait for. The partitions of each topic come from the producer's metadata,
+    which it refreshes."""
     by_tp: dict[tuple[str, int], list[OutRecord]] = {}
     parts_of: dict[str, list[int]] = {}
     for r in records:
@@ -64,7 +73,7 @@ async def send_all(prod: AIOKafkaProducer, records: list[OutRecord]) -> None:
         else:
             p = _by_key(r.key, parts)
         by_tp.setdefault((r.topic, p), []).append(r)
-    futures = []
+    futures: list[asyncio.Future[Any]] = []
     for (topic, p), recs in by_tp.items():
         batch = prod.create_batch()
         for r in recs:
@@ -76,5 +85,4 @@ async def send_all(prod: AIOKafkaProducer, records: list[OutRecord]) -> None:
                     raise ValueError(f"a record of {len(r.value)} bytes does not fit in a producer batch")
         batch.close()
         futures.append(await prod.send_batch(batch, topic, partition=p))
-    if futures:
-        await asyncio.gather(*futures)
+    return futures

@@ -9,6 +9,7 @@ being rebuilt, and the watermarks (``pipeline/watermarks.py``).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Iterable
 from typing import Any
@@ -69,15 +70,24 @@ class MaterializeStage(Stage):
         self.push_from: dict[TopicPartition, int] = {}
         self.rebuild_target: dict[TopicPartition, int] = {}
         self._next_tick = 0.0
+        self._next_commit = 0.0
         self.watermarks = Watermarks(self.cache, self.keys)
         self._positioning = asyncio.Lock()  # assignment and the flush check must not interleave
         self._producer = self.producer = kafka.producer(s)
         await kafka.start(s, self.producer)
-        self.consumer = kafka.consumer(s, group=f"{s.kafka.group_prefix}.materialize")
+        # read_uncommitted: a change reaches the cache and its subscribers as soon as the route
+        # stage has written it, not when its transaction commits (up to commit_interval_ms
+        # later). Records of a transaction that aborts are written again by the next owner
+        # with the same id and sequence, and applying an event twice changes nothing.
+        self.consumer = kafka.consumer(
+            s, group=f"{s.kafka.group_prefix}.materialize", isolation_level="read_uncommitted"
+        )
         self.consumer.subscribe(typed_topics(s, self.catalogue), listener=_Reposition(self))
 
     async def on_stop(self) -> None:
         if self.consumer:
+            with contextlib.suppress(KafkaError):
+                await self.consumer.commit()
             await self.consumer.stop()
         if self._producer is not None:
             await self._producer.stop()
@@ -141,45 +151,49 @@ class MaterializeStage(Stage):
                 await self.position_from_cache(self.consumer.assignment())
 
     async def handle(self, batch: dict[Any, list[Any]]) -> None:
+        """Each partition's changes are applied concurrently (one Redis round trip for all of
+        them instead of one after another); within a partition, in offset order."""
         dead: list[OutRecord] = []
-        for tp, recs in batch.items():
-            changes: list[Change] = []
-            for r in recs:
-                try:
-                    ct = self.catalogue.by_schema_id.get(int.from_bytes(r.value[1:5], "big")) if r.value else None
-                    fast = change_from_headers(ct.name, ct.kind, dict(r.headers), r.offset) if ct else None
-                    if fast is not None:
-                        changes.append(fast)
-                        continue
-                    ct, rec = decode_typed(r.value, self.catalogue)
-                    changes.append(change_from_record(ct.name, ct.kind, rec, r.offset))
-                except InvalidEvent as e:
-                    if tp not in self.rebuild_target:
-                        dead.append(dlq_record(r, e, dlq_topic(self.settings)))
-            try:
-                n = await self.materializer.apply(
-                    tp.topic,
-                    tp.partition,
-                    changes,
-                    last_offset=recs[-1].offset,
-                    allow_missing=tp in self.fresh,
-                    push_from=self.push_from.get(tp, 0),
-                )
-            except ResponseError as e:
-                if not refuses_records(e):
-                    raise  # Redis as a whole cannot write now: the stage retries the batch
-                n = await self._apply_isolating(tp, recs, changes, dead)
-            if n == STATE_LOST:
-                await self.rebuild({tp: recs[0].offset})
-                continue
-            self.fresh.discard(tp)
-            self.watermarks.applied(tp, recs[-1].timestamp)
-            EVENTS.labels("materialize", "changed").inc(n)
-            EVENTS.labels("materialize", "unchanged").inc(len(changes) - n)
+        await asyncio.gather(*(self._apply_partition(tp, recs, dead) for tp, recs in batch.items()))
         if dead:
             await send_all(self.producer, dead)
             EVENTS.labels("materialize", "dlq").inc(len(dead))
         await self._track_rebuilds()
+
+    async def _apply_partition(self, tp: TopicPartition, recs: list[Any], dead: list[OutRecord]) -> None:
+        changes: list[Change] = []
+        for r in recs:
+            try:
+                ct = self.catalogue.by_schema_id.get(int.from_bytes(r.value[1:5], "big")) if r.value else None
+                fast = change_from_headers(ct.name, ct.kind, dict(r.headers), r.offset) if ct else None
+                if fast is not None:
+                    changes.append(fast)
+                    continue
+                ct, rec = decode_typed(r.value, self.catalogue)
+                changes.append(change_from_record(ct.name, ct.kind, rec, r.offset))
+            except InvalidEvent as e:
+                if tp not in self.rebuild_target:
+                    dead.append(dlq_record(r, e, dlq_topic(self.settings)))
+        try:
+            n = await self.materializer.apply(
+                tp.topic,
+                tp.partition,
+                changes,
+                last_offset=recs[-1].offset,
+                allow_missing=tp in self.fresh,
+                push_from=self.push_from.get(tp, 0),
+            )
+        except ResponseError as e:
+            if not refuses_records(e):
+                raise  # Redis as a whole cannot write now: the stage retries the batch
+            n = await self._apply_isolating(tp, recs, changes, dead)
+        if n == STATE_LOST:
+            await self.rebuild({tp: recs[0].offset})
+            return
+        self.fresh.discard(tp)
+        self.watermarks.applied(tp, recs[-1].timestamp)
+        EVENTS.labels("materialize", "changed").inc(n)
+        EVENTS.labels("materialize", "unchanged").inc(len(changes) - n)
 
     async def _apply_isolating(
         self, tp: TopicPartition, recs: list[Any], changes: list[Change], dead: list[OutRecord]
@@ -210,6 +224,15 @@ class MaterializeStage(Stage):
                 log.warning("materialize: %s[%d] rebuilt", tp.topic, tp.partition)
         if self.rebuild_target:
             await self.cache.set(self.keys.rebuilding, "1", ex=5)
+
+    async def commit(self, batch: dict[Any, list[Any]]) -> None:
+        """Redis holds where each partition continues (its applied offset, written with the
+        changes), so the group's offsets are only a record of having consumed: committed once
+        a second, not once a batch (a round trip to the coordinator on the push path)."""
+        now = asyncio.get_running_loop().time()
+        if now >= self._next_commit:
+            self._next_commit = now + 1.0
+            await super().commit(batch)
 
     async def tick(self) -> None:
         """Four times a second, the watermarks; once a second, even without traffic: notice a

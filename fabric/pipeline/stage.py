@@ -27,7 +27,7 @@ from redis.exceptions import RedisError
 
 from fabric import kafka
 from fabric.events.catalogue import Catalogue
-from fabric.kafka.send import OutRecord, send_all
+from fabric.kafka.send import OutRecord, send_all, send_batches
 from fabric.registry.store import RegistryFollower, SchemaStore
 from fabric.retry import until_done
 from fabric.settings import Settings
@@ -91,6 +91,8 @@ class Stage(mode.Service):
         self.batches = 0
         self.batch_lock = asyncio.Lock()  # a batch and a rebalance never interleave
         self.epoch = 0  # counts rebalances
+        #: a transaction was abandoned outside the loop (at a rebalance): rewind before going on
+        self.rewind_needed = False
         super().__init__(**kw)
 
     def subscribe(self, topics: list[str], group: str) -> AIOKafkaConsumer:
@@ -128,6 +130,9 @@ class Stage(mode.Service):
         wait = self.settings.worker.batch_wait_ms
         while not self.should_stop:
             try:
+                if self.rewind_needed:
+                    self.rewind_needed = False
+                    await self._rewind()
                 await self.tick()
                 epoch = self.epoch
                 batch = await self.consumer.getmany(
@@ -151,6 +156,7 @@ class Stage(mode.Service):
             except (KafkaError, OSError, RedisError) as e:
                 # Not committed: the batch is fetched again after a seek to the committed offsets.
                 log.warning("%s: %s; retrying the batch in 1 s", self.stage, e)
+                self.rewind_needed = False
                 await self._rewind()
                 await asyncio.sleep(1.0)
 
@@ -175,10 +181,20 @@ class Stage(mode.Service):
 
 
 class TransactionalStage(Stage):
-    """A stage that consumes, produces and commits its input offsets in one Kafka
-    transaction per batch (consume-transform-produce), so a worker killed mid-batch leaves
-    nothing that ``read_committed`` readers see, and the next owner of the partitions
-    handles the batch again. The transactional id is this worker's slot for the stage
+    """A stage that consumes, produces and commits its input offsets in Kafka transactions
+    (consume-transform-produce), so a worker killed mid-transaction leaves nothing that
+    ``read_committed`` readers see, and the next owner of the partitions handles those
+    records again.
+
+    As Kafka Streams does, a transaction spans the batches of ``worker.commit_interval_ms``:
+    each batch's records are handed to the producer and the stage fetches again at once,
+    without waiting for acknowledgements; every interval (and before partitions move, and
+    at stop) the deliveries are awaited and the transaction commits with the consumed
+    offsets. A commit costs several broker round trips and, on Apache Kafka, the previous
+    commit's markers must be written before the next transaction can add partitions
+    (tens of ms); paid once per interval, not once per batch, that stays off the latency
+    of each record. Readers that ``read_uncommitted`` (the materializer) see records as
+    soon as they are written. The transactional id is this worker's slot for the stage
     (``WorkerSlot``): a worker restarted after a crash takes the same one, which makes
     the broker abort the dead worker's open transaction at once instead of after
     ``transaction_timeout_ms``. On a broker without transactions (Tansu) records are
@@ -186,6 +202,10 @@ class TransactionalStage(Stage):
 
     group = ""
     transactional_id: str | None = None
+    _in_txn = False
+    _txn_started = 0.0
+    _deliveries: list[asyncio.Future[Any]]
+    _txn_offsets: dict[TopicPartition, int]
 
     async def open_transactions(self, group: str) -> None:
         s = self.settings
@@ -206,28 +226,76 @@ class TransactionalStage(Stage):
             )
         await kafka.start(self.settings, self.producer)
 
-    async def produce(self, records: list[OutRecord], offsets: dict[TopicPartition, int]) -> None:
-        """Send ``records`` and mark ``offsets`` consumed, together (see the class)."""
+    async def produce(
+        self, records: list[OutRecord], offsets: dict[TopicPartition, int], *, finish: bool = False
+    ) -> None:
+        """Send ``records`` and mark ``offsets`` consumed, together: in the open transaction,
+        committed once the interval is over (or now, with ``finish``). See the class."""
         if self.transactional_id is None:
             await send_all(self.producer, records)
             return
         try:
-            async with self.producer.transaction():
-                await send_all(self.producer, records)
-                if offsets:
-                    await self.producer.send_offsets_to_transaction(offsets, self.group)
+            if not self._in_txn:
+                await self.producer.begin_transaction()
+                self._in_txn, self._txn_started = True, asyncio.get_running_loop().time()
+                self._deliveries, self._txn_offsets = [], {}
+            self._deliveries += await send_batches(self.producer, records)
+            self._txn_offsets.update(offsets)
         except KafkaError:
-            # aborted, or the producer can no longer be used (fenced, timed out): a new one
-            # with the same id starts clean; the stage rewinds and handles the batch again
-            await self.producer.stop()
-            await self._open_producer()
+            await self._abandon()
             raise
+        if finish or self._txn_due():
+            await self.finish_transaction()
+
+    def _txn_due(self) -> bool:
+        interval = self.settings.worker.commit_interval_ms / 1000
+        return self._in_txn and asyncio.get_running_loop().time() - self._txn_started >= interval
+
+    async def finish_transaction(self) -> None:
+        """Wait for the open transaction's deliveries, then commit it with its offsets."""
+        if not self._in_txn:
+            return
+        try:
+            await asyncio.gather(*self._deliveries)
+            if self._txn_offsets:
+                await self.producer.send_offsets_to_transaction(self._txn_offsets, self.group)
+            await self.producer.commit_transaction()
+            self._in_txn = False
+        except KafkaError:
+            await self._abandon()
+            raise
+
+    async def _abandon(self) -> None:
+        """The transaction failed (aborted, or the producer can no longer be used: fenced,
+        timed out): a new producer with the same id starts clean; the stage rewinds to the
+        committed offsets and handles those records again."""
+        self._in_txn = False
+        self._deliveries, self._txn_offsets = [], {}
+        self.rewind_needed = True
+        await self.producer.stop()
+        await self._open_producer()
+
+    async def tick(self) -> None:
+        """Commit the open transaction once its interval is over, even without traffic."""
+        if self._txn_due():
+            async with self.batch_lock:
+                await self.finish_transaction()
+
+    async def revoked(self, tps: list[TopicPartition]) -> None:
+        """Before partitions move: what was handled of them commits (the next owner starts after it)."""
+        await self.finish_transaction()
 
     async def commit(self, batch: dict[Any, list[Any]]) -> None:
         if self.transactional_id is None:
             await super().commit(batch)  # else the offsets were committed with the transaction
 
     async def on_stop(self) -> None:
+        if self._in_txn:
+            try:
+                async with self.batch_lock:
+                    await self.finish_transaction()
+            except KafkaError as e:
+                log.warning("%s: the last transaction did not commit (%s); the next owner redoes it", self.stage, e)
         if self.consumer:
             await self.consumer.stop()
         if self._producer is not None:
