@@ -10,7 +10,8 @@ fabric, timed at every place it can be seen, in one run, beside the floor.
 - **feed**: the change in the tenant's Redis feed (after the materializer's script);
 - **frame**: the WebSocket frame one subscriber receives.
 
-``python -m bench push_path [--quick]``; set ``BENCH_BROKER=tansu`` for Tansu.
+``python -m bench push_path [--quick]``; ``BENCH_BROKER=tansu`` for Tansu, ``BENCH_COMMIT_MS=N``
+for another transaction interval.
 """
 
 from __future__ import annotations
@@ -167,6 +168,9 @@ async def run(quick: bool = False) -> dict[str, Any]:
     rate, seconds = 1000, (3.0 if quick else 8.0)
     total = int(rate * seconds)
     with BenchEnv("push_path", broker=broker) as env:
+        if os.environ.get("BENCH_COMMIT_MS"):  # to see what the transactions' interval costs
+            worker = env.settings.worker.model_copy(update={"commit_interval_ms": int(os.environ["BENCH_COMMIT_MS"])})
+            env.settings = env.procs.settings = env.settings.model_copy(update={"worker": worker})
         env.procs.start("worker")
         env.procs.start("router")
         env.procs.wait_ready()
