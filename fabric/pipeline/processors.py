@@ -45,10 +45,13 @@ _encode = msgspec.json.Encoder()
 class Event:
     """One routed event as a processor sees it."""
 
-    __slots__ = ("_cat", "_changed", "_data", "context_type", "dead", "dropped", "envelope", "extensions", "warnings")
+    __slots__ = (
+        "_cat", "_changed", "_data", "_typed", "context_type", "dead", "dropped", "envelope", "extensions", "warnings",
+    )  # fmt: skip
 
-    def __init__(self, envelope: Envelope, context_type: ContextType, catalogue: Catalogue) -> None:
+    def __init__(self, envelope: Envelope, context_type: ContextType, catalogue: Catalogue, typed: Any = None) -> None:
         self.envelope = envelope
+        self._typed = typed
         self.context_type = context_type
         self.extensions: dict[str, Any] = {}
         self.warnings: list[str] = []
@@ -70,10 +73,19 @@ class Event:
     def data(self, value: Any) -> None:
         self._data = value
         self._changed = True
+        self._typed = None
 
     def changed(self) -> None:
         """Say that ``data`` was changed in place."""
         self._changed = True
+
+    def field(self, name: str) -> Any:
+        """One top-level field of the data, read without decoding the data again when the
+        route stage's validated copy is still current (None when absent)."""
+        if self._typed is not None and not self._changed:
+            return getattr(self._typed, name, None)
+        data = self.data
+        return data.get(name) if isinstance(data, dict) else None
 
     @property
     def raw_data(self) -> bytes:

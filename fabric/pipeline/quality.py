@@ -87,9 +87,8 @@ class Quality(Processor):
     def process(self, events: list[Event]) -> None:
         for ev in events:
             names = self.fields(ev.context_type.name)
-            data = ev.data
-            if names and isinstance(data, dict):
-                completeness = sum(not _empty(data.get(n)) for n in names) / len(names)
+            if names:
+                completeness = sum(not _empty(ev.field(n)) for n in names) / len(names)
             else:
-                completeness = 0.0 if _empty(data) else 1.0
+                completeness = 0.0 if _empty(ev.data) else 1.0
             ev.extensions["quality"] = score(completeness, self.reliability(ev.envelope.source), len(ev.warnings))

@@ -140,9 +140,25 @@ class _Plan:
         self.finder = re2.compile("|".join(alts)) if alts else None
         self.keys = re.compile("|".join(fnmatch.translate(k.lower()) for k in sorted(keys))) if keys else None
         self._key_seen: dict[str, bool] = {}
-        # one linear pass over the raw JSON decides whether the event needs decoding at all
+        # one linear pass over the raw JSON decides whether the event needs decoding at all:
+        # a secret-looking key, or a candidate that passes its checks (``hit``)
         keyed = [f'"(?i:{_key_regex(k)})"\\s*:' for k in sorted(keys)]
-        self.precheck = re2.compile("|".join([_PATTERNS[d] for d in self.names] + keyed).encode())
+        self.keyed = re2.compile("|".join(keyed).encode()) if keyed else None
+
+    def hit(self, raw: bytes) -> bool:
+        """Whether the event's raw JSON holds anything to mask (then its data is walked)."""
+        if self.keyed is not None and self.keyed.search(raw):
+            return True
+        if self.finder is None:
+            return False
+        text = raw.decode("utf-8", "replace")
+        if "\\" in text:  # an escape (\n, \") is a boundary in the value, as a space is
+            for escaped in ("\\\\", '\\"', "\\n", "\\t", "\\r", "\\/", "\\b", "\\f"):
+                text = text.replace(escaped, "  ")
+        for n, m in enumerate(self.finder.finditer(text)):
+            if n >= MAX_CANDIDATES or (m.lastgroup and _confirmed(m.lastgroup, text, m.start(), m.end())):
+                return True
+        return False
 
     def key_masked(self, key: str) -> bool:
         hit = self._key_seen.get(key)
@@ -201,7 +217,7 @@ class Redaction(Processor):
         """``data`` (whose JSON is ``raw``) with what the rules find masked, and how many
         fields that changed; ``data`` is only walked when the raw JSON has a candidate."""
         plan = self.plan(context_type, sensitivity)
-        if plan is None or not plan.precheck.search(raw):
+        if plan is None or not plan.hit(raw):
             return data, 0
         return _mask(data, plan, [MAX_CANDIDATES])
 
@@ -210,7 +226,7 @@ class Redaction(Processor):
             env = ev.envelope
             before = ev.extensions.get("redacted", 0)
             plan = self.plan(ev.context_type.name, env.sensitivity)
-            if plan is None or not plan.precheck.search(ev.raw_data):
+            if plan is None or not plan.hit(ev.raw_data):
                 continue
             data, n = _mask(ev.data, plan, [MAX_CANDIDATES])
             if n:

@@ -91,7 +91,7 @@ class Routing:
                         provider = v.decode(errors="replace")
                     elif k == REDACTED_HEADER and v.isdigit():
                         masked = int(v)
-                ev = Event(self.enrich(env, ct, provider, now), ct, catalogue)
+                ev = Event(self.enrich(env, ct, provider, now), ct, catalogue, data)
                 if masked:
                     ev.extensions["redacted"] = masked
                 if env.time is None:

@@ -225,3 +225,11 @@ def test_candidate_budget_masks_the_rest_whole(catalogue: Catalogue) -> None:
     masked, n = r.mask("LogEntry", "internal", orjson.dumps(data), data)
     assert n == len(data)
     assert masked["k0"] == "mail [email]" and masked[f"k{MAX_CANDIDATES + 4}"] == "[redacted]"
+
+
+def test_a_json_escape_next_to_pii_does_not_hide_it(catalogue: Catalogue) -> None:
+    r = Redaction(Settings(), catalogue, {})
+    for text, masked in [("call\n555-123-4567", "call\n[phone]"), ('"ann@x.org"', '"[email]"'),
+                         ("tab\t4111 1111 1111 1111", "tab\t[card]")]:  # fmt: skip
+        data = {"message": text}
+        assert r.mask("LogEntry", "internal", orjson.dumps(data), data) == ({"message": masked}, 1)
