@@ -219,3 +219,31 @@ def compile_predicate(spec: Any, owner: str = "condition", field: str = "where")
         else:
             parts.append(_field(getter(str(key)), _value_test(arg, owner, where)))
     return parts[0] if len(parts) == 1 else _all(parts)
+
+
+def values_required(spec: Any, path: str) -> frozenset[Any] | None:
+    """The values ``path`` must have for the condition ``spec`` to hold, or None when it
+    does not pin them down (a cheap index: CEP offers an event only to the patterns whose
+    conditions can accept its ``type``)."""
+    if not isinstance(spec, Mapping) or not spec:
+        return None
+    pinned: list[frozenset[Any]] = []
+    for key, arg in spec.items():
+        found: frozenset[Any] | None = None
+        if key == path:
+            if not isinstance(arg, Mapping) and isinstance(arg, (str, int, float)):
+                found = frozenset([arg])
+            elif isinstance(arg, Mapping) and set(arg) == {"$eq"} and isinstance(arg["$eq"], (str, int, float)):
+                found = frozenset([arg["$eq"]])
+            elif isinstance(arg, Mapping) and set(arg) == {"$in"} and isinstance(arg["$in"], list):
+                found = frozenset(v for v in arg["$in"] if isinstance(v, (str, int, float)))
+        elif key in ("$and", "$or") and isinstance(arg, list) and arg:
+            subs = [values_required(s, path) for s in arg]
+            if key == "$and":
+                known = [s for s in subs if s is not None]
+                found = frozenset.intersection(*known) if known else None
+            elif all(s is not None for s in subs):
+                found = frozenset().union(*(s for s in subs if s is not None))
+        if found is not None:
+            pinned.append(found)
+    return frozenset.intersection(*pinned) if pinned else None

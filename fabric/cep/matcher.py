@@ -27,7 +27,7 @@ from fabric.cep.checkpoint import decode_state, encode_state
 from fabric.cep.clock import Clock, SystemClock, event_time_ms
 from fabric.cep.patterns import Absence, Aggregate, Pattern, Sequence
 from fabric.cep.state import Ev, Partial, Pending, Position, RunState, Session, Sliding, Slot, Timer, TimerKind
-from fabric.conditions import Predicate
+from fabric.conditions import Predicate, values_required
 
 MAX_CONTRIBUTORS = 50
 DUPLICATES = Counter("fabric_cep_duplicates_total", "Events a pattern had already applied (same id), skipped")
@@ -83,8 +83,33 @@ def _contributors(evs: Iterable[Ev]) -> list[dict[str, Any]]:
     return out if len(out) <= MAX_CONTRIBUTORS else out[: MAX_CONTRIBUTORS // 2] + out[-MAX_CONTRIBUTORS // 2 :]
 
 
+def event_types(p: Pattern) -> frozenset[Any] | None:
+    """The event types some condition of the pattern can accept, or None when a condition
+    does not pin the type down (then every event is a candidate)."""
+    spec = p.source
+    if "sequence" in spec:
+        wheres = [st.get("where") for st in spec["sequence"].get("steps", [])]
+    elif "absence" in spec:
+        wheres = [spec["absence"].get("first"), spec["absence"].get("then_not")]
+    else:
+        wheres = [spec.get("aggregate", {}).get("where")]
+    found = [values_required(w, "type") for w in wheres]
+    if not found or any(f is None for f in found):
+        return None
+    return frozenset().union(*(f for f in found if f is not None))
+
+
 def relevance(p: Pattern) -> Predicate:
-    """Whether an event can take part in the pattern (some condition of it accepts it)."""
+    """Whether an event can take part in the pattern (some condition of it accepts it). An
+    event of a type no condition accepts is turned away before any condition runs."""
+    inner = _relevance(p)
+    types = event_types(p)
+    if types is None:
+        return inner
+    return lambda ev: ev.get("type") in types and inner(ev)
+
+
+def _relevance(p: Pattern) -> Predicate:
     rule = p.rule
     if isinstance(rule, Sequence):
         preds = [s.where for s in rule.steps]

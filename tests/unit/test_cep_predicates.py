@@ -80,3 +80,39 @@ def test_getter_on_other_mappings_and_odd_shapes() -> None:
     assert getter("data.level")(ev) == "ERROR" and getter("type")(ev) == "x"
     assert getter("data.level")({"data": "not a mapping"}) is getter("nope")({})
     assert getter("data.tags.1.x")({"data": {"tags": [0, {"x": 5}]}}) == 5
+
+
+@pytest.mark.parametrize(
+    ("spec", "types"),
+    [
+        ({"type": "log.entry", "data.level": "ERROR"}, {"log.entry"}),
+        ({"type": {"$in": ["a", "b"]}}, {"a", "b"}),
+        ({"type": {"$eq": "a"}}, {"a"}),
+        ({"$or": [{"type": "a"}, {"type": "b", "x": 1}]}, {"a", "b"}),
+        ({"$and": [{"type": {"$in": ["a", "b"]}}, {"type": "b"}]}, {"b"}),
+        ({"$or": [{"type": "a"}, {"x": 1}]}, None),  # one branch accepts any type
+        ({"type": {"$ne": "a"}}, None),
+        ({"data.level": "ERROR"}, None),
+        ({}, None),
+        (None, None),
+    ],
+)
+def test_the_values_a_condition_pins_down(spec: Any, types: set[str] | None) -> None:
+    from fabric.conditions import values_required
+
+    found = values_required(spec, "type")
+    assert (set(found) if found is not None else None) == types
+    if found is not None:  # and the predicate agrees: any other type fails it
+        assert not compile_predicate(spec)({"type": "zzz", "x": 1, "data": {"level": "ERROR"}})
+
+
+def test_cep_turns_away_events_of_types_no_condition_accepts() -> None:
+    from fabric.cep.matcher import event_types, relevance
+    from fabric.cep.patterns import load_patterns
+
+    p = load_patterns(
+        "- {name: a, sequence: {within: 1m, steps: [{where: {type: deploy.finished}}, {where: {type: log.entry}}]}}\n"
+        "- {name: b, aggregate: {fn: count, window: {kind: sliding, size: 1m}, when: {$gt: 1}}}\n"
+    )
+    assert event_types(p[0]) == {"deploy.finished", "log.entry"} and event_types(p[1]) is None
+    assert relevance(p[0])({"type": "log.entry"}) and not relevance(p[0])({"type": "metric.sample"})
