@@ -31,44 +31,58 @@ from fabric.cache.keys import CacheKeys
 from fabric.kafka.topics import ensure_topics, partitions_of
 
 
-async def floor(env: BenchEnv, rate: int, seconds: float) -> dict[str, Any]:
+async def floor(env: BenchEnv, rate: int, seconds: float, hops: int = 1) -> dict[str, Any]:
+    """Produce -> consume latency of the broker alone with the fabric's own clients, over
+    ``hops`` topics (a relay consumes each and produces to the next), open loop."""
     s = env.settings
-    topic = s.topic("floor")
-    await ensure_topics(s, [topic])
-    consumer = kafka.consumer(s)
-    await consumer.start()
-    consumer.assign(await partitions_of(consumer, topic))
-    await consumer.seek_to_end(*consumer.assignment())
-    producer = kafka.producer(s, linger_ms=1)
-    await producer.start()
+    topics = [s.topic(f"floor-{n}") for n in range(hops)]
+    await ensure_topics(s, topics)
+    consumers = [kafka.consumer(s) for _ in topics]
+    for c, t in zip(consumers, topics, strict=True):
+        await kafka.start(s, c)
+        c.assign(await partitions_of(c, t))
+        await c.seek_to_end(*c.assignment())
+    producers = [kafka.producer(s, linger_ms=1) for _ in topics]
+    for p in producers:
+        await kafka.start(s, p)
     h = histogram()
     total = int(rate * seconds)
+
+    async def relay(source: Any, out: Any, to: str) -> None:
+        moved = 0
+        while moved < total:
+            for recs in (await source.getmany(timeout_ms=1000)).values():
+                for r in recs:
+                    await out.send(to, r.value, key=r.key)
+                    moved += 1
 
     async def receive() -> None:
         got = 0
         while got < total:
-            batch = await consumer.getmany(timeout_ms=1000)
+            batch = await consumers[-1].getmany(timeout_ms=1000)
             now = time.time_ns()
             for recs in batch.values():
                 for r in recs:
                     record(h, (now - int(r.value)) / 1e9)
                     got += 1
 
-    reader = asyncio.create_task(receive())
+    tasks = [asyncio.create_task(relay(consumers[n], producers[n + 1], topics[n + 1])) for n in range(hops - 1)]
+    tasks.append(asyncio.create_task(receive()))
     t0 = time.perf_counter()
     sent = 0
     try:
         while sent < total:
             due = min(total, int((time.perf_counter() - t0) * rate) + 1)
             while sent < due:
-                await producer.send(topic, str(time.time_ns()).encode(), key=str(sent % 64).encode())
+                await producers[0].send(topics[0], str(time.time_ns()).encode(), key=str(sent % 64).encode())
                 sent += 1
             await asyncio.sleep(0.001)
-        await asyncio.wait_for(reader, 30)
+        await asyncio.wait_for(asyncio.gather(*tasks), 30)
     finally:
-        reader.cancel()
-        await producer.stop()
-        await consumer.stop()
+        for t in tasks:
+            t.cancel()
+        for x in (*producers, *consumers):
+            await x.stop()
     return summary(h)
 
 

@@ -26,13 +26,14 @@ import orjson
 import redis.asyncio as aioredis
 import websockets
 
+from bench.brokers import floor
 from bench.env import BenchEnv, save
 from bench.hist import histogram, record, summary
 from bench.push import metric_event
 from fabric import kafka
 from fabric.cache.keys import CacheKeys
 from fabric.events.headers import CACHE_JSON
-from fabric.kafka.topics import ensure_topics, partitions_of
+from fabric.kafka.topics import partitions_of
 from fabric.testing import bearer
 
 
@@ -113,56 +114,6 @@ async def _batch_times(env: BenchEnv) -> dict[str, tuple[int, float]]:
     return {k: (counts[k], 1000 * sums[k] / counts[k]) for k in counts if counts[k]}
 
 
-async def floor(env: BenchEnv, rate: int, seconds: float) -> dict[str, Any]:
-    """Two plain hops: produce to A; a relay consumes A and produces to B; consume B."""
-    s = env.settings
-    a, b = s.topic("floor-a"), s.topic("floor-b")
-    await ensure_topics(s, [a, b])
-    relay_in, sink = kafka.consumer(s), kafka.consumer(s)
-    for c, t in ((relay_in, a), (sink, b)):
-        await kafka.start(s, c)
-        c.assign(await partitions_of(c, t))
-        await c.seek_to_end(*c.assignment())
-    p_in, p_relay = kafka.producer(s, linger_ms=1), kafka.producer(s, linger_ms=1)
-    await kafka.start(s, p_in)
-    await kafka.start(s, p_relay)
-    h = histogram()
-    total = int(rate * seconds)
-
-    async def relay() -> None:
-        moved = 0
-        while moved < total:
-            batch = await relay_in.getmany(timeout_ms=1000)
-            for recs in batch.values():
-                for r in recs:
-                    await p_relay.send(b, r.value, key=r.key)
-                    moved += 1
-
-    async def receive() -> None:
-        got = 0
-        while got < total:
-            batch = await sink.getmany(timeout_ms=1000)
-            now = time.time_ns()
-            for recs in batch.values():
-                for r in recs:
-                    record(h, (now - int(r.value)) / 1e9)
-                    got += 1
-
-    tasks = [asyncio.create_task(relay()), asyncio.create_task(receive())]
-    t0 = time.perf_counter()
-    try:
-        for i in range(total):
-            await asyncio.sleep(max(0.0, t0 + i / rate - time.perf_counter()))
-            await p_in.send(a, str(time.time_ns()).encode(), key=str(i % 64).encode())
-        await asyncio.wait_for(asyncio.gather(*tasks), 30)
-    finally:
-        for t in tasks:
-            t.cancel()
-        for x in (relay_in, sink, p_in, p_relay):
-            await x.stop()
-    return summary(h)
-
-
 async def run(quick: bool = False) -> dict[str, Any]:
     broker = os.environ.get("BENCH_BROKER", "kafka")
     rate, seconds = 1000, (3.0 if quick else 8.0)
@@ -174,7 +125,7 @@ async def run(quick: bool = False) -> dict[str, Any]:
         env.procs.start("worker")
         env.procs.start("router")
         env.procs.wait_ready()
-        floor_summary = await floor(env, rate, seconds)
+        floor_summary = await floor(env, rate, seconds, hops=2)
         hs = {name: histogram() for name in ("typed_uncommitted", "typed_committed", "feed", "frame")}
         done, ready = asyncio.Event(), asyncio.Event()
         watchers = [
