@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: install system-deps run test test-unit test-integration bench lint typecheck stack-up stack-down clean
+.PHONY: install system-deps bench-deps run test test-unit test-integration bench lint typecheck stack-up stack-down clean
 
 install: $(STAMP) system-deps
 
@@ -50,7 +50,14 @@ test-unit: install
 test-integration: install
 	$(BIN)/python -m pytest tests/integration -q
 
-bench: install
+# wrk is the pull benchmark's external load generator (Debian package).
+bench-deps:
+	@command -v wrk >/dev/null 2>&1 || { \
+	  echo "installing wrk (Debian package; the pull benchmark's load generator)"; \
+	  $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends wrk >/dev/null; }
+
+bench: install bench-deps
 	$(BIN)/python -m bench all
 
 lint: install
