@@ -164,22 +164,24 @@ class ContextClient:
                 async with websockets.connect(
                     ws_url, additional_headers={"Authorization": f"Bearer {self.token}"}, max_size=None
                 ) as ws:
-                    request: dict[str, Any] = {"subscribe": patterns}
+                    # several changes per frame when this client is behind (docs/serving.md)
+                    request: dict[str, Any] = {"subscribe": patterns, "batch": True}
                     if resume:
                         request["resume"] = resume
                     await ws.send(orjson.dumps(request).decode())
                     async for raw in ws:
-                        msg = orjson.loads(raw)
-                        if "resume" in msg:
-                            update = msgspec.convert(msg, Update)
-                            resume = update.resume
-                            backoff, down_since = 0.1, None
-                            yield update
-                        elif "error" in msg and "disconnected" not in msg:
-                            raise Refused(msg["error"], 400)
-                        else:
-                            self.notices.append(msg)
-                            backoff, down_since = 0.1, None
+                        frame = orjson.loads(raw)
+                        for msg in frame if isinstance(frame, list) else (frame,):
+                            if "resume" in msg:
+                                update = msgspec.convert(msg, Update)
+                                resume = update.resume
+                                backoff, down_since = 0.1, None
+                                yield update
+                            elif "error" in msg and "disconnected" not in msg:
+                                raise Refused(msg["error"], 400)
+                            else:
+                                self.notices.append(msg)
+                                backoff, down_since = 0.1, None
                     close = ws.close_code
                     if close in (4401, 4403):
                         raise (Unauthorized if close == 4401 else Forbidden)(ws.close_reason or "")

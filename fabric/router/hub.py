@@ -150,15 +150,21 @@ class Subscriber:
 
     async def next(self) -> bytes:
         """The oldest waiting message; waits for one. Raises SubscriberClosed."""
+        return (await self.drain(1))[0]
+
+    async def drain(self, limit: int) -> list[bytes]:
+        """Every waiting message, oldest first, up to ``limit``; waits for one. Never waits for
+        more than are there, so taking several adds no latency. Raises SubscriberClosed."""
         while True:
             if self.closed:
                 raise SubscriberClosed(self.closed)
             if self.pending:
-                message = self.pending.popleft()
-                self.pending_bytes -= len(message)
+                n = min(limit, len(self.pending))
+                messages = [self.pending.popleft() for _ in range(n)]
+                self.pending_bytes -= sum(map(len, messages))
                 self._wake.set()  # room for a catching-up reader
-                self.delivered += 1
-                return message
+                self.delivered += n
+                return messages
             self._wake.clear()
             await self._wake.wait()
 

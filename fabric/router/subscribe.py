@@ -8,7 +8,9 @@ Protocol (docs/serving.md):
 - the server answers ``{"subscribed": [...], "tenant": ...}``, then, when resuming past the retention window,
   ``{"gap": "..."}``;
 - then one message per change (``contract.Update``: the event, its freshness and a
-  ``resume`` token), every change in feed order; ``{"lagging": true, "after": token}``
+  ``resume`` token), every change in feed order; with ``"batch": true`` in the request,
+  a frame is a JSON array of every message waiting for the subscriber when it was sent
+  (one, when it keeps up; several, when it is behind), in the same order; ``{"lagging": true, "after": token}``
   when the client fell behind the live feed and is being sent the feed from there at
   its own pace; ``{"heartbeat": time}`` when idle for ``router.heartbeat_s``;
   ``{"error": ..., "disconnected": true}`` and close code 4008 when serving it failed.
@@ -34,7 +36,9 @@ from fabric.router.hub import ENTRY_ID, SubscriberClosed
 from fabric.router.problems import HTTPProblem
 from fabric.router.state import caller, state_of
 
-USAGE = 'first message must be {"subscribe": ["page.*", ...], "resume": "<token>"?}'
+USAGE = 'first message must be {"subscribe": ["page.*", ...], "resume": "<token>"?, "batch": true?}'
+#: messages in one frame at most, with ``"batch": true`` (the queue holds at most router.subscriber_buffer)
+FRAME_MESSAGES = 1000
 CLOSE_CODES = {401: 4401, 403: 4403, 429: 4429}
 
 
@@ -42,7 +46,7 @@ class BadRequest(FabricError, ValueError):
     """The first message is not a subscription request; the message says what is wrong."""
 
 
-def _request(text: str, max_patterns: int, max_chars: int) -> tuple[list[str], str | None]:
+def _request(text: str, max_patterns: int, max_chars: int) -> tuple[list[str], str | None, bool]:
     try:
         request: Any = orjson.loads(text)
         patterns = request["subscribe"]
@@ -58,7 +62,10 @@ def _request(text: str, max_patterns: int, max_chars: int) -> tuple[list[str], s
     resume = request.get("resume")
     if resume is not None and (not isinstance(resume, str) or not ENTRY_ID.fullmatch(resume)):
         raise BadRequest("resume must be a token from a push (like 1700000000000-0)")
-    return patterns, resume
+    batch = request.get("batch", False)
+    if not isinstance(batch, bool):
+        raise BadRequest("batch must be true or false")
+    return patterns, resume, batch
 
 
 async def subscribe(ws: WebSocket) -> None:
@@ -80,7 +87,7 @@ async def subscribe(ws: WebSocket) -> None:
     try:
         async with asyncio.timeout(limits.first_message_timeout_s):
             first = await ws.receive_text()
-        patterns, resume = _request(first, limits.max_patterns, limits.max_pattern_chars)
+        patterns, resume, batch = _request(first, limits.max_patterns, limits.max_pattern_chars)
     except BadRequest as e:
         await ws.send_text(orjson.dumps({"error": str(e)}).decode())
         await ws.close(code=4400)
@@ -117,13 +124,14 @@ async def subscribe(ws: WebSocket) -> None:
             await hub.join(sub)
         while True:
             try:
-                msg = await asyncio.wait_for(sub.next(), heartbeat)
+                messages = await asyncio.wait_for(sub.drain(FRAME_MESSAGES if batch else 1), heartbeat)
             except TimeoutError:
                 await ws.send_text(orjson.dumps({"heartbeat": iso_ms(int(time.time() * 1000))}).decode())
                 continue
             if st.schemas.store.consumer_manifest(who.tenant, who.sub):  # this consumer declared versions
-                msg = versioned(msg)
-            await ws.send_text(msg.decode())
+                messages = [versioned(m) for m in messages]
+            frame = b"[" + b",".join(messages) + b"]" if batch else messages[0]
+            await ws.send_text(frame.decode())
 
     async def run_pump() -> None:
         try:
