@@ -1,9 +1,14 @@
 """CEP matcher alone: events/s through ``Matcher.process`` with 10 and 100 patterns active,
-on one core, in one run (the whole worker with CEP comes with the CEP stage)."""
+on one core, beside Esper (the peer: the same library in EPL, the same event file, one
+thread; ``bench/esper``, built by Maven on first use) in the same run. The whole worker
+with CEP comes with the CEP stage (``bench worker``)."""
 
 from __future__ import annotations
 
+import json
 import random
+import shutil
+import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -17,6 +22,8 @@ from fabric.cep.patterns import compile_pattern
 from fabric.cep.state import Position
 
 LIBRARY = Path(__file__).resolve().parent.parent / "fabric" / "schemas" / "patterns" / "library.yaml"
+ESPER = Path(__file__).resolve().parent / "esper"
+COLUMNS = ["type", "subject", "tenant", "service", "level", "name", "value", "table", "change", "time"]
 
 
 def patterns(n: int) -> list[Any]:
@@ -67,9 +74,46 @@ def events(n: int, seed: int = 1) -> list[dict[str, Any]]:
     return out
 
 
+def write_tsv(evs: list[dict[str, Any]], path: Path) -> None:
+    """The event file Esper reads: the envelope fields and ``data`` flattened, one per line."""
+    rows = ["\t".join(COLUMNS)]
+    for ev in evs:
+        flat = {**ev.get("data", {}), **{k: v for k, v in ev.items() if k != "data"}}
+        rows.append("\t".join("" if flat.get(c) is None else str(flat[c]) for c in COLUMNS))
+    path.write_text("\n".join(rows) + "\n")
+
+
+def esper_classpath() -> str:
+    """Compile the peer and resolve Esper's jars (Maven, once; cached under bench/esper/target)."""
+    target = ESPER / "target"
+    done = target / ".built"
+    if not done.exists() or done.stat().st_mtime < max(p.stat().st_mtime for p in ESPER.rglob("*.java")):
+        mvn = shutil.which("mvn")
+        if not mvn or not shutil.which("java"):
+            raise SystemExit("the Esper peer needs a JDK and Maven (make install puts them in place)")
+        built = subprocess.run([mvn, "-q", "-B", "-f", str(ESPER / "pom.xml"), "compile", "dependency:copy-dependencies",
+                                f"-DoutputDirectory={target / 'lib'}"], capture_output=True, text=True, timeout=900)  # fmt: skip
+        if built.returncode:
+            raise SystemExit(f"Maven could not build the Esper peer: {(built.stdout + built.stderr)[-2000:]}")
+        done.write_text("ok")
+    return f"{target / 'classes'}:{target / 'lib' / '*'}"
+
+
+def esper(evs: list[dict[str, Any]], n_patterns: int, workdir: Path) -> dict[str, Any]:
+    path = workdir / f"cep-events-{len(evs)}.tsv"
+    write_tsv(evs, path)
+    out = subprocess.run(
+        ["java", "-Xmx2g", "-XX:+UseParallelGC", "-cp", esper_classpath(), "fabric.bench.EsperPeer", str(path),
+         str(n_patterns // 5)], capture_output=True, text=True, timeout=1800, check=True,
+    ).stdout  # fmt: skip
+    return json.loads(out.strip().splitlines()[-1])
+
+
 async def run(quick: bool = False) -> dict[str, Any]:
     results: dict[str, Any] = {}
     timelines: dict[str, list[tuple[float, float]]] = {}
+    workdir = Path(".fabric/bench/cep").resolve()
+    workdir.mkdir(parents=True, exist_ok=True)
     for n_patterns, n_events in ((10, 50_000 if quick else 200_000), (100, 10_000 if quick else 40_000)):
         evs = events(n_events)
         m = Matcher(patterns(n_patterns))
@@ -88,7 +132,14 @@ async def run(quick: bool = False) -> dict[str, Any]:
                          "outputs": composites, "state_entries": sum(r.state_size() for r in m.runs.values())}  # fmt: skip
         timelines[name] = points
         print(f"  cep {name:<24} {results[name]['events_per_s']:>10} events/s, {composites} outputs", flush=True)
-    summary = {k: v["events_per_s"] for k, v in results.items()}
-    save("cep", {"summary": summary, "targets": {"matcher, 10 patterns": 100_000}, "runs": results})
+        peer = esper(evs, n_patterns, workdir)
+        results[name]["esper"] = peer
+        results[name]["ratio_to_esper"] = round(results[name]["events_per_s"] / peer["events_per_s"], 3)
+        print(f"  cep {'esper, ' + str(n_patterns) + ' patterns':<24} {peer['events_per_s']:>10} events/s, "
+              f"{peer['outputs']} outputs; fabric/esper {results[name]['ratio_to_esper']}", flush=True)  # fmt: skip
+    summary = {k: {"events_per_s": v["events_per_s"], "esper_events_per_s": v["esper"]["events_per_s"],
+                   "ratio_to_esper": v["ratio_to_esper"]} for k, v in results.items()}  # fmt: skip
+    save("cep", {"summary": summary, "targets": {"matcher, 10 patterns": 150_000, "matcher, 100 patterns": 100_000},
+                 "runs": results})  # fmt: skip
     throughput_over_time(timelines, "CEP matcher alone, one core", RESULTS / "cep.png", "events/s")
     return {"summary": summary}
