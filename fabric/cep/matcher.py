@@ -8,6 +8,13 @@ An event older than the watermark is late: it is reported (``Late``), never drop
 silently. Timers (an absence's deadline, a window's end, a session's gap) fire when
 the watermark passes them. Patterns in processing-time mode use the clock instead.
 
+Offered every event, the matcher keeps one watermark for all patterns (each pattern's
+is that minus its lateness) and offers an event only to the patterns whose conditions
+accept its type (``ByType``); a pattern with work due (buffered events, timers) is found
+from a heap of due times, so an event costs what the patterns that can use it cost, not
+what all of them cost. Fed re-keyed copies for named patterns and ticks (the CEP stage),
+each pattern keeps its own watermark over the partitions it hears from.
+
 State is typed records per pattern (``cep/state.py``), bounded by ``max_keys`` (oldest
 keys evicted) and purged as the watermark moves past it; the watermark is in
 ``cep/watermark.py``, the checkpoint codec in ``cep/checkpoint.py``.
@@ -19,7 +26,7 @@ import heapq
 import math
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from prometheus_client import Counter
 
@@ -27,7 +34,8 @@ from fabric.cep.checkpoint import decode_state, encode_state
 from fabric.cep.clock import Clock, SystemClock, event_time_ms
 from fabric.cep.patterns import Absence, Aggregate, Pattern, Sequence
 from fabric.cep.state import Ev, Partial, Pending, Position, RunState, Session, Sliding, Slot, Timer, TimerKind
-from fabric.conditions import Predicate, values_required
+from fabric.cep.watermark import NEVER, PartitionWatermark
+from fabric.conditions import Predicate, compile_predicate, values_required
 
 MAX_CONTRIBUTORS = 50
 DUPLICATES = Counter("fabric_cep_duplicates_total", "Events a pattern had already applied (same id), skipped")
@@ -83,20 +91,56 @@ def _contributors(evs: Iterable[Ev]) -> list[dict[str, Any]]:
     return out if len(out) <= MAX_CONTRIBUTORS else out[: MAX_CONTRIBUTORS // 2] + out[-MAX_CONTRIBUTORS // 2 :]
 
 
+def _wheres(p: Pattern) -> list[Any]:
+    spec = p.source
+    if "sequence" in spec:
+        return [st.get("where") for st in spec["sequence"].get("steps", [])]
+    if "absence" in spec:
+        return [spec["absence"].get("first"), spec["absence"].get("then_not")]
+    return [spec.get("aggregate", {}).get("where")]
+
+
 def event_types(p: Pattern) -> frozenset[Any] | None:
     """The event types some condition of the pattern can accept, or None when a condition
     does not pin the type down (then every event is a candidate)."""
-    spec = p.source
-    if "sequence" in spec:
-        wheres = [st.get("where") for st in spec["sequence"].get("steps", [])]
-    elif "absence" in spec:
-        wheres = [spec["absence"].get("first"), spec["absence"].get("then_not")]
-    else:
-        wheres = [spec.get("aggregate", {}).get("where")]
-    found = [values_required(w, "type") for w in wheres]
+    found = [values_required(w, "type") for w in _wheres(p)]
     if not found or any(f is None for f in found):
         return None
     return frozenset().union(*(f for f in found if f is not None))
+
+
+def type_test(p: Pattern) -> Callable[[Any], bool] | None:
+    """Whether an event of a type can take part in the pattern, judged by the ``type`` parts
+    of its conditions alone (any operator: ``$regex`` too); None when some condition says
+    nothing about the type (every type can)."""
+    tests = []
+    for w in _wheres(p):
+        if not isinstance(w, Mapping) or "type" not in w:
+            return None
+        tests.append(compile_predicate({"type": w["type"]}, f"pattern {p.name!r}"))
+    return lambda etype: any(t({"type": etype}) for t in tests)
+
+
+T = TypeVar("T")
+#: distinct event types remembered by a ``ByType``; past that it starts again
+TYPES_KEPT = 10_000
+
+
+class ByType(Generic[T]):
+    """Items (pattern runs, keyers) by the event types their pattern can use; each type's
+    list is worked out on first sight and kept."""
+
+    def __init__(self, items: Iterable[tuple[Pattern, T]]) -> None:
+        self._items = [(type_test(p), item) for p, item in items]
+        self._by_type: dict[Any, list[T]] = {}
+
+    def __call__(self, etype: Any) -> list[T]:
+        found = self._by_type.get(etype)
+        if found is None:
+            if len(self._by_type) >= TYPES_KEPT:
+                self._by_type.clear()
+            found = self._by_type[etype] = [item for test, item in self._items if test is None or test(etype)]
+        return found
 
 
 def relevance(p: Pattern) -> Predicate:
@@ -127,6 +171,8 @@ class PatternRun:
         self.p = pattern
         self.relevant = relevance(pattern)
         self.replay_until: dict[tuple[str, int], int] = {}
+        #: the matcher's watermark, when it keeps one for every pattern
+        self.shared: PartitionWatermark | None = None
         self.st = RunState(pattern.max_keys, pattern.lateness_ms)
         self._on_timer: dict[TimerKind, Callable[[Timer], list[Output]]] = {
             TimerKind.EXPIRE: self._expire, TimerKind.ABSENCE: self._absent, TimerKind.WINDOW: self._window_closes,
@@ -135,7 +181,11 @@ class PatternRun:
 
     @property
     def watermark(self) -> int:
-        return self.st.clock.value
+        """Where this pattern's event time stands (with a shared watermark: that one, minus its lateness)."""
+        own = self.st.clock.value
+        if self.shared is None or self.shared.value == NEVER or self.p.time != "event":
+            return own
+        return max(own, self.shared.value - self.p.lateness_ms)
 
     @property
     def buffer(self) -> list[tuple[int, int, Ev]]:
@@ -166,6 +216,31 @@ class PatternRun:
             heapq.heappush(self.st.buffer, (ev.time_ms, next(self.st.seq), ev))
         at = ev.source or ev.position
         return self.observe((at.topic, at.partition) if at else None, ev.time_ms, now_ms)
+
+    def accept(self, ev: Ev, watermark: int) -> list[Output]:
+        """Shared-watermark mode (event time): catch up to ``watermark`` (the matcher's, as it
+        was before this event), then judge the event as ``offer`` does and buffer it. The
+        matcher moves the watermark past it afterwards (``Matcher._release``)."""
+        out = self.advance_to(watermark) if watermark > self.st.clock.value else []
+        watermark = self.st.clock.value
+        if ev.time_ms <= watermark and ev.position is not None:
+            done = self.replay_until.get((ev.position.topic, ev.position.partition), -1)
+            if ev.position.offset < done:
+                return out
+        if not self.relevant(ev.event):
+            return out
+        if ev.time_ms < watermark:
+            out.append(Late(self.p.name, ev.event.get("id"), watermark - ev.time_ms, ev.source or ev.position))
+            return out
+        heapq.heappush(self.st.buffer, (ev.time_ms, next(self.st.seq), ev))
+        return out
+
+    def next_due(self) -> int | None:
+        """The event time of the next thing waiting for the watermark (a buffered event or a timer)."""
+        b, t = self.st.buffer, self.st.timers
+        if b and t:
+            return min(b[0][0], t[0].due)
+        return b[0][0] if b else (t[0].due if t else None)
 
     def observe(self, part: tuple[str, int] | None, time_ms: int, now_ms: int) -> list[Output]:
         """A partition has reached ``time_ms``: move the watermark if that moves it."""
@@ -393,6 +468,56 @@ class Matcher:
     def __init__(self, patterns: Iterable[Pattern] = (), clock: Clock | None = None) -> None:
         self.clock = clock or SystemClock()
         self.runs: dict[str, PatternRun] = {p.run_id: PatternRun(p) for p in patterns}
+        #: None until the first event says: True when offered every event (one watermark for
+        #: all patterns), False when fed re-keyed copies for named patterns (one each)
+        self.shared: bool | None = None
+        self.base = PartitionWatermark(0)
+        #: (due + lateness, n, run): patterns with something waiting for the watermark
+        self._due: list[tuple[int, int, PatternRun]] = []
+        self._queued: dict[int, int] = {}  # id(run) -> the smallest due it is queued at
+        self._n = 0
+        self._index()
+
+    def _index(self) -> None:
+        runs = list(self.runs.values())
+        self._by_type = ByType((r.p, r) for r in runs if r.p.time == "event")
+        self._processing = [r for r in runs if r.p.time == "processing"]
+        self._due.clear()
+        self._queued.clear()
+        for r in runs:
+            r.shared = self.base if self.shared else None
+            if self.shared:
+                self._queue(r)
+
+    def _queue(self, run: PatternRun) -> None:
+        due = run.next_due()
+        if due is None or run.p.time != "event":
+            return
+        # due once the pattern's watermark passes both: it only ever moves forward
+        at = max(due, run.st.clock.value + 1) + run.p.lateness_ms
+        if at < self._queued.get(id(run), 2**62):
+            self._n += 1
+            heapq.heappush(self._due, (at, self._n, run))
+            self._queued[id(run)] = at
+
+    def _release(self) -> list[Output]:
+        """Let every pattern with something due by the shared watermark have it, in turn."""
+        out: list[Output] = []
+        base, due = self.base.value, self._due
+        while due and due[0][0] <= base:
+            at, _, run = heapq.heappop(due)
+            if self._queued.get(id(run)) != at:
+                continue  # queued again, earlier, since
+            del self._queued[id(run)]
+            out += run.advance_to(base - run.p.lateness_ms)
+            self._queue(run)
+        return out
+
+    def _mode(self, shared: bool) -> bool:
+        if self.shared is None:
+            self.shared = shared
+            self._index()
+        return self.shared
 
     def process(
         self,
@@ -403,40 +528,74 @@ class Matcher:
         source: Position | None = None,
         runs: Iterable[str] | None = None,
     ) -> list[Output]:
-        """Offer one event to every pattern, or only to ``runs`` (the patterns a re-keyed
-        copy was sent for; the others learn the time from ``tick``)."""
+        """Offer one event to every pattern that can use it, or only to ``runs`` (the
+        patterns a re-keyed copy was sent for; the others learn the time from ``tick``)."""
         t = event_time_ms(event) if time_ms is None else time_ms
         now = self.clock.now_ms()
         out: list[Output] = []
         ev = Ev(t, event, position, source)
-        if runs is None:
-            for run in self.runs.values():
+        if runs is not None and self._mode(False):
+            raise ValueError("this matcher is offered every event; it cannot take copies for named patterns")
+        if runs is None and self._mode(True):
+            before = self.base.value
+            at = source or position
+            moved = self.base.heard((at.topic, at.partition) if at else None, t, now)
+            for run in self._by_type(event.get("type")):
+                out += run.accept(ev, before - run.p.lateness_ms if before != NEVER else NEVER)
+                self._queue(run)
+            for run in self._processing:
                 out += run.offer(ev, now)
-        else:
-            for run_id in runs:
-                wanted = self.runs.get(run_id)
-                if wanted is not None:
-                    out += wanted.offer(ev, now)
+            if moved is not None:
+                self.base.value = moved
+            out += self._release()
+            return out
+        for run_id in self.runs if runs is None else runs:
+            wanted = self.runs.get(run_id)
+            if wanted is not None:
+                out += wanted.offer(ev, now)
         return out
 
     def tick(self, source: Position, time_ms: int) -> list[Output]:
         """A source partition has reached ``time_ms`` (up to ``source.offset``): every
         pattern's watermark hears of it, as if from an event that none of them wants."""
         now = self.clock.now_ms()
-        out: list[Output] = []
+        part = (source.topic, source.partition)
+        if self.shared:
+            moved = self.base.heard(part, time_ms, now)
+            if moved is not None:
+                self.base.value = moved
+            out = self._release()
+            for run in self._processing:
+                out += run.fire_until(now)
+            return out
+        out = []
         for run in self.runs.values():
-            out += run.observe((source.topic, source.partition), time_ms, now)
+            out += run.observe(part, time_ms, now)
         return out
 
     def advance_to(self, watermark_ms: int) -> list[Output]:
         out: list[Output] = []
         for run in self.runs.values():
             out += run.advance_to(watermark_ms) if run.p.time == "event" else run.fire_until(self.clock.now_ms())
+        if self.shared:
+            self._index()
         return out
+
+    def _sync(self) -> None:
+        """Shared mode: write the shared watermark into each pattern's own (for a checkpoint).
+        Nothing is due by it (``_release`` ran), so moving a pattern's value applies nothing."""
+        if not self.shared:
+            return
+        for run in self.runs.values():
+            clock = run.st.clock
+            clock.seen = dict(self.base.seen)
+            if self.base.value != NEVER and run.p.time == "event":
+                clock.value = max(clock.value, self.base.value - run.p.lateness_ms)
 
     def snapshot(self) -> dict[str, Any]:
         """Every pattern's state, tagged with its version and body so a changed pattern
         is not restored into."""
+        self._sync()
         return {
             name: {"version": r.p.version, "source": r.p.source, "state": r.snapshot()} for name, r in self.runs.items()
         }
@@ -466,11 +625,22 @@ class Matcher:
                 fresh.replay_until = dict(processed or {})
                 self.runs[name] = fresh
                 restored.append(name)
+        # the shared watermark: every pattern heard every partition, so any restored one tells it
+        for name in restored:
+            run = self.runs[name]
+            for part, (t, heard) in run.st.clock.seen.items():
+                old = self.base.seen.get(part)
+                if old is None or t > old[0]:
+                    self.base.seen[part] = (t, heard)
+            if run.p.time == "event" and run.st.clock.value != NEVER:
+                self.base.value = max(self.base.value, run.st.clock.value + run.p.lateness_ms)
+        self._index()
         return restored
 
     def replace(self, patterns: Iterable[Pattern]) -> None:
         """Hot reload: an unchanged pattern (same name and version) keeps its state, a
         changed or new one starts fresh, a removed one is dropped."""
+        self._sync()
         runs = {}
         for p in patterns:
             old = self.runs.get(p.run_id)
@@ -478,3 +648,4 @@ class Matcher:
                 old if old is not None and old.p.version == p.version and old.p.source == p.source else PatternRun(p)
             )
         self.runs = runs
+        self._index()

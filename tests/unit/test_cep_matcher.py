@@ -334,3 +334,65 @@ def test_keyed_copies_and_ticks_give_what_the_events_themselves_give() -> None:
     ]
     # a copy sent for another pattern only does not reach this one
     assert m.process(ev("deploy.finished", 70, id="x", service="web"), runs=["other"]) == []
+
+
+def _stream(n: int, seed: int) -> list[dict[str, object]]:
+    """Mixed events over a few services and partitions, a little out of order (within the lateness)."""
+    rnd = random.Random(seed)
+    out, t = [], 1_700_000_000_000
+    for i in range(n):
+        t += rnd.randint(0, 400)
+        svc = f"svc-{rnd.randrange(5)}"
+        kind = rnd.random()
+        if kind < 0.45:
+            e = ev("log.entry", 0, service=svc, level=rnd.choice(["ERROR", "INFO"]), table="orders")
+        elif kind < 0.75:
+            e = ev(
+                "metric.sample",
+                0,
+                service=svc,
+                name=rnd.choice(["latency_ms", "heartbeat"]),
+                value=rnd.uniform(50, 900),
+            )
+        elif kind < 0.9:
+            e = ev("page.updated", 0, service=svc)
+        elif kind < 0.96:
+            e = ev("deploy.finished", 0, service=svc)
+        else:
+            e = ev("schema.altered", 0, service=svc, table="orders", change="altered")
+        e.update(id=f"s{i}", subject=svc, time=t + rnd.randint(-1500, 0))
+        out.append(e)
+    return out
+
+
+def _outputs(out: list[object]) -> list[tuple[object, ...]]:
+    return sorted(
+        (o.pattern, o.key, o.first_ms, o.last_ms, tuple(e["id"] for e in o.events)) if hasattr(o, "key")
+        else (o.pattern, str(o.event_id), o.late_by_ms)  # type: ignore[attr-defined]
+        for o in out
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_one_watermark_for_all_patterns_matches_one_each(seed: int) -> None:
+    """Offered every event, the matcher keeps one watermark and offers an event only to the
+    patterns that can use its type; that gives exactly what a watermark per pattern gives."""
+    from pathlib import Path
+
+    library = (Path(__file__).resolve().parents[2] / "fabric" / "schemas" / "patterns" / "library.yaml").read_text()
+    events = _stream(4000, seed)
+    shared = Matcher(load_patterns(library), clock=ManualClock())
+    each = Matcher(load_patterns(library), clock=ManualClock())
+    names = list(each.runs)
+    got_shared: list[object] = []
+    got_each: list[object] = []
+    for i, e in enumerate(events):
+        at = Position("ctx.log", i % 3, i)
+        got_shared += shared.process(e, at)
+        got_each += each.process(e, at, runs=names)  # per pattern, every pattern, as before
+    assert shared.shared and not each.shared
+    got_shared += shared.advance_to(2**60)
+    got_each += each.advance_to(2**60)
+    assert composites(got_shared), "the stream makes composites"
+    assert _outputs(got_shared) == _outputs(got_each)
+    assert {n: r.watermark for n, r in shared.runs.items()} == {n: r.watermark for n, r in each.runs.items()}
