@@ -26,14 +26,33 @@ ESPER = Path(__file__).resolve().parent / "esper"
 COLUMNS = ["type", "subject", "tenant", "service", "level", "name", "value", "table", "change", "time"]
 
 
+SERVICES = 200
+
+
+def restricted(where: Any, share: list[str]) -> Any:
+    return {**where, "data.service": {"$in": share}}
+
+
 def patterns(n: int) -> list[Any]:
-    """n patterns: copies of the library, each copy restricted to its own share of services."""
+    """n patterns: n/5 copies of the library, copy c restricted to its own share of the
+    services (svc-k with k % copies == c), so that each event concerns one copy of each."""
     base = yaml.safe_load(LIBRARY.read_text())["patterns"]
+    copies = max(1, n // len(base))
     out = []
     for i in range(n):
-        spec = dict(base[i % len(base)])
+        c = i // len(base)
+        share = [f"svc-{k}" for k in range(c % copies, SERVICES, copies)]
+        spec = json.loads(json.dumps(base[i % len(base)]))
         spec["name"] = f"{spec['name']}-{i}"
         spec.pop("description", None)
+        if "sequence" in spec:
+            for step in spec["sequence"]["steps"]:
+                step["where"] = restricted(step["where"], share)
+        elif "absence" in spec:
+            for part in ("first", "then_not"):
+                spec["absence"][part] = restricted(spec["absence"][part], share)
+        else:
+            spec["aggregate"]["where"] = restricted(spec["aggregate"]["where"], share)
         out.append(compile_pattern(spec))
     return out
 
@@ -45,7 +64,7 @@ def events(n: int, seed: int = 1) -> list[dict[str, Any]]:
     for i in range(n):
         t += rnd.randint(0, 4)  # ~500 events per simulated second
         jitter = rnd.randint(-500, 0)  # a little out of order, within the lateness
-        svc = f"svc-{rnd.randrange(200)}"
+        svc = f"svc-{rnd.randrange(SERVICES)}"
         r = rnd.random()
         if r < 0.5:
             ev = {
@@ -63,11 +82,15 @@ def events(n: int, seed: int = 1) -> list[dict[str, Any]]:
                 },
             }
         elif r < 0.95:
-            ev = {"type": "page.updated", "subject": f"page-{rnd.randrange(500)}", "data": {"page": "p"}}
+            ev = {
+                "type": "page.updated",
+                "subject": f"page-{rnd.randrange(500)}",
+                "data": {"page": "p", "service": svc},
+            }
         elif r < 0.98:
             ev = {"type": "deploy.finished", "data": {"service": svc}}
         else:
-            ev = {"type": "schema.altered", "data": {"table": "orders", "change": "altered"}}
+            ev = {"type": "schema.altered", "data": {"table": "orders", "change": "altered", "service": svc}}
         ev.update(id=f"e{i}", tenant="acme", time=t + jitter)
         ev.setdefault("subject", svc)
         out.append(ev)
@@ -104,7 +127,7 @@ def esper(evs: list[dict[str, Any]], n_patterns: int, workdir: Path) -> dict[str
     write_tsv(evs, path)
     out = subprocess.run(
         ["java", "-Xmx2g", "-XX:+UseParallelGC", "-cp", esper_classpath(), "fabric.bench.EsperPeer", str(path),
-         str(n_patterns // 5)], capture_output=True, text=True, timeout=1800, check=True,
+         str(n_patterns // 5), str(SERVICES)], capture_output=True, text=True, timeout=1800, check=True,
     ).stdout  # fmt: skip
     return json.loads(out.strip().splitlines()[-1])
 

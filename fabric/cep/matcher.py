@@ -10,7 +10,7 @@ the watermark passes them. Patterns in processing-time mode use the clock instea
 
 Offered every event, the matcher keeps one watermark for all patterns (each pattern's
 is that minus its lateness) and offers an event only to the patterns whose conditions
-accept its type (``ByType``); a pattern with work due (buffered events, timers) is found
+can use it (``Candidates``: by type, then by a value its conditions require); a pattern with work due (buffered events, timers) is found
 from a heap of due times, so an event costs what the patterns that can use it cost, not
 what all of them cost. Fed re-keyed copies for named patterns and ticks (the CEP stage),
 each pattern keeps its own watermark over the partitions it hears from.
@@ -35,7 +35,7 @@ from fabric.cep.clock import Clock, SystemClock, event_time_ms
 from fabric.cep.patterns import Absence, Aggregate, Pattern, Sequence
 from fabric.cep.state import Ev, Partial, Pending, Position, RunState, Session, Sliding, Slot, Timer, TimerKind
 from fabric.cep.watermark import NEVER, PartitionWatermark
-from fabric.conditions import Predicate, compile_predicate, values_required
+from fabric.conditions import Predicate, compile_predicate, getter, values_required
 
 MAX_CONTRIBUTORS = 50
 DUPLICATES = Counter("fabric_cep_duplicates_total", "Events a pattern had already applied (same id), skipped")
@@ -109,38 +109,93 @@ def event_types(p: Pattern) -> frozenset[Any] | None:
     return frozenset().union(*(f for f in found if f is not None))
 
 
-def type_test(p: Pattern) -> Callable[[Any], bool] | None:
-    """Whether an event of a type can take part in the pattern, judged by the ``type`` parts
-    of its conditions alone (any operator: ``$regex`` too); None when some condition says
-    nothing about the type (every type can)."""
-    tests = []
-    for w in _wheres(p):
-        if not isinstance(w, Mapping) or "type" not in w:
-            return None
-        tests.append(compile_predicate({"type": w["type"]}, f"pattern {p.name!r}"))
-    return lambda etype: any(t({"type": etype}) for t in tests)
-
-
 T = TypeVar("T")
-#: distinct event types remembered by a ``ByType``; past that it starts again
+#: distinct event types remembered by a ``Candidates``; past that it starts again
 TYPES_KEPT = 10_000
 
 
-class ByType(Generic[T]):
-    """Items (pattern runs, keyers) by the event types their pattern can use; each type's
-    list is worked out on first sight and kept."""
+def _pins(p: Pattern, etype: Any) -> dict[str, frozenset[Any]] | None:
+    """For events of type ``etype``: None when no condition of the pattern can accept one;
+    else the values each field must have for some condition to accept it (fields no
+    condition pins are left out)."""
+    wheres = []
+    for w in _wheres(p):
+        if isinstance(w, Mapping) and "type" in w:
+            if not compile_predicate({"type": w["type"]}, f"pattern {p.name!r}")({"type": etype}):
+                continue  # this condition cannot take an event of that type
+        wheres.append(w)
+    if not wheres:
+        return None
+    pins: dict[str, frozenset[Any]] = {"tenant": frozenset([p.owner])} if p.owner else {}
+    if all(isinstance(w, Mapping) for w in wheres):
+        for f in set.intersection(*(set(w) for w in wheres)) - {"type", "tenant"}:
+            found = [values_required(w, f) for w in wheres]
+            if not f.startswith("$") and all(v is not None for v in found):
+                pins[f] = frozenset().union(*(v for v in found if v is not None))
+    return pins
+
+
+@dataclass(slots=True)
+class _Plan:
+    """Where to look for one event type's candidates."""
+
+    always: list[Any]
+    #: (field reader, value -> items): items whose pattern needs the field to have that value
+    tables: list[tuple[Callable[[Any], Any], dict[Any, list[Any]]]]
+
+
+class Candidates(Generic[T]):
+    """The items (pattern runs, keyers) an event can matter to, found by an index: its type
+    (any operator in the conditions' ``type`` parts, ``$regex`` too), then the values the
+    pattern's conditions require of one more field (``data.service: {$in: [...]}``, the
+    owner's ``tenant``), worked out per event type on first sight. A candidate is not yet
+    a match: its conditions still run."""
 
     def __init__(self, items: Iterable[tuple[Pattern, T]]) -> None:
-        self._items = [(type_test(p), item) for p, item in items]
-        self._by_type: dict[Any, list[T]] = {}
+        self._items = list(items)
+        self._plans: dict[Any, _Plan] = {}
 
-    def __call__(self, etype: Any) -> list[T]:
-        found = self._by_type.get(etype)
-        if found is None:
-            if len(self._by_type) >= TYPES_KEPT:
-                self._by_type.clear()
-            found = self._by_type[etype] = [item for test, item in self._items if test is None or test(etype)]
+    def __call__(self, event: Mapping[str, Any]) -> list[T]:
+        etype = event.get("type")
+        try:
+            plan = self._plans.get(etype)
+        except TypeError:  # an unhashable type: no condition's type part accepts it
+            return []
+        if plan is None:
+            plan = self._plan(etype)
+        if not plan.tables:
+            return plan.always
+        found = list(plan.always)
+        for get, table in plan.tables:
+            try:
+                hit = table.get(get(event))
+            except TypeError:  # an unhashable value equals no pinned (scalar) value
+                continue
+            if hit:
+                found += hit
         return found
+
+    def _plan(self, etype: Any) -> _Plan:
+        entries = [(item, pins) for p, item in self._items if (pins := _pins(p, etype)) is not None]
+        # index each item by the field whose pinned values differ most between items (the
+        # one that tells them apart), so an event meets only the items that want its value
+        spread: dict[str, set[frozenset[Any]]] = {}
+        for _, pins in entries:
+            for f, values in pins.items():
+                spread.setdefault(f, set()).add(values)
+        always: list[T] = []
+        tables: dict[str, dict[Any, list[T]]] = {}
+        for item, pins in entries:
+            if not pins:
+                always.append(item)
+                continue
+            f = max(pins, key=lambda f: (len(spread[f]), f))
+            for v in pins[f]:
+                tables.setdefault(f, {}).setdefault(v, []).append(item)
+        if len(self._plans) >= TYPES_KEPT:
+            self._plans.clear()
+        plan = self._plans[etype] = _Plan(always, [(getter(f), t) for f, t in tables.items()])
+        return plan
 
 
 def relevance(p: Pattern) -> Predicate:
@@ -480,7 +535,7 @@ class Matcher:
 
     def _index(self) -> None:
         runs = list(self.runs.values())
-        self._by_type = ByType((r.p, r) for r in runs if r.p.time == "event")
+        self._candidates = Candidates((r.p, r) for r in runs if r.p.time == "event")
         self._processing = [r for r in runs if r.p.time == "processing"]
         self._due.clear()
         self._queued.clear()
@@ -540,7 +595,7 @@ class Matcher:
             before = self.base.value
             at = source or position
             moved = self.base.heard((at.topic, at.partition) if at else None, t, now)
-            for run in self._by_type(event.get("type")):
+            for run in self._candidates(event):
                 out += run.accept(ev, before - run.p.lateness_ms if before != NEVER else NEVER)
                 self._queue(run)
             for run in self._processing:

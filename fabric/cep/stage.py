@@ -40,7 +40,7 @@ from aiokafka.partitioner import DefaultPartitioner
 
 from fabric.cep.checkpoint import Checkpoint
 from fabric.cep.clock import event_time_ms
-from fabric.cep.matcher import Composite, Late, Matcher, Output, relevance
+from fabric.cep.matcher import Candidates, Composite, Late, Matcher, Output, relevance
 from fabric.cep.patterns import Pattern, PatternError, compile_pattern, load_patterns, scoped
 from fabric.cep.state import Position
 from fabric.errors import InvalidEvent
@@ -190,7 +190,7 @@ class KeyStage(TransactionalStage):
         self._use(patterns)
 
     def _use(self, patterns: list[Pattern]) -> None:
-        self.keyers = [(p.run_id, relevance(p), p.key) for p in patterns]
+        self.keyers = Candidates((p, (p.run_id, relevance(p), p.key)) for p in patterns)
 
     async def on_start(self) -> None:
         s = self.settings
@@ -231,7 +231,7 @@ class KeyStage(TransactionalStage):
                     continue
                 newest = t if newest is None else max(newest, t)
                 targets: dict[int, list[str]] = {}
-                for run_id, relevant, key in self.keyers:
+                for run_id, relevant, key in self.keyers(event):
                     if relevant(event):
                         k = key(event)
                         if k is not None:

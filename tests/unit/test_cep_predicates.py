@@ -116,3 +116,52 @@ def test_cep_turns_away_events_of_types_no_condition_accepts() -> None:
     )
     assert event_types(p[0]) == {"deploy.finished", "log.entry"} and event_types(p[1]) is None
     assert relevance(p[0])({"type": "log.entry"}) and not relevance(p[0])({"type": "metric.sample"})
+
+
+CANDIDATE_PATTERNS = """
+- name: burst-a
+  key: data.service
+  sequence:
+    within: 1m
+    steps:
+      - {where: {type: {$regex: "^(deploy|release)\\\\."}, data.service: {$in: [a1, a2]}}}
+      - {where: {type: log.entry, data.level: ERROR, data.service: {$in: [a1, a2]}}}
+- name: burst-b
+  key: data.service
+  sequence:
+    within: 1m
+    steps:
+      - {where: {type: {$regex: "^(deploy|release)\\\\."}, data.service: b1}}
+      - {where: {type: log.entry, data.level: ERROR, data.service: b1}}
+- name: any-log
+  key: subject
+  aggregate: {where: {type: {$regex: "^log\\\\."}}, fn: count, window: {kind: sliding, size: 1m}, when: {$gt: 1}}
+- name: no-type
+  key: subject
+  aggregate: {where: {data.level: FATAL}, fn: count, window: {kind: sliding, size: 1m}, when: {$gt: 1}}
+"""
+
+
+@pytest.mark.parametrize(
+    ("event", "names"),
+    [
+        ({"type": "release.done", "data": {"service": "a2"}}, {"burst-a"}),
+        ({"type": "deploy.finished", "data": {"service": "b1"}}, {"burst-b"}),
+        ({"type": "log.entry", "data": {"service": "a1", "level": "ERROR"}}, {"burst-a", "any-log"}),
+        ({"type": "log.entry", "data": {"service": "zz", "level": "ERROR"}}, {"any-log"}),
+        ({"type": "log.entry", "data": {"service": ["a1"]}}, {"any-log"}),  # unhashable: no pin holds
+        ({"type": "metric.sample", "data": {"service": "a1"}}, set()),
+        ({"type": "metric.sample", "data": {"level": "FATAL"}}, {"no-type"}),
+        ({"type": ["x"]}, set()),
+    ],
+)
+def test_candidates_are_found_by_type_then_by_a_pinned_value(event: dict[str, Any], names: set[str]) -> None:
+    """The index never leaves out a pattern whose conditions accept the event (the conditions
+    still run on what it finds)."""
+    from fabric.cep.matcher import Candidates, relevance
+    from fabric.cep.patterns import load_patterns
+
+    patterns = load_patterns(CANDIDATE_PATTERNS)
+    found = Candidates((p, p.name) for p in patterns)
+    assert set(found(event)) == names
+    assert {p.name for p in patterns if relevance(p)(event)} <= set(found(event))
