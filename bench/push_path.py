@@ -158,11 +158,13 @@ async def one_rate(env: BenchEnv, rate: int, seconds: float) -> dict[str, Any]:
 async def run(quick: bool = False) -> dict[str, Any]:
     broker = os.environ.get("BENCH_BROKER", "kafka")
     seconds = 3.0 if quick else 8.0
-    with BenchEnv(f"push_path-{broker}", broker=broker) as env:
+    fetch_wait = int(os.environ.get("BENCH_FETCH_WAIT_MS", "0"))  # 0: the broker's default
+    with BenchEnv(f"push_path-{broker}", broker=broker, fetch_max_wait_ms=fetch_wait) as env:
         if os.environ.get("BENCH_COMMIT_MS"):  # to see what the transactions' interval costs
             worker = env.settings.worker.model_copy(update={"commit_interval_ms": int(os.environ["BENCH_COMMIT_MS"])})
             env.settings = env.procs.settings = env.settings.model_copy(update={"worker": worker})
-        env.procs.start("worker")  # route, materialize and CEP (the bundled patterns)
+        stages = os.environ.get("BENCH_STAGES")  # e.g. route,materialize: what CEP costs the path
+        env.procs.start("worker", *(["--stages", stages] if stages else []))  # default: route, materialize, CEP
         env.procs.start("router")
         env.procs.wait_ready()
         rates = {str(rate): await one_rate(env, rate, seconds) for rate in (1000, 5000)}

@@ -234,8 +234,12 @@ class MaterializeStage(Stage):
             self._next_commit = now + 1.0
             await super().commit(batch)
 
+    def next_tick_ms(self) -> int:
+        loop_now = asyncio.get_running_loop().time()
+        return min(self.watermarks.due_in_ms(loop_now), max(1, int((self._next_tick - loop_now) * 1000)))
+
     async def tick(self) -> None:
-        """Four times a second, the watermarks; once a second, even without traffic: notice a
+        """Four times a second while records flow (once a second when idle), the watermarks; once a second, even without traffic: notice a
         flushed cache, mark it ready."""
         now = asyncio.get_running_loop().time()
         if self.consumer is None:

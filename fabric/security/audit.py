@@ -64,6 +64,7 @@ class AuditLog:
         self.seq = 0
         self._task: asyncio.Task[None] | None = None
         self._enc = msgspec.json.Encoder()
+        self._recorded = asyncio.Event()  # set by the first record after a flush
         self._allowed, self._denied = RECORDED.labels("allow"), RECORDED.labels("deny")
 
     def record(
@@ -76,6 +77,7 @@ class AuditLog:
         if len(self.pending) == self.limit:
             DROPPED.inc()
         self.pending.append(self._enc.encode(rec))
+        self._recorded.set()
         (self._allowed if decision == "allow" else self._denied).inc()
         self.seq += 1
 
@@ -93,12 +95,16 @@ class AuditLog:
 
     async def _flush_forever(self, every: float = 0.2) -> None:
         while True:
+            await self._recorded.wait()  # nothing to send: nothing to wake for
             await asyncio.sleep(every)
+            self._recorded.clear()
             try:
                 await self.flush()
             except (KafkaError, TimeoutError) as e:
                 log.warning("audit: cannot reach Kafka (%s); %d records waiting", e, len(self.pending))
                 await asyncio.sleep(1)
+            if self.pending:  # put back after a failure, or recorded during the flush
+                self._recorded.set()
 
     async def flush(self) -> None:
         batch = list(self.pending)

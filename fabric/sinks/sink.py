@@ -173,10 +173,13 @@ class Sink:
         trail: list[list[Any]] = []
         loop = asyncio.get_running_loop()
         last_flush = loop.time()
+        waiting = 0
         try:
             while not stop.is_set():
                 try:
-                    batch = await consumer.getmany(timeout_ms=200, max_records=s.clickhouse.batch_rows)
+                    # rows waiting are flushed on time; with none, a fetch returns when records come
+                    wait_ms = 200 if waiting else 1000
+                    batch = await consumer.getmany(timeout_ms=wait_ms, max_records=s.clickhouse.batch_rows)
                 except KafkaError as e:
                     log.warning("sink: %s", e)
                     await asyncio.sleep(1)
@@ -208,6 +211,7 @@ class Sink:
                     await _commit(consumer)
                     events, dead, trail = [], [], []
                     last_flush = loop.time()
+                    waiting = 0
                 elif not waiting:
                     last_flush = loop.time()
         finally:
