@@ -16,6 +16,7 @@ import asyncio
 import fcntl
 import logging
 import socket
+from collections import deque
 from pathlib import Path
 from typing import Any
 
@@ -208,7 +209,11 @@ class TransactionalStage(Stage):
 
     group = ""
     transactional_id: str | None = None
+    #: batches of records being handed to the producer at most; past that the stage waits
+    #: (a slow broker holds it back instead of growing memory)
+    MAX_SENDING = 16
     _in_txn = False
+    _sending: deque[asyncio.Task[None]]
     _txn_started = 0.0
     _deliveries: list[asyncio.Future[Any]]
     _txn_offsets: dict[TopicPartition, int]
@@ -216,6 +221,7 @@ class TransactionalStage(Stage):
     async def open_transactions(self, group: str) -> None:
         s = self.settings
         self.group = group
+        self._sending = deque()
         if s.kafka.transactions:
             self._slot = WorkerSlot.claim(s.data_dir / "run", self.stage)
             self.transactional_id = f"{group}.{socket.gethostname()}.{self._slot.number}"
@@ -244,14 +250,26 @@ class TransactionalStage(Stage):
             if not self._in_txn:
                 await self.producer.begin_transaction()
                 self._in_txn, self._txn_started = True, asyncio.get_running_loop().time()
-                self._deliveries, self._txn_offsets = [], {}
-            self._deliveries += await send_batches(self.producer, records)
+                self._deliveries, self._txn_offsets, self._sending = [], {}, deque()
+            # Handed over in the background, in order: aiokafka takes a partition's next batch
+            # only once the previous one is acknowledged (one in flight per partition with
+            # idempotence), so waiting here would stop the stage fetching for a broker round
+            # trip per batch. Failures surface below or at the commit (the transaction aborts).
+            previous = self._sending[-1] if self._sending else None
+            self._sending.append(asyncio.create_task(self._send_after(previous, records)))
             self._txn_offsets.update(offsets)
+            while self._sending and (len(self._sending) > self.MAX_SENDING or self._sending[0].done()):
+                await self._sending.popleft()
         except KafkaError:
             await self._abandon()
             raise
         if finish or self._txn_due():
             await self.finish_transaction()
+
+    async def _send_after(self, previous: asyncio.Task[None] | None, records: list[OutRecord]) -> None:
+        if previous is not None:
+            await previous  # keeps each partition's order (and fails with it)
+        self._deliveries += await send_batches(self.producer, records)
 
     def next_tick_ms(self) -> int:
         """An open transaction commits on time; otherwise nothing is due."""
@@ -269,6 +287,8 @@ class TransactionalStage(Stage):
         if not self._in_txn:
             return
         try:
+            while self._sending:
+                await self._sending.popleft()
             await asyncio.gather(*self._deliveries)
             if self._txn_offsets:
                 await self.producer.send_offsets_to_transaction(self._txn_offsets, self.group)
@@ -283,7 +303,10 @@ class TransactionalStage(Stage):
         timed out): a new producer with the same id starts clean; the stage rewinds to the
         committed offsets and handles those records again."""
         self._in_txn = False
-        self._deliveries, self._txn_offsets = [], {}
+        for t in self._sending:
+            t.cancel()
+        await asyncio.gather(*self._sending, return_exceptions=True)
+        self._deliveries, self._txn_offsets, self._sending = [], {}, deque()
         self.rewind_needed = True
         await self.producer.stop()
         await self._open_producer()
