@@ -10,8 +10,9 @@ running fabric (CEP on), timed at every place it can be seen, in one run, beside
 - **feed**: the change in the tenant's Redis feed (after the materializer's script);
 - **frame**: the WebSocket frame one subscriber receives.
 
-``python -m bench push_path [--quick]``; ``BENCH_BROKER=tansu`` for Tansu, ``BENCH_COMMIT_MS=N``
-for another transaction interval.
+``python -m bench push_path [--quick]``; ``BENCH_BROKER=tansu`` for Tansu; to see what a part
+costs: ``BENCH_COMMIT_MS=N`` (another transaction interval), ``BENCH_TRANSACTIONAL=0`` (no
+transactions), ``BENCH_STAGES=route,materialize`` (no CEP), ``BENCH_FETCH_WAIT_MS=N``.
 """
 
 from __future__ import annotations
@@ -160,6 +161,9 @@ async def run(quick: bool = False) -> dict[str, Any]:
     seconds = 3.0 if quick else 8.0
     fetch_wait = int(os.environ.get("BENCH_FETCH_WAIT_MS", "0"))  # 0: the broker's default
     with BenchEnv(f"push_path-{broker}", broker=broker, fetch_max_wait_ms=fetch_wait) as env:
+        if os.environ.get("BENCH_TRANSACTIONAL") == "0":  # to see what transactions cost the path
+            k = env.settings.kafka.model_copy(update={"transactional": False})
+            env.settings = env.procs.settings = env.settings.model_copy(update={"kafka": k})
         if os.environ.get("BENCH_COMMIT_MS"):  # to see what the transactions' interval costs
             worker = env.settings.worker.model_copy(update={"commit_interval_ms": int(os.environ["BENCH_COMMIT_MS"])})
             env.settings = env.procs.settings = env.settings.model_copy(update={"worker": worker})
