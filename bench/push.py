@@ -79,8 +79,12 @@ async def one(env: BenchEnv, subs: int, rate: int, seconds: float, offset: int) 
         await asyncio.sleep(0.1)
     router = env.procs.procs["router"].pid
     router_cpu = cpu_s(router)
+    # the rest of the box, to tell a slow router from a saturated machine
+    others = {p.name: p.pid() for p in env.stack.parts()} | {"worker": env.procs.procs["worker"].pid}
+    others_cpu = {n: cpu_s(pid) for n, pid in others.items() if pid}
     sent = await produce_at(env, rate, seconds, offset)
     router_cpu = cpu_s(router) - router_cpu
+    others_cores = {n: round((cpu_s(others[n]) - v) / seconds, 3) for n, v in others_cpu.items()}  # type: ignore[arg-type]
     while any(p.poll() is None for p in procs):
         await asyncio.sleep(0.2)
     parts = [json.loads(out.read_text()) for out in outs]
@@ -95,7 +99,7 @@ async def one(env: BenchEnv, subs: int, rate: int, seconds: float, offset: int) 
         "frames": frames, "changes_per_frame": round(received / frames, 2) if frames else None,
         "lagging_notices": sum(p["lagging_notices"] for p in parts),
         "changes_per_s": round(received / seconds), "frames_per_s": round(frames / seconds),
-        "router_cores": round(router_cpu / seconds, 3), "client_processes": clients,
+        "router_cores": round(router_cpu / seconds, 3), "client_processes": clients, "other_cores": others_cores,
         "client_cores": round(sum(p["cpu_s"] for p in parts) / listen, 3),
     }  # fmt: skip
     return res
@@ -119,7 +123,7 @@ async def run(quick: bool = False) -> dict[str, Any]:
                       f"p999 {res['p999_ms']} max {res['max_ms']} ms, delivered {res['received']}/{res['expected']} "
                       f"({res['changes_per_s']}/s in {res['frames_per_s']} frames/s), lagging notices "
                       f"{res['lagging_notices']}; router {res['router_cores']} cores, {res['client_processes']} client "
-                      f"processes {res['client_cores']} cores", flush=True)  # fmt: skip
+                      f"processes {res['client_cores']} cores; {res['other_cores']}", flush=True)  # fmt: skip
     for r in rows:
         r["config"] = f"{r['subscribers']} subs @ {r['rate']}/s"
     summary = {r["config"]: {"p50_ms": r["p50_ms"], "p99_ms": r["p99_ms"], "delivered": r["delivered_fraction"],

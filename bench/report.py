@@ -80,7 +80,8 @@ def fanout_rows(broker: str) -> list[Row]:
                 "", None, hundred["delivered_fraction"] == 1.0, f"{hundred['lagging_notices']} lagging notices"),
             Row("fan-out: 100 subs @ 1,000/s, p99", broker, "≤ 100 ms", hundred["p99_ms"], "ms", "", None,
                 _le(hundred["p99_ms"], 100), f"{hundred['client_processes']} client processes used "
-                f"{hundred['client_cores']} cores, the router {hundred['router_cores']}"),
+                f"{hundred['client_cores']} cores, the router {hundred['router_cores']}"
+                + "".join(f", {k} {v}" for k, v in hundred.get("other_cores", {}).items())),
         ]  # fmt: skip
     return rows
 

@@ -254,7 +254,11 @@ class WorkerSettings(_Part):
     batch_wait_ms: int = 5
     metrics_port: int = Field(8701, description="Prometheus port of the worker; 0 turns it off")
     log_level: str = "info"
-    checkpoint_every_s: float = Field(5.0, description="how often the CEP stage checkpoints its state")
+    checkpoint_every_s: float = Field(
+        5.0,
+        description="how often the CEP stage checkpoints its state, at least; a checkpoint that takes "
+        "long spaces the next (at most 1/20 of the time goes to them)",
+    )
     commit_interval_ms: int = Field(
         100,
         ge=1,

@@ -37,6 +37,7 @@ import orjson
 from aiokafka import TopicPartition
 from aiokafka.errors import KafkaError
 from aiokafka.partitioner import DefaultPartitioner
+from prometheus_client import Histogram
 
 from fabric.cep.checkpoint import Checkpoint
 from fabric.cep.clock import event_time_ms
@@ -62,6 +63,9 @@ log = logging.getLogger(__name__)
 
 #: headers of a keyed record: the patterns it is for, where it was first written, its time
 RUNS, SOURCE, TIME = "fabric_cep_runs", "fabric_cep_source", "fabric_cep_time"
+#: checkpoints may take this fraction of the time at most (1/20): a slow one spaces the next
+CHECKPOINT_SHARE = 20
+CHECKPOINT_SECONDS = Histogram("fabric_cep_checkpoint_seconds", "Time to snapshot the CEP state (on the event loop)")
 
 
 def load_pattern_file(path: Path | None) -> list[Pattern]:
@@ -274,6 +278,7 @@ class CepStage(TransactionalStage):
         self.source = PatternSource(settings, patterns, self._use)
         self.parts: dict[TopicPartition, _Part] = {}
         self._last_checkpoint = 0.0
+        self._checkpoint_wait = settings.worker.checkpoint_every_s
         self._looked_up: set[str] = set()  # pattern ids caught up on and still unknown
 
     def _use(self, patterns: list[Pattern]) -> None:
@@ -370,6 +375,7 @@ class CepStage(TransactionalStage):
         """Per partition: the matcher's state, the next offset (``processed``) and the one a
         restore reads again from (``offset``: events still waiting for the watermark are not
         in the state)."""
+        started = asyncio.get_running_loop().time()
         out = []
         for tp in tps:
             part = self.parts[tp]
@@ -379,14 +385,22 @@ class CepStage(TransactionalStage):
             oldest = part.matcher.replay_from().get((tp.topic, tp.partition), part.next)
             cp = Checkpoint(min(oldest, part.next), part.next, part.matcher.snapshot())
             out.append(OutRecord(self.settings.topic("cep-checkpoints"), self.checkpoint_key(tp).encode(), cp.encode()))
-        self._last_checkpoint = asyncio.get_running_loop().time()
+        # A snapshot runs on the event loop the other stages share: with a large state the
+        # next one waits long enough that snapshots take at most 1/CHECKPOINT_SHARE of the time.
+        now = asyncio.get_running_loop().time()
+        self._last_checkpoint = now
+        took = now - started
+        self._checkpoint_wait = max(self.settings.worker.checkpoint_every_s, took * CHECKPOINT_SHARE)
+        CHECKPOINT_SECONDS.observe(took)
         return out
+
+    def _checkpoint_due(self) -> bool:
+        return asyncio.get_running_loop().time() - self._last_checkpoint >= self._checkpoint_wait
 
     async def tick(self) -> None:
         """A checkpoint is due even without traffic when a partition moved since the last."""
         await super().tick()
-        due = asyncio.get_running_loop().time() - self._last_checkpoint >= self.settings.worker.checkpoint_every_s
-        if not due or all(p.next == p.saved for p in self.parts.values()):
+        if not self._checkpoint_due() or all(p.next == p.saved for p in self.parts.values()):
             return
         async with self.batch_lock:
             changed = [tp for tp, p in self.parts.items() if p.next != p.saved]
@@ -419,9 +433,8 @@ class CepStage(TransactionalStage):
             part.next = recs[-1].offset + 1
             EVENTS.labels("cep", "seen").inc(len(recs))
         records = self._records(outputs)
-        due = asyncio.get_running_loop().time() - self._last_checkpoint >= self.settings.worker.checkpoint_every_s
-        if due:
-            records += self._checkpoints(list(self.parts))
+        if self._checkpoint_due():  # the partitions that moved since their last checkpoint
+            records += self._checkpoints([tp for tp, p in self.parts.items() if p.next != p.saved])
         offsets = {tp: self.parts[tp].next for tp in batch if tp in self.parts}
         await self.produce(records, offsets)
 
