@@ -113,6 +113,9 @@ async def run(quick: bool = False) -> dict[str, Any]:
         env.procs.start("worker")
         env.procs.start("router")
         env.procs.wait_ready()
+        from bench.push_path import warm_up
+
+        await warm_up(env, 2000, 4.0 if quick else 15.0)
         offset = 0
         for rate in (1000, 5000):
             for subs in (1, 10, 100):
