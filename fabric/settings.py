@@ -274,6 +274,17 @@ class WorkerSettings(_Part):
     processor_options: dict[str, dict[str, Any]] = Field({}, description="options per processor name")
 
 
+class WorkflowSettings(_Part):
+    allowed_hosts: list[str] = Field(
+        [], description="hosts (a name, *.domain or a CIDR) target systems may be at; empty: none (the operator's list)"
+    )
+    max_running: int = Field(100, ge=1, description="runs one worker executes at once; more wait in the topic")
+    signature_header: str = Field("X-Fabric-Signature", description="the header HTTP actions carry their HMAC in")
+    remember_finished: int = Field(
+        100_000, ge=1000, description="finished runs per worker remembered in memory (the rest are in the changelog)"
+    )
+
+
 class Settings(BaseSettings):
     """Everything the fabric can be told, frozen after it is read."""
 
@@ -291,13 +302,14 @@ class Settings(BaseSettings):
     router: RouterSettings = RouterSettings()
     worker: WorkerSettings = WorkerSettings()
     security: SecuritySettings = SecuritySettings()
+    workflows: WorkflowSettings = WorkflowSettings()
 
     def to_env(self) -> dict[str, str]:
         """These settings as ``FABRIC_*`` variables, for a child process to read back."""
         env = {"FABRIC_DATA_DIR": str(self.data_dir), "FABRIC_SCHEMAS_DIR": str(self.schemas_dir),
                "FABRIC_MAX_EVENT_BYTES": str(self.max_event_bytes),
                "FABRIC_PATTERNS_FILE": str(self.patterns_file or "")}  # fmt: skip
-        for part in ("kafka", "redis", "clickhouse", "router", "worker", "security"):
+        for part in ("kafka", "redis", "clickhouse", "router", "worker", "security", "workflows"):
             dumped = getattr(self, part).model_dump(mode="json")
             for name, value in dumped.items():
                 value = getattr(getattr(self, part), name) if name.endswith("password") else value
