@@ -158,7 +158,9 @@ def _json_decoded(decoder: msgspec.json.Decoder[Any], value: Any, at: str = "") 
         reason, ptr = pointer_of(e, at)
         raise InvalidEvent(reason, ptr) from e
     except msgspec.DecodeError as e:
-        raise InvalidEvent(f"{at[1:] + ' is ' if at else ''}not valid JSON: {e}", at) from e
+        # msgspec >= 0.23 reports bad UTF-8 as a decode error, not a UnicodeDecodeError
+        problem = "not valid UTF-8" if "UTF-8" in str(e) else "not valid JSON"
+        raise InvalidEvent(f"{at[1:] + ' is ' if at else ''}{problem}: {e}", at) from e
     except RecursionError as e:
         raise InvalidEvent(f"{what} nested too deeply", at) from e
     except UnicodeDecodeError as e:
