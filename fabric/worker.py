@@ -25,7 +25,10 @@ from fabric.settings import Settings
 log = logging.getLogger(__name__)
 
 
-def run_worker(settings: Settings, stages: tuple[str, ...] = ("route", "materialize", "cep")) -> None:
+STAGES = ("route", "materialize", "cep", "workflows")
+
+
+def run_worker(settings: Settings, stages: tuple[str, ...] = STAGES) -> None:
     catalogue = Catalogue.load(settings.schemas_dir)
     schemas = SchemaService(settings, catalogue)  # first: stages start with every known schema version
     services: list[Any] = [schemas]
@@ -40,6 +43,12 @@ def run_worker(settings: Settings, stages: tuple[str, ...] = ("route", "material
         if patterns:  # keying and matching: see fabric.cep.stage
             services.append(KeyStage(settings, catalogue, patterns, follower=schemas.follower))
             services.append(CepStage(settings, catalogue, patterns, follower=schemas.follower))
+    if "workflows" in stages:
+        from fabric.workflows.source import WorkflowSource
+        from fabric.workflows.stage import TriggerStage, WorkflowStage
+
+        source = WorkflowSource(settings)
+        services += [source, TriggerStage(settings, catalogue, source), WorkflowStage(settings, catalogue, source)]
     if settings.worker.metrics_port:
         start_http_server(settings.worker.metrics_port, addr="127.0.0.1")
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())

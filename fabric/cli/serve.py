@@ -11,12 +11,12 @@ from fabric.cli.common import settings_of
 @click.command(
     help="Run the pipeline worker: batch loops on aiokafka under mode's service lifecycle (no Faust app). "
     "route: ingest -> decode, validate, enrich, processors -> typed topics (one Kafka transaction per batch); "
-    "materialize: typed topics -> Redis cache and change feed; cep: keying and matching -> composites."
+    "materialize: typed topics -> Redis cache and change feed; cep: keying and matching -> composites; workflows: events and composites -> runs in other systems."
 )
 @click.option(
-    "--stages", default="route,materialize,cep", show_default=True,
+    "--stages", default="route,materialize,cep,workflows", show_default=True, envvar="FABRIC_WORKER_STAGES",
     help="Comma-separated stages this process runs (route, materialize, cep: keying by correlation key and "
-    "matching; cep needs FABRIC_PATTERNS_FILE).",
+    "matching; cep needs FABRIC_PATTERNS_FILE; workflows: triggers and runs) [FABRIC_WORKER_STAGES].",
 )  # fmt: skip
 @click.pass_context
 def worker(ctx: click.Context, stages: str) -> None:

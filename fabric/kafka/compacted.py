@@ -54,6 +54,29 @@ async def read_compacted(s: Settings, topic: str) -> dict[str, bytes | None]:
     return out
 
 
+async def read_partitions(s: Settings, topic: str, partitions: list[int]) -> dict[str, tuple[int, bytes | None]]:
+    """Some partitions of a compacted topic read to their end now: the last value per key,
+    with the partition it is in."""
+    out: dict[str, tuple[int, bytes | None]] = {}
+    if not partitions:
+        return out
+    c = kafka.consumer(s)
+    await kafka.start(s, c)
+    try:
+        parts = [TopicPartition(topic, p) for p in partitions]
+        c.assign(parts)
+        await c.seek_to_beginning(*parts)
+        ends = await c.end_offsets(parts)
+        waiting = [tp for tp in parts if ends[tp] > 0]
+        while [tp for tp in waiting if await c.position(tp) < ends[tp]]:
+            for tp, recs in (await c.getmany(*waiting, timeout_ms=500)).items():
+                for r in recs:
+                    out[(r.key or b"").decode()] = (tp.partition, r.value or None)
+    finally:
+        await c.stop()
+    return out
+
+
 class Follower:
     """Applies every record of a compacted topic whose key starts with ``prefix`` (the
     prefix taken off), first all there is (``start``), then each new one (``run``)."""

@@ -34,7 +34,7 @@ def all_topics(s: Settings, catalogue: Catalogue) -> list[str]:
 
 
 #: topics that are tables: the last record per key is what counts, so Kafka keeps only that
-TABLES = ("registry", "cep-checkpoints")
+TABLES = ("registry", "cep-checkpoints", "workflow-state")
 
 
 def new_topic(s: Settings, name: str) -> NewTopic:

@@ -27,6 +27,14 @@ EVENT_COLUMNS = [
 AUDIT_COLUMNS = [
     "time", "tenant", "subject", "action", "resource", "decision", "reason", "trace_id", "origin", "seq",
 ]  # fmt: skip
+WORKFLOW_RUN_COLUMNS = [
+    "tenant", "run_id", "workflow", "version", "status", "reason", "trigger_id", "trigger_type",
+    "started", "ended", "updated", "phases",
+]  # fmt: skip
+WORKFLOW_STEP_COLUMNS = [
+    "tenant", "run_id", "workflow", "version", "phase", "step", "system", "action", "attempt", "outcome",
+    "error", "started", "ended", "duration_ms",
+]  # fmt: skip
 DLQ_COLUMNS = [
     "reason", "pointer", "error_class", "original", "headers", "source_topic",
     "source_partition", "source_offset", "failed_at", "topic", "partition", "offset",
@@ -55,6 +63,19 @@ def ddl(db: str) -> list[str]:
             resource String, decision LowCardinality(String), reason String, trace_id String,
             origin String, seq UInt64
         ) ENGINE = ReplacingMergeTree ORDER BY (tenant, time, origin, seq)""",
+        # a run's latest row wins (updated); a step has a row per attempt and outcome
+        f"""CREATE TABLE IF NOT EXISTS {db}.workflow_runs (
+            tenant String, run_id String, workflow String, version UInt32, status LowCardinality(String),
+            reason String, trigger_id String, trigger_type LowCardinality(String),
+            started DateTime64(3, 'UTC'), ended Nullable(DateTime64(3, 'UTC')), updated DateTime64(3, 'UTC'),
+            phases String
+        ) ENGINE = ReplacingMergeTree(updated) ORDER BY (tenant, run_id)""",
+        f"""CREATE TABLE IF NOT EXISTS {db}.workflow_steps (
+            tenant String, run_id String, workflow String, version UInt32, phase String, step String,
+            system LowCardinality(String), action LowCardinality(String), attempt UInt32,
+            outcome LowCardinality(String), error String, started DateTime64(3, 'UTC'),
+            ended DateTime64(3, 'UTC'), duration_ms UInt64
+        ) ENGINE = ReplacingMergeTree ORDER BY (tenant, run_id, step, attempt, outcome)""",
     ]
 
 

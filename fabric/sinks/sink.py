@@ -41,6 +41,8 @@ from fabric.sinks.clickhouse import (
     AUDIT_COLUMNS,
     DLQ_COLUMNS,
     EVENT_COLUMNS,
+    WORKFLOW_RUN_COLUMNS,
+    WORKFLOW_STEP_COLUMNS,
     Unavailable,
     connect,
     create_tables,
@@ -108,6 +110,27 @@ def audit_rows(rec: Any) -> list[list[Any]]:
     return rows
 
 
+def _ms(ms: int) -> datetime:
+    return datetime.fromtimestamp(ms / 1000, UTC)
+
+
+def workflow_row(rec: Any) -> tuple[str, list[Any]]:
+    """A ``workflow-history`` record as (table, row): a run's state or a step's attempt."""
+    h = orjson.loads(rec.value or b"")
+    if h["kind"] == "run":
+        return "workflow_runs", [
+            h["tenant"], h["run_id"], h["workflow"], h["version"], h["status"], h.get("reason", ""),
+            h.get("trigger_id", ""), h.get("trigger_type", ""), _ms(h["started_ms"]),
+            _ms(h["ended_ms"]) if h.get("ended_ms") else None, _ms(h["updated_ms"]),
+            orjson.dumps(h.get("phases", {})).decode(),
+        ]  # fmt: skip
+    return "workflow_steps", [
+        h["tenant"], h["run_id"], h["workflow"], h["version"], h["phase"], h["step"], h.get("system", ""),
+        h.get("action", ""), h["attempt"], h["outcome"], h.get("error", ""), _ms(h["started_ms"]),
+        _ms(h["ended_ms"]), max(0, h["ended_ms"] - h["started_ms"]),
+    ]  # fmt: skip
+
+
 def refused_row(table: str, row: list[Any], reason: str) -> list[Any]:
     """A DLQ row for a row ClickHouse refused; the row itself is kept as JSON."""
     cols = EVENT_COLUMNS if table == "events" else DLQ_COLUMNS
@@ -159,11 +182,11 @@ class Sink:
     async def run(self, stop: asyncio.Event) -> None:
         s = self.settings
         await ensure_topics(s, all_topics(s, self.catalogue))
-        dlq, audit = dlq_topic(s), s.topic("audit")
-        await ensure_topics(s, [audit])
+        dlq, audit, history = dlq_topic(s), s.topic("audit"), s.topic("workflow-history")
+        await ensure_topics(s, [audit, history])
         # rows wait up to flush_interval_s anyway: no need for Tansu's 5 ms fetch wait here
         consumer = kafka.consumer(
-            s, *typed_topics(s, self.catalogue), dlq, audit, group=f"{s.kafka.group_prefix}.sink", fetch_max_wait_ms=500
+            s, *typed_topics(s, self.catalogue), dlq, audit, history, group=f"{s.kafka.group_prefix}.sink", fetch_max_wait_ms=500
         )
         await kafka.start(s, consumer)
         follower = RegistryFollower(s, SchemaStore(self.catalogue))
@@ -171,6 +194,7 @@ class Sink:
         events: list[list[Any]] = []
         dead: list[list[Any]] = []
         trail: list[list[Any]] = []
+        flows: dict[str, list[list[Any]]] = {"workflow_runs": [], "workflow_steps": []}
         loop = asyncio.get_running_loop()
         last_flush = loop.time()
         waiting = 0
@@ -185,13 +209,20 @@ class Sink:
                     await asyncio.sleep(1)
                     continue
                 if follower.store.unknown_ids(
-                    r.value for tp, rs in batch.items() if tp.topic not in (audit, dlq) for r in rs
+                    r.value for tp, rs in batch.items() if tp.topic not in (audit, dlq, history) for r in rs
                 ):
                     await follower.catch_up()  # a schema version registered moments ago
                 for tp, recs in batch.items():
                     for r in recs:
                         if tp.topic == dlq:
                             dead.append(dlq_row(r))
+                            continue
+                        if tp.topic == history:
+                            try:
+                                table, row = workflow_row(r)
+                                flows[table].append(row)
+                            except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+                                dead.append(unreadable_row(r, f"sink could not read the workflow record: {e}"))
                             continue
                         if tp.topic == audit:
                             try:
@@ -203,31 +234,39 @@ class Sink:
                             events.append(event_row(r, self.catalogue))
                         except (InvalidEvent, KeyError, TypeError) as e:
                             dead.append(unreadable_row(r, f"sink could not read the typed record: {e}"))
-                waiting = len(events) + len(dead) + len(trail)
+                waiting = len(events) + len(dead) + len(trail) + sum(map(len, flows.values()))
                 if waiting and (
                     waiting >= s.clickhouse.batch_rows or loop.time() - last_flush >= s.clickhouse.flush_interval_s
                 ):
-                    await self._flush(events, dead, trail)
+                    await self._flush(events, dead, trail, flows)
                     await _commit(consumer)
                     events, dead, trail = [], [], []
+                    flows = {"workflow_runs": [], "workflow_steps": []}
                     last_flush = loop.time()
                     waiting = 0
                 elif not waiting:
                     last_flush = loop.time()
         finally:
-            if events or dead or trail:
-                await self._flush(events, dead, trail)
+            if events or dead or trail or any(flows.values()):
+                await self._flush(events, dead, trail, flows)
                 await _commit(consumer)
             await consumer.stop()
             await follower.stop()
 
-    async def _flush(self, events: list[list[Any]], dead: list[list[Any]], trail: list[list[Any]]) -> None:
+    async def _flush(
+        self, events: list[list[Any]], dead: list[list[Any]], trail: list[list[Any]],
+        flows: dict[str, list[list[Any]]] | None = None,
+    ) -> None:  # fmt: skip
         if events:
             await self._insert("events", events, EVENT_COLUMNS)
         if dead:
             await self._insert("dlq", dead, DLQ_COLUMNS)
         if trail:
             await self._insert("audit", trail, AUDIT_COLUMNS)
+        for table, rows in (flows or {}).items():
+            if rows:
+                cols = WORKFLOW_RUN_COLUMNS if table == "workflow_runs" else WORKFLOW_STEP_COLUMNS
+                await self._insert(table, rows, cols)
 
 
 async def _commit(consumer: Any) -> None:

@@ -347,8 +347,9 @@ def _check_templates(spec: WorkflowSpec) -> None:
                                                 f"template {{{{ {expr} }}}}: step {sid!r} has no result yet here")  # fmt: skip
 
 
-def load_workflows(text: str, origin: str = "workflows") -> list[Workflow]:
-    """Workflows from YAML: one document, a list, or ``{workflows: [...]}``."""
+def read_workflows(text: str, origin: str = "workflows") -> list[tuple[Workflow, dict[str, Any]]]:
+    """Workflows from YAML (one document, a list, or ``{workflows: [...]}``), each checked,
+    with the document as written (what the registry keeps)."""
     try:
         doc = yaml.safe_load(text)
     except yaml.YAMLError as e:
@@ -358,9 +359,14 @@ def load_workflows(text: str, origin: str = "workflows") -> list[Workflow]:
     docs = doc if isinstance(doc, list) else [doc]
     if not all(isinstance(d, dict) for d in docs):
         raise ConfigError(f"{origin}: a workflow is a mapping (name, triggers, phases)")
-    out = [compile_workflow(d) for d in docs]
-    names = [w.name for w in out]
+    out = [(compile_workflow(d), d) for d in docs]
+    names = [w.name for w, _ in out]
     dup = next((n for n in names if names.count(n) > 1), None)
     if dup:
         raise ConfigError(f"{origin}: workflow {dup!r} is defined twice")
     return out
+
+
+def load_workflows(text: str, origin: str = "workflows") -> list[Workflow]:
+    """Workflows from YAML, checked (see ``read_workflows``)."""
+    return [w for w, _ in read_workflows(text, origin)]
