@@ -11,7 +11,7 @@ import sys
 
 import click
 
-from fabric.cli import audit, dev, mcp, patterns, policies, provider, query, registry, run, serve, token
+from fabric.cli import audit, dev, mcp, patterns, policies, provider, query, registry, run, serve, token, workflows
 from fabric.errors import FabricError
 from fabric.settings import load_settings
 
@@ -58,3 +58,5 @@ main.add_command(audit.audit)
 main.add_command(mcp.mcp)
 main.add_command(provider.provider)
 main.add_command(registry.registry)
+main.add_command(workflows.workflows)
+main.add_command(workflows.systems)

@@ -186,7 +186,13 @@ class Sink:
         await ensure_topics(s, [audit, history])
         # rows wait up to flush_interval_s anyway: no need for Tansu's 5 ms fetch wait here
         consumer = kafka.consumer(
-            s, *typed_topics(s, self.catalogue), dlq, audit, history, group=f"{s.kafka.group_prefix}.sink", fetch_max_wait_ms=500
+            s,
+            *typed_topics(s, self.catalogue),
+            dlq,
+            audit,
+            history,
+            group=f"{s.kafka.group_prefix}.sink",
+            fetch_max_wait_ms=500,
         )
         await kafka.start(s, consumer)
         follower = RegistryFollower(s, SchemaStore(self.catalogue))

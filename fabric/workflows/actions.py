@@ -129,13 +129,17 @@ class Actions:
         except BaseExceptionGroup as eg:  # the SDK's task groups wrap transport errors
             first = eg.exceptions[0] if eg.exceptions else eg
             if isinstance(first, httpx.HTTPStatusError) and first.response.status_code in (401, 403):
-                raise StepFailed("rejected", f"{system.id} refused the credentials ({first.response.status_code})") from None
+                raise StepFailed(
+                    "rejected", f"{system.id} refused the credentials ({first.response.status_code})"
+                ) from None
             raise StepFailed("unavailable", f"{system.id} unreachable: {type(first).__name__}: {first}") from None
         return tool_result(system.id, tool, result)
 
     async def kafka_record(self, topic: str, key: str | None, value: Any, idem: str) -> Any:
         if topic.startswith(self.own_prefix):
-            raise StepFailed("refused", f"topic {topic!r} is one of the fabric's own (events go in with an event action)")
+            raise StepFailed(
+                "refused", f"topic {topic!r} is one of the fabric's own (events go in with an event action)"
+            )
         meta = await self.producer.send_and_wait(
             topic, orjson.dumps(value), key=key.encode() if key is not None else None,
             headers=[("idempotency-key", idem.encode())],

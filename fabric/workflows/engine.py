@@ -289,7 +289,9 @@ class Engine:
                 except StepFailed as e:
                     self.hooks.attempt(state, ss, attempt, "compensation_failed", str(e), t0, now_ms())
                     if e.kind in step.retry.on and attempt < step.retry.max_attempts:
-                        await self.sleep(backoff_ms(attempt, step.retry.backoff, step.retry.max_backoff, self.rnd) / 1000)
+                        await self.sleep(
+                            backoff_ms(attempt, step.retry.backoff, step.retry.max_backoff, self.rnd) / 1000
+                        )
                         continue
                     ss.compensation, ss.compensation_error = Status.FAILED, str(e)
                     break

@@ -132,7 +132,10 @@ class TriggerStage(Stage):
                 for wf, doc in self.source.of(str(ev.get("tenant", ""))):
                     if not wf.spec.enabled or not wf.triggered_by(ev):
                         continue
-                    if str(ev.get("type", "")).startswith("workflow.") and ev.get("data", {}).get("workflow") == wf.name:
+                    if (
+                        str(ev.get("type", "")).startswith("workflow.")
+                        and ev.get("data", {}).get("workflow") == wf.name
+                    ):
                         continue  # a workflow's own outcome never starts it again
                     rid = run_id(ev["tenant"], wf.name, wf.spec.version, str(ev.get("id", "")))
                     state = RunState(rid, ev["tenant"], wf.name, wf.spec.version, doc, ev)
