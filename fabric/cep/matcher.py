@@ -304,6 +304,13 @@ class PatternRun:
         moved = self.st.clock.heard(part, time_ms, now_ms)
         return self.advance_to(moved) if moved is not None else []
 
+    def quiet(self, now_ms: int) -> list[Output]:
+        """No records for a while: a partition gone quiet stops holding the watermark back."""
+        if self.p.time == "processing":
+            return self.fire_until(now_ms)
+        moved = self.st.clock.quiet(now_ms)
+        return self.advance_to(moved) if moved is not None else []
+
     def advance_to(self, watermark: int) -> list[Output]:
         """Move the watermark forward: apply buffered events up to it, then fire due timers."""
         if watermark <= self.st.clock.value:
@@ -626,6 +633,23 @@ class Matcher:
         out = []
         for run in self.runs.values():
             out += run.observe(part, time_ms, now)
+        return out
+
+    def quiet(self) -> list[Output]:
+        """Called when no records came for a while: partitions that went quiet stop holding
+        the watermark back, and what waited for them is released."""
+        now = self.clock.now_ms()
+        if self.shared:
+            moved = self.base.quiet(now)
+            if moved is not None:
+                self.base.value = moved
+            out = self._release()
+            for run in self._processing:
+                out += run.fire_until(now)
+            return out
+        out = []
+        for run in self.runs.values():
+            out += run.quiet(now)
         return out
 
     def advance_to(self, watermark_ms: int) -> list[Output]:

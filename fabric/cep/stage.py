@@ -398,13 +398,22 @@ class CepStage(TransactionalStage):
         return asyncio.get_running_loop().time() - self._last_checkpoint >= self._checkpoint_wait
 
     async def tick(self) -> None:
-        """A checkpoint is due even without traffic when a partition moved since the last."""
+        """Between batches: source partitions that went quiet stop holding the watermark
+        back (what waited for them is matched now, not at the next record), and a
+        checkpoint is due even without traffic when a partition moved since the last."""
         await super().tick()
-        if not self._checkpoint_due() or all(p.next == p.saved for p in self.parts.values()):
-            return
         async with self.batch_lock:
+            outputs: list[Output] = []
+            for part in self.parts.values():
+                out = part.matcher.quiet()
+                if out and part.next >= part.silent_until:
+                    outputs += out
+            records = self._records(outputs)
             changed = [tp for tp, p in self.parts.items() if p.next != p.saved]
-            await self.produce(self._checkpoints(changed), self._offsets(changed))
+            if changed and self._checkpoint_due():
+                records += self._checkpoints(changed)
+            if records:
+                await self.produce(records, self._offsets(changed))
 
     async def handle(self, batch: dict[Any, list[Any]]) -> None:
         await self._know_patterns(batch)

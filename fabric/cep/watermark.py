@@ -2,7 +2,8 @@
 
 The watermark is the smallest, over the partitions seen, of the newest event time,
 minus the pattern's allowed lateness. A partition that sent nothing for ``IDLE_MS``
-(processing time) stops holding it back.
+(processing time) stops holding it back: on its next event, or when ``quiet`` is asked
+(the stage asks every second, so a burst followed by silence is not held back forever).
 """
 
 from __future__ import annotations
@@ -38,5 +39,17 @@ class PartitionWatermark:
         if newest is None or newest[0] <= self._base or now_ms - self._base_at >= 1000:
             active = [t for t, heard in self.seen.values() if now_ms - heard <= IDLE_MS]
             self._base, self._base_at = min(active or [time_ms]), now_ms
+        wm = self._base - self.lateness_ms
+        return wm if wm > self.value else None
+
+    def quiet(self, now_ms: int) -> int | None:
+        """Processing time has passed without records: the new watermark if a partition
+        holding it back has gone quiet since (None if nothing moves)."""
+        active = [t for t, heard in self.seen.values() if now_ms - heard <= IDLE_MS]
+        if not active:  # every partition is quiet: the newest one seen stands
+            active = [max(t for t, _ in self.seen.values())] if self.seen else []
+        if not active or min(active) <= self._base:
+            return None
+        self._base, self._base_at = min(active), now_ms
         wm = self._base - self.lateness_ms
         return wm if wm > self.value else None

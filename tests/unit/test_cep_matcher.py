@@ -280,6 +280,23 @@ def test_a_quiet_partition_stops_holding_the_watermark_back() -> None:
     assert m.runs["deploy-then-error-burst"].watermark == 99_000
 
 
+def test_silence_after_a_burst_releases_what_waited_for_a_quiet_partition() -> None:
+    """No record comes after the burst: asking ``quiet`` (the stage does, every second)
+    lets the partition that went quiet stop holding the watermark back."""
+    for keyed in (False, True):
+        clock = ManualClock(0)
+        m = Matcher(load_patterns(agg("{kind: sliding, size: 10m}")), clock=clock)
+        runs = ["agg"] if keyed else None
+        m.process(ev("log.entry", 0, service="a"), Position("ctx.log", 2, 0), runs=runs)
+        out = []
+        for i in range(3):
+            out += m.process(ev("log.entry", 10 + i, service="b"), Position("ctx.log", 1, i), runs=runs)
+        assert composites(out) == [] and composites(m.quiet()) == []  # partition 2 was heard just now
+        clock.advance(11_000)
+        fired = composites(m.quiet())
+        assert [c.key for c in fired] == ["t|b"] and composites(m.quiet()) == []
+
+
 def test_tenants_never_share_a_match() -> None:
     events = [ev("deploy.finished", 0, service="api", tenant="a")] + [
         ev("log.entry", 1 + i, service="api", level="ERROR", tenant="b") for i in range(3)
