@@ -24,6 +24,7 @@ import yaml
 from fabric import kafka
 from fabric.dev.procs import free_port
 from fabric.dev.stack import Stack
+from fabric.events.headers import CACHE_JSON
 from fabric.kafka.topics import partitions_of
 from fabric.settings import Settings
 from fabric.sinks.query import query
@@ -185,8 +186,8 @@ async def outcomes(s: Settings) -> list[dict[str, Any]]:
             for recs in (await c.getmany(timeout_ms=500)).values():
                 for r in recs:
                     h = dict(r.headers or ())
-                    if "fabric_json" in h:
-                        out.append(orjson.loads(h["fabric_json"]))
+                    if CACHE_JSON in h:
+                        out.append(orjson.loads(h[CACHE_JSON]))
     finally:
         await c.stop()
     return out
