@@ -26,6 +26,7 @@ from fabric.router.registry_api import ROUTES as registry_routes
 from fabric.router.runtime import open_state
 from fabric.router.state import caller, state_of
 from fabric.router.subscribe import subscribe
+from fabric.router.workflows_api import workflow_run, workflow_runs
 from fabric.security.tokens import dev_jwks
 from fabric.settings import Settings
 
@@ -122,6 +123,8 @@ def create_app(settings: Settings) -> FrontDoor:
         Route("/v1/composites", list_composites, methods=["GET"]),
         Route("/v1/audit", audit_records, methods=["GET"]),
         Route("/v1/audit/report", audit_report, methods=["GET"]),
+        Route("/v1/workflows/runs", workflow_runs, methods=["GET"]),
+        Route("/v1/workflows/runs/{run_id}", workflow_run, methods=["GET"]),
         Route("/v1/events", post_events, methods=["POST"]),
         WebSocketRoute("/v1/subscribe", subscribe),
         Route("/metrics", metrics, methods=["GET"]),

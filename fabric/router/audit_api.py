@@ -25,14 +25,15 @@ from fabric.sinks.query import query
 _enc = msgspec.json.Encoder()
 
 
-async def _rows(request: Request, sql: str) -> list[dict[str, Any]]:
+async def store_rows(request: Request, sql: str, what: str = "the audit store") -> list[dict[str, Any]]:
+    """Rows of a ClickHouse query as dicts (503 while ``what`` cannot be read)."""
     st = state_of(request)
     try:
         cols, rows = await asyncio.to_thread(query, st.settings, sql, False)
     except BackendUnavailable as e:
-        raise HTTPProblem(503, f"the audit store is unavailable: {e}", {"Retry-After": "5"}) from None
+        raise HTTPProblem(503, f"{what} is unavailable: {e}", {"Retry-After": "5"}) from None
     except FabricError as e:
-        raise HTTPProblem(503, f"the audit store did not answer: {e}", {"Retry-After": "5"}) from None
+        raise HTTPProblem(503, f"{what} did not answer: {e}", {"Retry-After": "5"}) from None
     return [dict(zip(cols, (str(v) if not isinstance(v, int | float | str) else v for v in r), strict=True))
             for r in rows]  # fmt: skip
 
@@ -50,7 +51,7 @@ async def audit_records(request: Request) -> Response:
         raise HTTPProblem(400, "limit must be a number") from None
     except FabricError as e:
         raise HTTPProblem(400, str(e)) from None
-    records = await _rows(request, sql)
+    records = await store_rows(request, sql)
     st.gate.record_allowed(who, "audit.read", "audit", trace, f"{len(records)} records")
     return Response(_enc.encode({"records": records}), media_type="application/json")
 
@@ -66,6 +67,6 @@ async def audit_report(request: Request) -> Response:
         raise HTTPProblem(400, str(e)) from None
     out: dict[str, Any] = {"tenant": who.tenant, "since": since}
     for name, sql in parts.items():
-        out[name] = await _rows(request, sql)
+        out[name] = await store_rows(request, sql)
     st.gate.record_allowed(who, "audit.read", "audit/report", trace)
     return Response(_enc.encode(out), media_type="application/json")

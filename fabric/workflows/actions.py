@@ -176,8 +176,8 @@ async def publish_event(
     producer: AIOKafkaProducer, topic: str, run: RunState, etype: str, subject: str, data: dict[str, Any], event_id: str
 ) -> None:
     """An event of the run's tenant into ``ctx.ingest`` (it is validated and routed as any other)."""
-    now = int(time.time() * 1000)
+    now = time.time_ns() // 1000  # the sequence in microseconds, as the router stamps it
     body = {"id": event_id, "specversion": "1.0", "source": f"fabric://workflows/{run.workflow}", "type": etype,
-            "subject": subject, "tenant": run.tenant, "time": iso_ms(now), "sequence": now,
+            "subject": subject, "tenant": run.tenant, "time": iso_ms(now // 1000), "sequence": now,
             "correlationid": run.run_id, "data": data}  # fmt: skip
     await producer.send_and_wait(topic, orjson.dumps(body), key=f"{run.tenant}/{subject}".encode())

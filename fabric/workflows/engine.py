@@ -47,7 +47,7 @@ class Hooks(Protocol):
     ) -> Any:
         """Perform the action with its rendered body; raises StepFailed."""
 
-    def refusal(self, state: RunState, step: StepSpec, action: ActionSpec, body: Any, system: System | None) -> str:
+    def refusal(self, state: RunState, step: StepSpec, action: ActionSpec, template: Any, system: System | None) -> str:
         """Why the access rules keep this action from running ('' when they allow it)."""
 
     def audit(self, state: RunState, step: str, system: str, decision: str, outcome: str) -> None: ...
@@ -233,11 +233,12 @@ class Engine:
         system = self.system_of(state.tenant, action.system) if action.system else None
         if action.system and system is None:
             raise StepFailed("rejected", f"no system {action.system!r} is registered for tenant {state.tenant!r}")
+        template = getattr(action, action.kind).model_dump(exclude_none=True)
         try:
-            body = render(getattr(action, action.kind).model_dump(exclude_none=True), state.context())
+            body = render(template, state.context())
         except TemplateError as e:
             raise StepFailed("rejected", str(e)) from None
-        why = self.hooks.refusal(state, step, action, body, system)
+        why = self.hooks.refusal(state, step, action, template, system)  # what it reads, before rendering
         target = action.system or action.kind
         if why:
             self.hooks.audit(state, step_id, target, "deny", why)

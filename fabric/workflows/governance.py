@@ -21,19 +21,23 @@ from fabric.workflows.templates import names_trigger
 KAFKA_LEVEL = LEVEL["internal"]
 
 
-def carried_level(step: StepSpec, body: Any, trigger: dict[str, Any]) -> int:
+def carried_level(step: StepSpec, template: Any, trigger: dict[str, Any]) -> int:
+    """The most sensitive context the step sends: its own level, and the trigger's when
+    any template of the action (as written, before rendering) reads the trigger."""
     level = LEVEL[step.sensitivity]
-    if names_trigger(body):
+    if names_trigger(template):
         level = max(level, LEVEL.get(str(trigger.get("sensitivity", "internal")), LEVEL["internal"]))
     return level
 
 
-def refusal(state: RunState, step: StepSpec, action: ActionSpec, body: Any, system: System | None) -> str:
-    """Why this action may not run ('' when it may)."""
+def refusal(state: RunState, step: StepSpec, action: ActionSpec, template: Any, system: System | None) -> str:
+    """Why this action may not run ('' when it may); ``template`` is the action as written."""
     if action.kind == "event":
         return ""
-    level = carried_level(step, body, state.trigger)
-    allowed, target = (system.level, system.id) if system is not None else (KAFKA_LEVEL, f"topic {body.get('topic')}")
+    level = carried_level(step, template, state.trigger)
+    allowed, target = (
+        (system.level, system.id) if system is not None else (KAFKA_LEVEL, f"topic {template.get('topic')}")
+    )
     if level > allowed:
         return (f"step {step.id} would carry {LEVELS[level]} context to {target}, "
                 f"whose security level is {LEVELS[allowed]}")  # fmt: skip

@@ -348,15 +348,19 @@ def _check_templates(spec: WorkflowSpec) -> None:
 
 
 def read_workflows(text: str, origin: str = "workflows") -> list[tuple[Workflow, dict[str, Any]]]:
-    """Workflows from YAML (one document, a list, or ``{workflows: [...]}``), each checked,
-    with the document as written (what the registry keeps)."""
+    """Workflows from YAML (documents separated by ``---``, each one workflow, a list, or
+    ``{workflows: [...]}``), each checked, with the document as written (what the registry keeps)."""
     try:
-        doc = yaml.safe_load(text)
+        streamed = [d for d in yaml.safe_load_all(text) if d is not None]
     except yaml.YAMLError as e:
         raise ConfigError(f"{origin}: not YAML: {e}") from None
-    if isinstance(doc, dict) and "workflows" in doc:
-        doc = doc["workflows"]
-    docs = doc if isinstance(doc, list) else [doc]
+    docs: list[Any] = []
+    for doc in streamed:
+        if isinstance(doc, dict) and "workflows" in doc:
+            doc = doc["workflows"]
+        docs += doc if isinstance(doc, list) else [doc]
+    if not docs:
+        raise ConfigError(f"{origin}: no workflow in it")
     if not all(isinstance(d, dict) for d in docs):
         raise ConfigError(f"{origin}: a workflow is a mapping (name, triggers, phases)")
     out = [(compile_workflow(d), d) for d in docs]

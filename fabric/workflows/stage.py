@@ -196,8 +196,8 @@ class StageHooks:
             STEP_SECONDS.labels(action.kind, outcome).observe(asyncio.get_running_loop().time() - t0)
             OPEN_CIRCUITS.set(len(self.stage.breakers.open()))
 
-    def refusal(self, state: RunState, step: StepSpec, action: ActionSpec, body: Any, system: System | None) -> str:
-        return governance.refusal(state, step, action, body, system)
+    def refusal(self, state: RunState, step: StepSpec, action: ActionSpec, template: Any, system: System | None) -> str:
+        return governance.refusal(state, step, action, template, system)
 
     def audit(self, state: RunState, step: str, system: str, decision: str, outcome: str) -> None:
         self.stage.audit.record(

@@ -13,7 +13,17 @@ from fabric.events.envelope import Envelope
 from fabric.events.schemas import avro_to_json_schema
 from fabric.router.edge import EdgeValidator
 
-CONTEXT_TYPES = ["PageDSL", "BPMN", "SQLSchema", "LogEntry", "Metric", "DocChunk", "SaaSRecord", "Composite", "Workflow"]
+CONTEXT_TYPES = [
+    "PageDSL",
+    "BPMN",
+    "SQLSchema",
+    "LogEntry",
+    "Metric",
+    "DocChunk",
+    "SaaSRecord",
+    "Composite",
+    "Workflow",
+]
 
 
 def test_every_context_type_has_avro_json_schema_and_msgspec_type(catalogue: Catalogue) -> None:

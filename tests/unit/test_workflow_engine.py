@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from fabric.workflows import governance
 from fabric.workflows.actions import StepFailed
 from fabric.workflows.breaker import Breakers
 from fabric.workflows.engine import Engine
@@ -42,9 +43,10 @@ ORDER: dict[str, Any] = {
 }  # fmt: skip
 
 SYSTEMS = {
-    sid: parse_system({"system": {"id": sid, "kind": kind, "endpoint": "http://127.0.0.1:1", "security_level": lvl}},
-                      "acme")  # fmt: skip
-    for sid, kind, lvl in (("crm", "http", "confidential"), ("erp", "mcp", "internal"), ("wms", "http", "public"))
+    sid: parse_system(
+        {"system": {"id": sid, "kind": kind, "endpoint": "http://127.0.0.1:1", "security_level": lvl}}, "acme"
+    )
+    for sid, kind, lvl in (("crm", "http", "confidential"), ("erp", "mcp", "internal"), ("wms", "http", "internal"))
 }
 
 
@@ -77,10 +79,8 @@ class Recorder:
             raise asyncio.CancelledError  # the worker dies after the call, before recording it
         return answer
 
-    def refusal(self, state: RunState, step: StepSpec, action: ActionSpec, body: Any, system: System | None) -> str:
-        if system is not None and system.level < 2 and state.trigger.get("sensitivity") == "restricted":
-            return f"step {step.id} would carry restricted context to {system.id}"
-        return ""
+    def refusal(self, state: RunState, step: StepSpec, action: ActionSpec, template: Any, system: System | None) -> str:
+        return governance.refusal(state, step, action, template, system)  # the real rules: pure logic
 
     def audit(self, state: RunState, step: str, system: str, decision: str, outcome: str) -> None:
         self.audits.append((step, system, decision, outcome))
@@ -166,8 +166,9 @@ async def test_a_resumed_run_does_not_redo_finished_steps_and_reuses_the_key() -
 async def test_restricted_context_is_refused_for_a_low_security_system_and_audited() -> None:
     rec = Recorder()
     state = await engine(rec).run(new_run(sensitivity="restricted"))
-    assert state.status is Status.FAILED and "restricted context to erp" in state.reason
-    assert ("stock", "erp", "deny", "step stock would carry restricted context to erp") in rec.audits
+    assert state.status is Status.FAILED and "would carry restricted context to" in state.reason
+    why = "step stock would carry restricted context to erp, whose security level is internal"
+    assert ("stock", "erp", "deny", why) in rec.audits
     assert "check_stock" not in [c[0] for c in rec.calls]
 
 
