@@ -17,7 +17,7 @@ import uvloop
 #: measured on each broker (BENCH_BROKER)
 PER_BROKER = ["push_path", "push", "worker", "pull"]
 ALL = [*PER_BROKER, "cep", "idle", "report"]
-OTHERS = ["ingest", "mcp", "abuse", "brokers", "cep_scale"]
+OTHERS = ["ingest", "mcp", "abuse", "brokers", "cep_scale", "workflows"]
 
 
 def main() -> None:

@@ -22,6 +22,7 @@ import orjson
 import websockets
 
 from fabric import kafka
+from fabric.demo_reactions import Desk, reactions
 from fabric.providers.sdk import Provider
 from fabric.settings import Settings
 from fabric.testing import bearer
@@ -84,19 +85,28 @@ async def _watch(
 
 
 async def scenario(settings: Settings, router_url: str, live_seconds: float = 0.0) -> int:
-    """Replay the scenario; returns 0 when every step was observed, 1 otherwise."""
+    """Replay the scenario; returns 0 when every step was observed, 1 otherwise. The
+    reaction (``fabric.demo_reactions``) runs beside it: a ticket desk and an ops MCP
+    server, and the workflow the latency-SLO composite starts."""
+    async with reactions(settings, TENANT) as desk:
+        _say("reactions: ticket desk (HTTP) and ops (MCP) on loopback; workflow latency-incident "
+             "starts on composite.latency-slo-breach")  # fmt: skip
+        return await _scenario(settings, router_url, live_seconds, desk)
+
+
+async def _scenario(settings: Settings, router_url: str, live_seconds: float, desk: Desk) -> int:
     ws_url = router_url.replace("http", "ws", 1) + "/v1/subscribe"
     pushes: list[dict[str, Any]] = []
     other_tenant: list[dict[str, Any]] = []
     r1, r2 = asyncio.Event(), asyncio.Event()
     watchers = [
         asyncio.create_task(
-            _watch(settings, ws_url, TENANT, ["page.*", "schema.*", "saas.*", "composite.*"], pushes, r1)
+            _watch(settings, ws_url, TENANT, ["page.*", "schema.*", "saas.*", "composite.*", "workflow.*"], pushes, r1)
         ),
         asyncio.create_task(_watch(settings, ws_url, "globex", ["*"], other_tenant, r2)),
     ]
     await asyncio.wait_for(asyncio.gather(r1.wait(), r2.wait()), 10)
-    _say("copilot subscribed: tenant acme to page.* schema.* saas.* composite.*; tenant globex to *")
+    _say("copilot subscribed: tenant acme to page.* schema.* saas.* composite.* workflow.*; tenant globex to *")
     http = httpx.AsyncClient(base_url=router_url, headers=bearer(settings, TENANT), timeout=10)
 
     # Sequences start from this run's clock, so a second `make run` on the same data dir (Kafka
@@ -177,7 +187,7 @@ async def scenario(settings: Settings, router_url: str, live_seconds: float = 0.
                  f"the newest), as_of {body['as_of']}, age {body['age_ms']} ms, quality {body.get('quality')}")  # fmt: skip
         else:
             _say("pull PageDSL/orders-list: not materialized within 30 s (is the worker running?)")
-        for p in [p for p in pushes if not p["type"].startswith("composite.")][:6]:
+        for p in [p for p in pushes if not p["type"].startswith(("composite.", "workflow."))][:6]:
             _say(f"  push -> {p['type']:<22} {p['subject']:<16} seq {p['sequence']}")
         _say(f"tenant globex received {len(other_tenant)} pushes (isolation)")
         r = await http.get("/v1/contexts/SaaSRecord/A-1042")
@@ -208,7 +218,7 @@ async def scenario(settings: Settings, router_url: str, live_seconds: float = 0.
         # and the CEP patterns report what they see (composite.* pushes)
         started, i = time.monotonic(), 100
         flow: Counter[str] = Counter()
-        shown = 0
+        shown = reacted = 0
         while time.monotonic() - started < live_seconds:
             latency = random.uniform(700, 1200) if (i // 10) % 4 == 3 else random.uniform(80, 400)
             burst = [metric_event(i, latency)] + [
@@ -226,6 +236,17 @@ async def scenario(settings: Settings, router_url: str, live_seconds: float = 0.
                 d = c["event"]["data"]
                 _say(f"  COMPOSITE {c['type']} on {d['key']}: {len(d['events'])} events, {d['aggregates']}")
             shown = len(found)
+            told = [p for p in pushes if p["type"].startswith("workflow.") or p["type"] == "saas.incident.opened"]
+            for p in told[reacted:]:
+                d = p["event"]["data"]
+                if p["type"] == "saas.incident.opened":
+                    f = d["fields"]
+                    _say(f"  INCIDENT {d['record_id']} for {f['service']} (last deploy {f['last_deploy']} "
+                         f"by {f['deployed_by']}), in the fabric as SaaSRecord/{p['subject']}")  # fmt: skip
+                else:
+                    _say(f"  WORKFLOW {p['type']} {d['workflow']} run {d['run_id']}: {d['status']} "
+                         f"in {d['duration_ms']} ms, steps {d['steps']} {d['reason']}".rstrip())  # fmt: skip
+            reacted = len(told)
             await asyncio.sleep(2)
         return 0 if ok and not other_tenant else 1
     finally:

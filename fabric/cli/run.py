@@ -22,6 +22,8 @@ def run(ctx: click.Context, duration: float | None) -> None:
     from fabric.demo import scenario
 
     s = settings_of(ctx)
+    if not s.workflows.allowed_hosts:  # the demo's reaction calls systems it starts on loopback
+        s = s.model_copy(update={"workflows": s.workflows.model_copy(update={"allowed_hosts": ["127.0.0.1"]})})
     # Ctrl-C and a supervisor's SIGTERM both stop everything this command started, even
     # when it was launched with SIGINT ignored (as background jobs of a script are).
     signal.signal(signal.SIGINT, signal.default_int_handler)

@@ -1,5 +1,5 @@
 """``fabric workflows apply FILE | list | remove NAME | runs | show RUN`` and
-``fabric systems register FILE | list | remove ID``: reactions, per tenant, changed while
+``fabric systems register FILE | list | discover ID | remove ID``: reactions, per tenant, changed while
 the worker runs.
 
 Workflows live in the registry topic as ``workflow:<tenant>/<name>`` (the workflow as
@@ -24,9 +24,11 @@ from fabric.kafka.compacted import publish, read_compacted
 from fabric.kafka.topics import ensure_topics
 from fabric.settings import Settings
 from fabric.sinks.query import query as run_query
+from fabric.workflows.discover import check_steps, list_tools
 from fabric.workflows.queries import run_sql, runs_sql
 from fabric.workflows.source import WORKFLOW
-from fabric.workflows.spec import read_workflows
+from fabric.workflows.spec import compile_workflow, read_workflows
+from fabric.workflows.stage import reach_of
 from fabric.workflows.systems import SYSTEM, parse_system
 
 TENANT = click.option("--tenant", required=True, help="The tenant the workflows or systems belong to.")
@@ -176,6 +178,38 @@ def systems_list(ctx: click.Context, tenant: str) -> None:
         spec = doc.get("system", {})
         click.echo(f"{sid:<24} {spec.get('kind', 'http'):<5} {spec.get('security_level', 'internal'):<13} "
                    f"{spec.get('endpoint', '')}")  # fmt: skip
+
+
+@systems.command(
+    help="List the tools of the tenant's MCP system ID and check every workflow step that calls it "
+    "against the tool's input schema (exit 1 when one does not fit)."
+)
+@click.argument("system_id")
+@TENANT
+@click.pass_context
+def discover(ctx: click.Context, system_id: str, tenant: str) -> None:
+    s = settings_of(ctx)
+    doc = asyncio.run(_records(s, f"{SYSTEM}{tenant}/")).get(system_id)
+    if doc is None:
+        raise ConfigError(f"no system {system_id!r} is registered for tenant {tenant!r} (fabric systems list)")
+    system = parse_system(doc, tenant, f"system {system_id}")
+    if system.spec.kind != "mcp":
+        raise ConfigError(f"system {system_id!r} is an {system.spec.kind} system; only MCP systems list tools")
+    tools = asyncio.run(list_tools(system, reach_of(s)))
+    for t in tools:
+        props = t.input_schema.get("properties", {}) or {}
+        required = set(t.input_schema.get("required", []) or [])
+        args = ", ".join(f"{n}{'' if n in required else '?'}: {p.get('type', 'any')}" for n, p in props.items())
+        click.echo(f"{t.name}({args})  {t.description.splitlines()[0] if t.description else ''}")
+    workflows = [compile_workflow(d) for d in asyncio.run(_records(s, f"{WORKFLOW}{tenant}/")).values()]
+    problems = check_steps(workflows, system_id, tools)
+    for p in problems:
+        click.echo(f"error: {p}", err=True)
+    calls = sum(1 for wf in workflows for ph in wf.spec.phases for st in ph.steps if st.system == system_id)
+    click.echo(f"{len(tools)} tools; {calls} workflow steps call {system_id}; "
+               f"{len(problems) or 'no'} problem{'s' if len(problems) != 1 else ''}")  # fmt: skip
+    if problems:
+        ctx.exit(1)
 
 
 @systems.command(name="remove", help="Remove the tenant's system ID.")

@@ -62,13 +62,17 @@ def test_fabric_run_plays_the_scenario_and_stops_cleanly_on_sigterm(tmp_path: Pa
         )
     try:
         deadline = time.monotonic() + 120
-        while "COMPOSITE composite.deploy-then-error-burst" not in log.read_text():
+        # the composites, and the reaction to the latency one: an incident with the last deploy
+        wanted = ("COMPOSITE composite.deploy-then-error-burst", "COMPOSITE composite.latency-slo-breach",
+                  "WORKFLOW workflow.completed latency-incident", "INCIDENT INC-")  # fmt: skip
+        while [w for w in wanted if w not in log.read_text()]:
             assert proc.poll() is None, log.read_text()
             assert time.monotonic() < deadline, log.read_text()[-3000:]
             time.sleep(0.5)
         text = log.read_text()
         assert "pull PageDSL/orders-list: 'Orders v3'" in text
         assert "tenant globex received 0 pushes (isolation)" in text
+        assert re.search(r"INCIDENT INC-\d+ for orders-api \(last deploy v2\.4\.1 by ci@orders\)", text), text[-3000:]
         pids = [int(p) for p in re.findall(r"pid (\d+)", text)]
         assert len(pids) == 5  # broker, redis, worker, sink, router
         proc.send_signal(signal.SIGTERM)

@@ -241,6 +241,20 @@ async def test_order_workflow_end_to_end_and_a_failing_step_compensates(
 
             await eventually(confirmed, 30)
 
+            # the ERP's tools, and the workflow's calls checked against their input schemas
+            found = fab.cli("systems", "discover", "erp", "--tenant", TENANT)
+            assert found.returncode == 0 and "reserve(sku: string, quantity: integer)" in found.stdout, found.stderr
+            assert "2 tools; 2 workflow steps call erp; no problems" in found.stdout
+            wrong = order_workflow("wrong-args")
+            wrong["triggers"] = [{"event": "saas.never.sent"}]
+            wrong["phases"][1]["steps"][0]["mcp"]["arguments"] = {"sku": "x", "qty": 2}
+            (tmp_path / "wrong.yaml").write_text(yaml.safe_dump(wrong))
+            assert fab.cli("workflows", "apply", str(tmp_path / "wrong.yaml"), "--tenant", TENANT).returncode == 0
+            found = fab.cli("systems", "discover", "erp", "--tenant", TENANT)
+            assert found.returncode == 1
+            assert "workflow 'wrong-args', step reserve: tool reserve needs argument 'quantity'" in found.stderr
+            assert fab.cli("workflows", "remove", "wrong-args", "--tenant", TENANT).returncode == 0
+
             # fails for good: retried with backoff, then compensated (pay refunded) and dead-lettered
             wms.answers["/shipments"] = (500, {"error": "down"})
             bad = order("order-2")
