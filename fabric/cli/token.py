@@ -18,7 +18,8 @@ from fabric.security.tokens import OPERATOR_SCOPE, mint
 @click.option(
     "--scope", "scopes", multiple=True, default=["context:read:*"], show_default=True,
     help="Repeat or space-separate: context:read:<Type>, context:read:*, composites:read, events:write, "
-    "registry:write (the tenant's manifests), audit:read (its audit trail), admin (every tenant scope).",
+    "registry:write (the tenant's manifests), audit:read (its audit trail), workflows:read (its workflow runs), "
+    "admin (every tenant scope).",
 )  # fmt: skip
 @click.option(
     "--operator", is_flag=True,

@@ -253,7 +253,9 @@ class Engine:
                 except CircuitOpen as e:
                     self.hooks.audit(state, step_id, target, "allow", f"not sent: {e}")
                     raise StepFailed("circuit_open", str(e)) from None
-        timeout_s = step.timeout / 1000
+        # the step's own timeout, else the system's (its SLA), else the default
+        given = "timeout" in step.model_fields_set or system is None
+        timeout_s = (step.timeout if given else system.spec.sla.timeout) / 1000  # type: ignore[union-attr]
         try:
             result = await self.hooks.act(state, action, body, system, key, timeout_s)
         except StepFailed as e:
