@@ -86,3 +86,62 @@ async def send_batches(prod: AIOKafkaProducer, records: list[OutRecord]) -> list
         batch.close()
         futures.append(await prod.send_batch(batch, topic, partition=p))
     return futures
+
+
+class GroupSend:
+    """Records of many concurrent writers, sent together: each round takes everything
+    waiting and sends it as one batch per partition; the next round starts when the
+    previous one is delivered (a group commit).
+
+    aiokafka's ``send_batch`` keeps one batch in flight per partition, and a caller that
+    finds one waits for it to drain within what is left of its timeout. A hundred
+    coroutines each sending their own small batch to the same partitions queue behind
+    each other until their timeouts run out; here they share one batch instead.
+    A writer's records go out in the order it sent them (it waits for each round)."""
+
+    def __init__(self, producer: AIOKafkaProducer) -> None:
+        self.producer = producer
+        self._waiting: list[tuple[list[OutRecord], asyncio.Future[None]]] = []
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    async def send(self, records: list[OutRecord]) -> None:
+        """Until ``records`` are delivered; raises what their round's delivery raised."""
+        if self._task is None:
+            self._task = asyncio.create_task(self._rounds(), name="group-send")
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiting.append((records, fut))
+        self._wake.set()
+        await fut
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+        for _, fut in self._waiting:
+            fut.cancel()
+        self._waiting.clear()
+
+    async def _rounds(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            taken, self._waiting = self._waiting, []
+            taken = [(recs, fut) for recs, fut in taken if not fut.done()]  # a cancelled writer sends nothing
+            if not taken:
+                continue
+            try:
+                await send_all(self.producer, [r for recs, _ in taken for r in recs])
+            except asyncio.CancelledError:
+                for _, fut in taken:
+                    fut.cancel()
+                raise
+            except Exception as e:
+                for _, fut in taken:
+                    if not fut.done():
+                        fut.set_exception(e)
+            else:
+                for _, fut in taken:
+                    if not fut.done():
+                        fut.set_result(None)

@@ -37,6 +37,7 @@ from typing import Any
 
 import orjson
 from aiokafka import AIOKafkaProducer, TopicPartition
+from aiokafka.errors import KafkaError, KafkaTimeoutError
 from prometheus_client import Counter, Gauge, Histogram
 
 from fabric import kafka
@@ -44,7 +45,7 @@ from fabric.cep.stage import event_of
 from fabric.errors import ConfigError
 from fabric.events.catalogue import Catalogue
 from fabric.kafka.compacted import read_partitions
-from fabric.kafka.send import OutRecord, send_all
+from fabric.kafka.send import GroupSend, OutRecord, send_all
 from fabric.kafka.topics import ensure_topics, typed_topics
 from fabric.pipeline.stage import EVENTS, Stage
 from fabric.security.audit import AuditLog
@@ -161,7 +162,7 @@ class StageHooks:
         rows, self.pending_rows = self.pending_rows, []
         partition = self.stage.partition_of.get(state.run_id)
         rows.append(OutRecord(self.s.topic(STATE), state.run_id.encode(), encode(state), partition=partition))
-        await send_all(self.stage.producer, rows)
+        await self.stage.durably(rows)
 
     async def act(
         self, state: RunState, action: ActionSpec, body: Any, system: System | None, key: str, timeout_s: float
@@ -223,8 +224,9 @@ class StageHooks:
         headers = [("fabric_error_reason", state.reason.encode()), ("fabric_workflow", state.workflow.encode()),
                    ("fabric_run_id", state.run_id.encode()),
                    ("fabric_fallback", b"queue_for_retry" if retry else b"fail")]  # fmt: skip
-        await send_all(self.stage.producer, [OutRecord(
-            self.s.topic(DLQ), state.run_id.encode(), orjson.dumps(state.trigger), headers)])  # fmt: skip
+        await self.stage.durably(
+            [OutRecord(self.s.topic(DLQ), state.run_id.encode(), orjson.dumps(state.trigger), headers)]
+        )
 
     def finished(self, state: RunState) -> None:
         RUNS.labels(state.status.value).inc()
@@ -261,6 +263,7 @@ class WorkflowStage(Stage):
         await ensure_topics(s, [s.topic("ingest"), s.topic("audit"), *workflow_topics(s)])
         self.producer: AIOKafkaProducer = kafka.producer(s, linger_ms=0)
         await kafka.start(s, self.producer)
+        self.writer = GroupSend(self.producer)
         self.audit = AuditLog(self.producer, s.topic("audit"), s.security.audit_buffer, origin="workflows")
         self.audit.start()
         self.actions = Actions(self.producer, s.topic("ingest"), f"{s.kafka.topic_prefix}.", reach_of(s),
@@ -271,6 +274,7 @@ class WorkflowStage(Stage):
 
     async def on_stop(self) -> None:
         await self._stop_runs(list(self.runs))
+        await self.writer.close()
         if self.consumer:
             await self.consumer.stop()
         await self.audit.stop()
@@ -303,6 +307,23 @@ class WorkflowStage(Stage):
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def durably(self, records: list[OutRecord]) -> None:
+        """Send ``records`` with every other run's (one batch per partition per round), until
+        they are delivered: a broker pushing back (a timeout, a leader moving) delays the run,
+        it does not stop it. Errors that no retry cures (a record too large) raise."""
+        delay = 0.1
+        while True:
+            try:
+                await self.writer.send(records)
+                return
+            except KafkaError as e:
+                if not (e.retriable or isinstance(e, KafkaTimeoutError)):
+                    raise
+                log.warning("workflows: saving %d records failed (%s: %s); again in %.1f s",
+                            len(records), type(e).__name__, e, delay)  # fmt: skip
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
 
     def _remember(self, rid: str) -> None:
         self.finished[rid] = None
@@ -350,7 +371,7 @@ class WorkflowStage(Stage):
         # the requests' first state records, durable before their offsets are committed
         for state in new:
             Engine.start(state, self._compiled(state))
-        await send_all(self.producer, [
+        await self.durably([
             OutRecord(self.settings.topic(STATE), st.run_id.encode(), encode(st), partition=self.partition_of[st.run_id])
             for st in new
         ])  # fmt: skip

@@ -395,3 +395,36 @@ async def test_sla_breach_is_pushed_restricted_context_refused_and_a_circuit_ope
 
 async def _at_least(items: Any, n: int) -> bool:
     return len(await items) >= n
+
+
+async def test_a_burst_of_triggers_all_run(stack: Stack, stack_settings: Settings, tmp_path: Path) -> None:
+    """Hundreds of runs saving their state at once: every one finishes (a burst of a thousand
+    once left a fifth of its runs stopped, their saves timed out in the producer)."""
+    target = HttpSystem({})
+    fab = fabric_for(stack_settings, tmp_path)
+    try:
+        (tmp_path / "target.yaml").write_text(yaml.safe_dump(
+            {"system": {"id": "target", "kind": "http", "endpoint": target.url, "security_level": "internal"}}))  # fmt: skip
+        assert fab.cli("systems", "register", str(tmp_path / "target.yaml"), "--tenant", TENANT).returncode == 0
+        wf = {"name": "burst", "version": 1, "triggers": [{"event": "saas.order.received"}],
+              "phases": [{"id": "process", "type": "sequential", "steps": [
+                  {"id": f"s{k}", "system": "target", "http": {"path": f"/s{k}", "body": {"id": "{{ trigger.id }}"}}}
+                  for k in (1, 2)]}]}  # fmt: skip
+        (tmp_path / "wf.yaml").write_text(yaml.safe_dump(wf))
+        assert fab.cli("workflows", "apply", str(tmp_path / "wf.yaml"), "--tenant", TENANT).returncode == 0
+        burst = [order(f"b-{i}") for i in range(800)]
+        async with httpx.AsyncClient(base_url=fab.url, headers=bearer(fab.settings, TENANT), timeout=30) as http:
+            for k in range(0, len(burst), 100):
+                assert (await http.post("/v1/events", json=burst[k : k + 100])).status_code == 202
+        ids = {e["id"] for e in burst}
+
+        def finished() -> int:
+            return len(ids & {c[2]["body"]["id"] for c in target.calls if c[0] == "/s2"})
+
+        with contextlib.suppress(AssertionError):
+            await eventually(lambda: finished() == len(ids), 120, interval=0.5)
+        assert finished() == len(ids), f"{len(ids) - finished()} of {len(ids)} runs did not finish"
+        assert "stopped" not in fab.log("worker")
+    finally:
+        fab.stop()
+        target.close()
