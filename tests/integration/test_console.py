@@ -1,0 +1,164 @@
+"""The web console in a real browser (Debian's Chromium, driven by Playwright) against the
+shared real stack: sign in, an event posted over HTTP shows up and its context opens,
+a policy edit changes the preview and publishing changes what ``/v1/assemble`` returns,
+a token without ``admin`` cannot publish, and another tenant sees none of it.
+Screenshots of each view go to docs/console/."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from fabric.testing import EVERYTHING, bearer
+from tests.integration.conftest import Fabric, eventually
+
+pytestmark = pytest.mark.integration
+SHOTS = Path(__file__).resolve().parents[2] / "docs" / "console"
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+
+
+@pytest.fixture
+async def browser() -> AsyncIterator[Any]:
+    from playwright.async_api import async_playwright
+
+    async with async_playwright() as pw:
+        b = await pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox"])
+        try:
+            yield b
+        finally:
+            await b.close()
+
+
+async def signed_in(browser: Any, fab: Fabric, token_header: dict[str, str]) -> Any:
+    page = await browser.new_page(viewport={"width": 1366, "height": 800})
+    await page.goto(f"{fab.url}/console")
+    await page.get_by_label("Bearer token").fill(token_header["Authorization"].removeprefix("Bearer "))
+    await page.get_by_role("button", name="Sign in").click()
+    return page
+
+
+def log(t: datetime, etype: str = "log.entry", level: str = "ERROR") -> dict[str, Any]:
+    return {"id": uuid.uuid4().hex, "source": "svc://orders-api", "type": etype, "subject": "orders-api",
+            "time": t.isoformat(), "data": {"service": "orders-api", "level": level, "message": f"{etype} at {t}"}}  # fmt: skip
+
+
+def page_event(subject: str, title: str) -> dict[str, Any]:
+    return {"id": f"p-{uuid.uuid4().hex[:8]}", "source": "designer://console-test", "type": "page.updated",
+            "subject": subject, "data": {"app": "desk", "page": subject, "title": title, "route": f"/{subject}",
+                                         "entities": ["orders"], "components": []}}  # fmt: skip
+
+
+async def test_console_signs_in_shows_contexts_and_publishes_a_policy(
+    fabric: Fabric, tenant: str, http: httpx.AsyncClient, browser: Any
+) -> None:
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    admin = bearer(fabric.settings, tenant, [*EVERYTHING, "admin", "audit:read"])
+
+    # a bad token is refused at sign-in, with the reason
+    page = await signed_in(browser, fabric, {"Authorization": "Bearer not-a-token"})
+    await page.locator("#signin-error").wait_for()
+    assert "401" in await page.locator("#signin-error").inner_text()
+    await page.close()
+
+    page = await signed_in(browser, fabric, admin)
+    await page.locator("#tenant").wait_for()
+    assert await page.locator("#tenant").inner_text() == tenant
+
+    # a deploy then a burst of errors: the composite fires while the rest of the test runs
+    t0 = datetime.now(UTC)
+    burst = [log(t0, "deploy.finished", "INFO"), *(log(t0 + timedelta(seconds=1 + i)) for i in range(5)),
+             log(t0 + timedelta(seconds=12), level="INFO")]  # fmt: skip
+    assert (await http.post("/v1/events", json=burst)).status_code == 202
+
+    # an event posted over HTTP appears, and its context opens
+    assert (await http.post("/v1/events", json=page_event("orders-desk", "Orders desk"))).status_code == 202
+    await page.get_by_label("Context type").select_option("PageDSL")
+    link = page.locator('a[data-subject="orders-desk"]')
+    await link.wait_for(timeout=15_000)
+    await link.click()
+    detail = page.locator("#context-detail")
+    await detail.wait_for()
+    text = await detail.inner_text()
+    assert "PageDSL / orders-desk" in text and "Orders desk" in text and "designer://console-test" in text
+    await page.screenshot(path=str(SHOTS / "contexts.png"))
+
+    # a policy: preview it, narrow it to one section, see the preview change, publish it
+    await page.get_by_role("button", name="Policies").click()
+    await page.get_by_label("Policy", exact=True).select_option("page-copilot")
+    await page.get_by_label("Subject to preview").fill("orders-desk")
+    await eventually(lambda: page.locator("#policy-text").input_value(), 10)
+    await page.get_by_role("button", name="Preview").click()
+    await page.locator("#preview tr.section").first.wait_for()
+    assert await page.locator("#preview tr.section").count() == 5
+    policy = json.loads(await page.locator("#policy-text").input_value())
+    policy["sections"] = policy["sections"][:1]
+    await page.locator("#policy-text").fill(json.dumps(policy, indent=2))
+    await page.get_by_role("button", name="Preview").click()
+    await eventually(lambda: _count(page, "#preview tr.section", 1), 10)
+    assert "orders-desk" in await page.locator("#preview tr.section").inner_text()
+    await page.screenshot(path=str(SHOTS / "policies.png"))
+    await page.get_by_role("button", name="Publish as a new version").click()
+    await page.locator("#policy-ok").wait_for()
+    assert "published page-copilot" in await page.locator("#policy-ok").inner_text()
+
+    async def narrowed() -> bool:
+        r = await http.post("/v1/assemble", json={"subject": "orders-desk", "policy": "page-copilot"})
+        return r.status_code == 200 and [s["context_type"] for s in r.json()["sections"]] == ["PageDSL"]
+
+    await eventually(narrowed, 15)
+
+    # the composite in the live feed, with its contributing events
+    await page.get_by_role("button", name="Composites").click()
+    row = page.locator("tr.composite", has_text="composite.deploy-then-error-burst")
+    await row.first.wait_for(timeout=30_000)
+    assert "deploy-then-error-burst/orders-api" in await row.first.inner_text()
+    assert {e["id"] for e in burst[:6]} <= set((await row.first.inner_text()).split())
+    await page.screenshot(path=str(SHOTS / "composites.png"))
+
+    # the tenant's audit trail, filtered
+    await page.get_by_role("button", name="Audit").click()
+    await page.get_by_label("Action").fill("context.read")
+    await page.get_by_label("Action").press("Enter")
+
+    async def filtered() -> list[str] | None:
+        actions = await page.locator("table[aria-label='Audit records'] tbody tr td:nth-child(3)").all_inner_texts()
+        return actions if actions and set(actions) == {"context.read"} else None
+
+    await eventually(filtered, 30)
+    await page.screenshot(path=str(SHOTS / "audit.png"))
+    await page.close()
+
+    # a token without admin reads the policy but cannot publish it
+    reader = await signed_in(browser, fabric, bearer(fabric.settings, tenant))
+    await reader.get_by_role("button", name="Policies").click()
+    await eventually(lambda: reader.locator("#policy-text").input_value(), 10)
+    await reader.get_by_role("button", name="Publish as a new version").click()
+    await reader.locator("#policy-error").wait_for()
+    assert "403" in await reader.locator("#policy-error").inner_text()
+    await reader.close()
+
+    # another tenant sees none of the first tenant's data
+    other = await signed_in(browser, fabric, bearer(fabric.settings, f"other{tenant}", [*EVERYTHING, "audit:read"]))
+    await other.locator("#tenant").wait_for()
+    await other.get_by_label("Context type").select_option("PageDSL")
+    await other.wait_for_timeout(2500)  # a poll or two
+    assert await other.locator('a[data-subject="orders-desk"]').count() == 0
+    await other.get_by_role("button", name="Composites").click()
+    await other.wait_for_timeout(2500)
+    assert await other.locator("tr.composite").count() == 0
+    await other.get_by_role("button", name="Policies").click()
+    await eventually(lambda: other.locator("#policy-text").input_value(), 10)
+    assert len(json.loads(await other.locator("#policy-text").input_value())["sections"]) == 5  # the platform's
+    await other.close()
+
+
+async def _count(page: Any, selector: str, n: int) -> bool:
+    return bool(await page.locator(selector).count() == n)
