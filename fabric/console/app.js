@@ -230,7 +230,67 @@ function Audit() {
   </section>`;
 }
 
-const VIEWS = { contexts: Contexts, composites: Composites, policies: Policies, audit: Audit };
+/** The line of `text` where the last key of a field path (`sequence.steps[1].where`) is written. */
+function lineOf(text, field) {
+  const key = (field || "").split(".").pop().replace(/\[\d+\]$/, "");
+  if (!key) return 0;
+  const written = new RegExp(`(^\\s*(- )?|[{,]\\s*)${key}:`); // a block key, or a key inside {...}
+  const at = text.split("\n").findIndex((l) => written.test(l));
+  return at + 1;
+}
+
+const EXAMPLE = `patterns:
+  - name: checkout-errors
+    description: Twenty errors of one service within a minute.
+    key: data.service
+    aggregate:
+      where: {type: log.entry, data.level: ERROR}
+      fn: count
+      window: {kind: sliding, size: 1m}
+      when: {$gte: 20}
+`;
+
+function Patterns({ me }) {
+  const [patterns, setPatterns] = useState([]);
+  const [text, setText] = useState(EXAMPLE);
+  const [message, setMessage] = useState({ error: "", field: "", ok: "" });
+  const load = async () => {
+    const res = await api("/v1/patterns");
+    if (res.ok) setPatterns(res.body.patterns);
+    else setMessage({ error: errorOf(res), field: "", ok: "" });
+  };
+  useEffect(() => { load(); }, []);
+  async function apply() {
+    const res = await api("/v1/patterns", { method: "POST", body: { yaml: text } });
+    if (res.ok) { setMessage({ error: "", field: "", ok: `applied ${res.body.applied.join(", ")}` }); load(); }
+    else setMessage({ error: (res.body && res.body.problem) || errorOf(res), field: (res.body && res.body.field) || "", ok: "" });
+  }
+  async function remove(name) {
+    const res = await api(`/v1/patterns/${encodeURIComponent(name)}`, { method: "DELETE" });
+    setMessage(res.ok ? { error: "", field: "", ok: `removed ${name}` } : { error: errorOf(res), field: "", ok: "" });
+    load();
+  }
+  const line = message.field ? lineOf(text, message.field) : 0;
+  return html`<section aria-labelledby="patterns-title">
+    <h2 id="patterns-title">Patterns</h2>
+    <table aria-label="Patterns">
+      <thead><tr><th>Name</th><th>Kind</th><th>Version</th><th>Owner</th><th></th></tr></thead>
+      <tbody>${patterns.map((p) => html`<tr class="pattern"><td>${p.name}</td><td>${p.kind}</td><td>${p.version}</td>
+        <td>${p.owner}</td><td>${p.owner === "tenant" && html`<button type="button"
+          aria-label=${`Remove ${p.name}`} onClick=${() => remove(p.name)}>Remove</button>`}</td></tr>`)}</tbody>
+    </table>
+    <label for="pattern-text">Apply patterns (YAML)</label>
+    <textarea id="pattern-text" spellcheck="false" value=${text} aria-invalid=${message.error ? "true" : "false"}
+              aria-describedby="pattern-error" onInput=${(e) => setText(e.target.value)}></textarea>
+    <div id="pattern-error" role=${message.error ? "alert" : undefined}>${message.error && html`<p class="error">
+      ${message.field && html`at <code id="pattern-error-field">${message.field}</code>${line ? ` (line ${line})` : ""}: `}${message.error}</p>`}</div>
+    ${message.ok && html`<p role="status" class="ok" id="pattern-ok">${message.ok}</p>`}
+    <p><button class="primary" type="button" onClick=${apply}
+        disabled=${!(me.scopes.includes("admin") || me.scopes.includes("registry:write"))}>Apply</button></p>
+  </section>`;
+}
+
+const VIEWS = { contexts: Contexts, composites: Composites, policies: Policies, patterns: Patterns, audit: Audit };
 
 function Console() {
   const [me, setMe] = useState(null);

@@ -22,6 +22,7 @@ from fabric.router.contexts import list_composites, list_contexts
 from fabric.router.fastpath import FrontDoor
 from fabric.router.ingest import post_events
 from fabric.router.mcp import mcp_http_app
+from fabric.router.patterns_api import apply_patterns, list_patterns, remove_pattern
 from fabric.router.problems import HTTPProblem
 from fabric.router.registry_api import ROUTES as registry_routes
 from fabric.router.runtime import open_state
@@ -123,6 +124,9 @@ def create_app(settings: Settings) -> FrontDoor:
         *console_routes,
         Route("/v1/schemas/{context_type}", schema, methods=["GET"]),
         Route("/v1/composites", list_composites, methods=["GET"]),
+        Route("/v1/patterns", list_patterns, methods=["GET"]),
+        Route("/v1/patterns", apply_patterns, methods=["POST"]),
+        Route("/v1/patterns/{name}", remove_pattern, methods=["DELETE"]),
         Route("/v1/audit", audit_records, methods=["GET"]),
         Route("/v1/audit/report", audit_report, methods=["GET"]),
         Route("/v1/workflows/runs", workflow_runs, methods=["GET"]),

@@ -243,7 +243,7 @@ async def manifests(request: Request) -> Response:
     return _json({"registered": m.key}, 201)
 
 
-async def _store(st: RouterState, key: str, value: bytes) -> None:
+async def _store(st: RouterState, key: str, value: bytes | None) -> None:
     """Write one registry record and apply it here at once; 503 when the broker does not take it."""
     try:
         await asyncio.wait_for(

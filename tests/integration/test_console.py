@@ -123,6 +123,24 @@ async def test_console_signs_in_shows_contexts_and_publishes_a_policy(
     assert {e["id"] for e in burst[:6]} <= set((await row.first.inner_text()).split())
     await page.screenshot(path=str(SHOTS / "composites.png"))
 
+    # patterns: a bad one shows its error at the field, a good one is applied and listed
+    await page.get_by_role("button", name="Patterns").click()
+    editor = page.get_by_label("Apply patterns (YAML)")
+    good = await editor.input_value()
+    await editor.fill(good.replace("size: 1m", "size: soon"))
+    await page.get_by_role("button", name="Apply", exact=True).click()
+    await page.locator("#pattern-error-field").wait_for()
+    assert await page.locator("#pattern-error-field").inner_text() == "aggregate.window.size"
+    assert "(line 8)" in await page.locator("#pattern-error").inner_text()
+    assert await editor.get_attribute("aria-invalid") == "true"
+    await page.screenshot(path=str(SHOTS / "patterns.png"))
+    await editor.fill(good)
+    await page.get_by_role("button", name="Apply", exact=True).click()
+    await page.locator("#pattern-ok").wait_for()
+    await page.locator("tr.pattern", has_text="checkout-errors").wait_for()
+    listed = await http.get("/v1/patterns")
+    assert [p["owner"] for p in listed.json()["patterns"] if p["name"] == "checkout-errors"] == ["tenant"]
+
     # the tenant's audit trail, filtered
     await page.get_by_role("button", name="Audit").click()
     await page.get_by_label("Action").fill("context.read")
@@ -154,6 +172,10 @@ async def test_console_signs_in_shows_contexts_and_publishes_a_policy(
     await other.get_by_role("button", name="Composites").click()
     await other.wait_for_timeout(2500)
     assert await other.locator("tr.composite").count() == 0
+    await other.get_by_role("button", name="Patterns").click()
+    await other.locator("table[aria-label='Patterns']").wait_for()
+    await other.wait_for_timeout(500)
+    assert await other.locator("tr.pattern", has_text="checkout-errors").count() == 0
     await other.get_by_role("button", name="Policies").click()
     await eventually(lambda: other.locator("#policy-text").input_value(), 10)
     assert len(json.loads(await other.locator("#policy-text").input_value())["sections"]) == 5  # the platform's
@@ -162,3 +184,29 @@ async def test_console_signs_in_shows_contexts_and_publishes_a_policy(
 
 async def _count(page: Any, selector: str, n: int) -> bool:
     return bool(await page.locator(selector).count() == n)
+
+
+async def test_patterns_over_http_are_the_tenants_own(fabric: Fabric, tenant: str, http: httpx.AsyncClient) -> None:
+    writer = bearer(fabric.settings, tenant, ["registry:write"])
+    doc = {"yaml": "patterns:\n  - name: slow-pages\n    key: subject\n    aggregate:\n      fn: count\n"
+                   "      window: {kind: tumbling, size: 1m}\n      when: {$gte: 3}\n"}  # fmt: skip
+    assert (await http.post("/v1/patterns", json=doc)).status_code == 403  # no registry:write
+    bad = await http.post("/v1/patterns", json={"yaml": doc["yaml"].replace("$gte", "$bigger")}, headers=writer)
+    assert (
+        bad.status_code == 422
+        and bad.json()["pattern"] == "slow-pages"
+        and bad.json()["field"].startswith("aggregate.when")
+    ), bad.json()
+    assert (await http.post("/v1/patterns", json={"yaml": "x" * 70_000}, headers=writer)).status_code == 413
+    assert (await http.post("/v1/patterns", json={"text": 1}, headers=writer)).status_code == 400
+    assert (await http.post("/v1/patterns", json=doc, headers=writer)).status_code == 201
+    mine = await http.get("/v1/patterns")
+    assert [p["owner"] for p in mine.json()["patterns"] if p["name"] == "slow-pages"] == ["tenant"]
+    theirs = await http.get("/v1/patterns", headers=bearer(fabric.settings, f"x{tenant}"))
+    assert "slow-pages" not in {p["name"] for p in theirs.json()["patterns"]}
+    gone = await http.delete(
+        "/v1/patterns/slow-pages", headers=bearer(fabric.settings, f"x{tenant}", ["registry:write"])
+    )
+    assert gone.status_code == 404  # not that tenant's to remove
+    assert (await http.delete("/v1/patterns/slow-pages", headers=writer)).status_code == 200
+    assert "slow-pages" not in {p["name"] for p in (await http.get("/v1/patterns")).json()["patterns"]}
