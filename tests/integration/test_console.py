@@ -56,11 +56,28 @@ def page_event(subject: str, title: str) -> dict[str, Any]:
                                          "entities": ["orders"], "components": []}}  # fmt: skip
 
 
+WORKFLOW = """
+name: page-announce
+version: 1
+triggers: [{event: page.updated, where: {subject: wf-page}}]
+phases:
+  - id: announce
+    type: sequential
+    steps:
+      - id: tell
+        event: {type: saas.order.confirmed, subject: "{{ trigger.subject }}",
+                data: {system: desk, object: page, record_id: "{{ trigger.subject }}"}}
+"""
+
+
 async def test_console_signs_in_shows_contexts_and_publishes_a_policy(
-    fabric: Fabric, tenant: str, http: httpx.AsyncClient, browser: Any
+    fabric: Fabric, tenant: str, http: httpx.AsyncClient, browser: Any, tmp_path: Path
 ) -> None:
     SHOTS.mkdir(parents=True, exist_ok=True)
-    admin = bearer(fabric.settings, tenant, [*EVERYTHING, "admin", "audit:read"])
+    admin = bearer(fabric.settings, tenant, [*EVERYTHING, "admin", "audit:read", "workflows:read"])
+    (tmp_path / "wf.yaml").write_text(WORKFLOW)
+    applied = fabric.cli("workflows", "apply", str(tmp_path / "wf.yaml"), "--tenant", tenant)
+    assert applied.returncode == 0, applied.stderr
 
     # a bad token is refused at sign-in, with the reason
     page = await signed_in(browser, fabric, {"Authorization": "Bearer not-a-token"})
@@ -123,6 +140,17 @@ async def test_console_signs_in_shows_contexts_and_publishes_a_policy(
     assert {e["id"] for e in burst[:6]} <= set((await row.first.inner_text()).split())
     await page.screenshot(path=str(SHOTS / "composites.png"))
 
+    # a workflow run and its step timeline
+    assert (await http.post("/v1/events", json=page_event("wf-page", "Announced"))).status_code == 202
+    await page.get_by_role("button", name="Workflows").click()
+    run = page.locator("tr.run", has_text="page-announce")
+    await run.first.wait_for(timeout=60_000)
+    await eventually(lambda: _has(run.first, "succeeded"), 60)
+    await run.first.locator("a").click()
+    await page.locator("#timeline tr.step", has_text="tell").wait_for()
+    assert "succeeded" in await page.locator("#timeline tr.step").first.inner_text()
+    await page.screenshot(path=str(SHOTS / "workflows.png"))
+
     # patterns: a bad one shows its error at the field, a good one is applied and listed
     await page.get_by_role("button", name="Patterns").click()
     editor = page.get_by_label("Apply patterns (YAML)")
@@ -180,6 +208,10 @@ async def test_console_signs_in_shows_contexts_and_publishes_a_policy(
     await eventually(lambda: other.locator("#policy-text").input_value(), 10)
     assert len(json.loads(await other.locator("#policy-text").input_value())["sections"]) == 5  # the platform's
     await other.close()
+
+
+async def _has(locator: Any, text: str) -> bool:
+    return text in await locator.inner_text()
 
 
 async def _count(page: Any, selector: str, n: int) -> bool:
