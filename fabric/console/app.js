@@ -342,12 +342,88 @@ function Workflows({ me }) {
   </section>`;
 }
 
-const VIEWS = { contexts: Contexts, composites: Composites, policies: Policies, patterns: Patterns,
+/** Read a server-sent event stream with the bearer token (EventSource cannot send one);
+ * calls `onData` with each `data:` payload until `signal` aborts. */
+async function stream(path, onData, signal) {
+  const headers = { authorization: `Bearer ${sessionStorage.getItem(TOKEN_KEY) || ""}` };
+  const r = await fetch(path, { headers, signal });
+  if (!r.ok) throw new Error(`${r.status}: ${((await r.json().catch(() => ({}))).error) || "refused"}`);
+  const reader = r.body.pipeThrough(new TextDecoderStream()).getReader();
+  let buffer = "";
+  for (;;) {
+    const { value, done } = await reader.read();
+    if (done) return;
+    buffer += value;
+    let cut;
+    while ((cut = buffer.indexOf("\n\n")) >= 0) {
+      const frame = buffer.slice(0, cut);
+      buffer = buffer.slice(cut + 2);
+      const data = frame.split("\n").filter((l) => l.startsWith("data: ")).map((l) => l.slice(6)).join("\n");
+      if (data && !frame.startsWith("event: end")) onData(JSON.parse(data));
+    }
+  }
+}
+
+function Sparkline({ values, label }) {
+  const max = Math.max(1, ...values);
+  const w = 120, h = 24, step = w / Math.max(1, values.length - 1);
+  const points = values.map((v, i) => `${(i * step).toFixed(1)},${(h - (v / max) * (h - 2) - 1).toFixed(1)}`).join(" ");
+  return html`<svg class="spark" width=${w} height=${h} viewBox=${`0 0 ${w} ${h}`} role="img" aria-label=${label}>
+    <polyline points=${points} fill="none" stroke="currentColor" stroke-width="1.5" /></svg>`;
+}
+
+function Flow() {
+  const [snap, setSnap] = useState(null);
+  const [error, setError] = useState("");
+  useEffect(() => {
+    const abort = new AbortController();
+    stream("/v1/console/flow", (s) => { setSnap(s); setError(s.error || ""); }, abort.signal)
+      .catch((e) => { if (!abort.signal.aborted) setError(e.message); });
+    return () => abort.abort();
+  }, []);
+  const byType = {};
+  for (const r of (snap && snap.rates) || []) byType[r.type] = (byType[r.type] || 0) + r.count;
+  return html`<section aria-labelledby="flow-title">
+    <h2 id="flow-title">Live flow <span class="muted">(last ${snap ? snap.window_s : 60} s, updated every 2 s)</span></h2>
+    ${error && html`<p role="alert" class="error" id="flow-error">${error}</p>`}
+    ${snap && html`<div class="columns">
+      <div>
+        <h3>Events by type</h3>
+        <table aria-label="Events by type" id="flow-types">
+          <thead><tr><th>Type</th><th>Events/s</th><th>Trend (per ${snap.bucket_s} s)</th></tr></thead>
+          <tbody>${Object.entries(byType).map(([t, n]) => html`<tr class="flow-type"><td>${t}</td>
+            <td>${(n / snap.window_s).toFixed(2)}</td>
+            <td><${Sparkline} values=${snap.sparklines[t] || []} label=${`${t} events over the last minute`} /></td></tr>`)}</tbody>
+        </table>
+        <h3>By source</h3>
+        <table aria-label="Events by type and source">
+          <thead><tr><th>Type</th><th>Source</th><th>Events/s</th></tr></thead>
+          <tbody>${snap.rates.map((r) => html`<tr><td>${r.type}</td><td>${r.source}</td><td>${r.per_s}</td></tr>`)}</tbody>
+        </table>
+      </div>
+      <div>
+        <h3>Dead letters</h3>
+        <p id="flow-dlq">${snap.dlq.count} in the last minute (${snap.dlq.per_s}/s)</p>
+        <ul>${snap.dlq.latest.map((d) => html`<li><span class="muted">${d.at}</span> ${d.reason}</li>`)}</ul>
+        <h3>Freshness</h3>
+        <table aria-label="Freshness by context type">
+          <thead><tr><th>Context type</th><th>Newest</th><th>Age</th><th>Watermark lag</th></tr></thead>
+          <tbody>${snap.freshness.map((f) => html`<tr><td>${f.context_type}</td><td>${f.subject}</td>
+            <td class=${f.stale ? "error" : ""}>${(f.age_ms / 1000).toFixed(1)} s${f.stale ? " (stale)" : ""}</td>
+            <td>${f.watermark_lag_ms} ms</td></tr>`)}</tbody>
+        </table>
+        <p>Open subscriptions on this router: <strong id="flow-subs">${snap.subscriptions}</strong></p>
+      </div>
+    </div>`}
+  </section>`;
+}
+
+const VIEWS = { flow: Flow, contexts: Contexts, composites: Composites, policies: Policies, patterns: Patterns,
                 workflows: Workflows, audit: Audit };
 
 function Console() {
   const [me, setMe] = useState(null);
-  const [view, setView] = useState("contexts");
+  const [view, setView] = useState("contexts");  // the live flow needs audit:read; contexts is for everyone
   useEffect(() => {
     if (sessionStorage.getItem(TOKEN_KEY)) api("/v1/console/me").then((res) => res.ok && setMe(res.body));
   }, []);

@@ -16,6 +16,7 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, Response
 from starlette.routing import Route
 
+from fabric.router.flow import flow
 from fabric.router.problems import HTTPProblem
 from fabric.router.state import caller, state_of
 
@@ -71,4 +72,5 @@ ROUTES = [
     Route("/console/", page, methods=["GET"]),
     Route("/console/{path:path}", asset, methods=["GET"]),
     Route("/v1/console/me", me, methods=["GET"]),
+    Route("/v1/console/flow", flow, methods=["GET"]),
 ]

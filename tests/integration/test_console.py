@@ -95,6 +95,13 @@ async def test_console_signs_in_shows_contexts_and_publishes_a_policy(
              log(t0 + timedelta(seconds=12), level="INFO")]  # fmt: skip
     assert (await http.post("/v1/events", json=burst)).status_code == 202
 
+    # the live flow: the posted events show up by type, with their rate
+    await page.get_by_role("button", name="Flow", exact=True).click()
+    await page.locator("#flow-types tr.flow-type", has_text="log.entry").wait_for(timeout=30_000)
+    assert await page.locator("#flow-types svg.spark").count() >= 1
+    await page.screenshot(path=str(SHOTS / "flow.png"))
+    await page.get_by_role("button", name="Contexts").click()
+
     # an event posted over HTTP appears, and its context opens
     assert (await http.post("/v1/events", json=page_event("orders-desk", "Orders desk"))).status_code == 202
     await page.get_by_label("Context type").select_option("PageDSL")
