@@ -67,6 +67,7 @@ bench: install bench-deps
 lint: install
 	$(BIN)/ruff check fabric tests bench
 	$(BIN)/ruff format --check fabric tests bench
+	cd fabric/console && npm install --no-audit --no-fund --silent && npx eslint .
 
 typecheck: install
 	$(BIN)/mypy fabric

@@ -34,8 +34,11 @@ _enc = msgspec.json.Encoder()
 
 
 def _files() -> dict[str, Path]:
-    """The assets by URL path: only files that exist in the package, nothing else."""
-    return {p.relative_to(ASSETS).as_posix(): p for p in ASSETS.rglob("*") if p.is_file() and p.suffix in TYPES}
+    """The assets by URL path: the console's own files and vendor/, nothing else (not the
+    lint's node_modules/ or its configuration)."""
+    found = [*ASSETS.glob("*"), *ASSETS.glob("vendor/*")]
+    return {p.relative_to(ASSETS).as_posix(): p for p in found
+            if p.is_file() and p.suffix in TYPES and p.name != "eslint.config.mjs"}  # fmt: skip
 
 
 FILES = _files()

@@ -249,3 +249,20 @@ async def test_patterns_over_http_are_the_tenants_own(fabric: Fabric, tenant: st
     assert gone.status_code == 404  # not that tenant's to remove
     assert (await http.delete("/v1/patterns/slow-pages", headers=writer)).status_code == 200
     assert "slow-pages" not in {p["name"] for p in (await http.get("/v1/patterns")).json()["patterns"]}
+
+
+async def test_console_files_are_its_own_with_a_strict_policy(fabric: Fabric) -> None:
+    async with httpx.AsyncClient(base_url=fabric.url, timeout=10) as http:
+        page = await http.get("/console")
+        assert page.status_code == 200 and "app.js" in page.text
+        assert "script-src 'self'" in page.headers["content-security-policy"]
+        assert page.headers["x-content-type-options"] == "nosniff"
+        js = await http.get("/console/vendor/htm-preact.module.js")
+        assert js.status_code == 200 and js.headers["content-type"].startswith("text/javascript")
+        for path in ("/console/package.json", "/console/eslint.config.mjs", "/console/../settings.py",
+                     "/console/node_modules/eslint/package.json", "/console/%2e%2e/router/app.py"):  # fmt: skip
+            assert (await http.get(path)).status_code == 404, path
+        assert (await http.get("/v1/console/me")).status_code == 401
+        assert (await http.get("/v1/console/flow")).status_code == 401
+        reader = await http.get("/v1/console/flow", headers=bearer(fabric.settings, "someone"))
+        assert reader.status_code == 403  # the live flow needs audit:read
