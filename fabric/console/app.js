@@ -125,8 +125,49 @@ function Composites() {
   </section>`;
 }
 
+/** A line diff of two texts (longest common subsequence): [{op: " " | "-" | "+", line}]. */
+function diffLines(a, b) {
+  const x = a.split("\n"), y = b.split("\n");
+  const lcs = Array.from({ length: x.length + 1 }, () => new Array(y.length + 1).fill(0));
+  for (let i = x.length - 1; i >= 0; i--)
+    for (let j = y.length - 1; j >= 0; j--)
+      lcs[i][j] = x[i] === y[j] ? lcs[i + 1][j + 1] + 1 : Math.max(lcs[i + 1][j], lcs[i][j + 1]);
+  const out = [];
+  let i = 0, j = 0;
+  while (i < x.length || j < y.length) {
+    if (i < x.length && j < y.length && x[i] === y[j]) { out.push({ op: " ", line: x[i] }); i++; j++; }
+    else if (j < y.length && (i >= x.length || lcs[i][j + 1] >= lcs[i + 1][j])) out.push({ op: "+", line: y[j++] });
+    else out.push({ op: "-", line: x[i++] });
+  }
+  return out;
+}
+
+function PolicyDiff({ name, versions }) {
+  const [a, setA] = useState(versions[0]);
+  const [b, setB] = useState(versions[versions.length - 1]);
+  const [lines, setLines] = useState(null);
+  const [error, setError] = useState("");
+  async function compare() {
+    const [ra, rb] = await Promise.all([a, b].map((v) => api(`/v1/policies/${encodeURIComponent(`${name}@${v}`)}`)));
+    setError(errorOf(ra) || errorOf(rb));
+    const text = (r) => JSON.stringify({ ...r.body, version: undefined }, null, 2);
+    setLines(ra.ok && rb.ok ? diffLines(text(ra), text(rb)) : null);
+  }
+  const pick = (id, label, value, set) => html`<div><label for=${id}>${label}</label>
+    <select id=${id} value=${value} onChange=${(e) => set(Number(e.target.value))}>
+      ${versions.map((v) => html`<option value=${v}>version ${v}</option>`)}</select></div>`;
+  return html`<div aria-labelledby="diff-title"><h3 id="diff-title">Compare versions</h3>
+    <div class="row">${pick("diff-a", "From", a, setA)}${pick("diff-b", "To", b, setB)}
+      <button class="primary" type="button" onClick=${compare}>Compare</button></div>
+    ${error && html`<p role="alert" class="error">${error}</p>`}
+    ${lines && html`<pre id="policy-diff">${lines.filter((l) => l.op !== " ").length === 0 ? "no difference" :
+      lines.map((l) => html`<div class=${l.op === "+" ? "added" : l.op === "-" ? "removed" : ""}>${l.op} ${l.line}</div>`)}</pre>`}
+  </div>`;
+}
+
 function Policies({ me }) {
   const [names, setNames] = useState([]);
+  const [versions, setVersions] = useState({});
   const [name, setName] = useState("");
   const [text, setText] = useState("");
   const [subject, setSubject] = useState("");
@@ -138,6 +179,7 @@ function Policies({ me }) {
       if (!res.ok) return setMessage({ error: errorOf(res), ok: "" });
       const found = (res.body.policies || []).map((p) => p.name);
       setNames(found);
+      setVersions(Object.fromEntries((res.body.policies || []).map((p) => [p.name, p.versions])));
       if (found.length) load(found[0]);
     });
   }, []);
@@ -162,6 +204,10 @@ function Policies({ me }) {
     if (!policy) return;
     const res = await api(`/v1/policies/${encodeURIComponent(name)}`, { method: "PUT", body: policy });
     setMessage(res.ok ? { error: "", ok: `published ${name} version ${res.body.version ?? ""}` } : { error: errorOf(res), ok: "" });
+    if (res.ok) {
+      const known = new Set([...(versions[name] || []), res.body.version]);
+      setVersions({ ...versions, [name]: [...known].sort((x, y) => x - y) });
+    }
   }
   return html`<section aria-labelledby="policies-title">
     <h2 id="policies-title">Injection policies</h2>
@@ -181,7 +227,7 @@ function Policies({ me }) {
     ${message.ok && html`<p role="status" class="ok" id="policy-ok">${message.ok}</p>`}
     <div class="columns">
       <div><label for="policy-text">Policy (JSON: sections in order, conditions, top_k, budget_tokens, include_stale, min_quality)</label>
-        <textarea id="policy-text" spellcheck="false" value=${text} onInput=${(e) => setText(e.target.value)}></textarea></div>
+        <textarea id="policy-text" spellcheck=${false} value=${text} onInput=${(e) => setText(e.target.value)}></textarea></div>
       <div id="preview" aria-live="polite">${preview && html`
         <p><strong>${preview.used_tokens}</strong> of ${preview.budget_tokens} tokens used</p>
         <table aria-label="Bundle sections">
@@ -194,6 +240,8 @@ function Policies({ me }) {
         </table>`}
       </div>
     </div>
+    ${name && (versions[name] || []).length > 1 && html`<${PolicyDiff} key=${`${name}:${versions[name].length}`}
+        name=${name} versions=${versions[name]} />`}
   </section>`;
 }
 
@@ -280,7 +328,7 @@ function Patterns({ me }) {
           aria-label=${`Remove ${p.name}`} onClick=${() => remove(p.name)}>Remove</button>`}</td></tr>`)}</tbody>
     </table>
     <label for="pattern-text">Apply patterns (YAML)</label>
-    <textarea id="pattern-text" spellcheck="false" value=${text} aria-invalid=${message.error ? "true" : "false"}
+    <textarea id="pattern-text" spellcheck=${false} value=${text} aria-invalid=${message.error ? "true" : "false"}
               aria-describedby="pattern-error" onInput=${(e) => setText(e.target.value)}></textarea>
     <div id="pattern-error" role=${message.error ? "alert" : undefined}>${message.error && html`<p class="error">
       ${message.field && html`at <code id="pattern-error-field">${message.field}</code>${line ? ` (line ${line})` : ""}: `}${message.error}</p>`}</div>

@@ -139,6 +139,23 @@ async def test_console_signs_in_shows_contexts_and_publishes_a_policy(
 
     await eventually(narrowed, 15)
 
+    # a second version with a smaller budget, and the two compared
+    policy["budget_tokens"] = 1200
+    await page.locator("#policy-text").fill(json.dumps(policy, indent=2))
+    await page.get_by_role("button", name="Publish as a new version").click()
+    await eventually(lambda: _has(page.locator("#policy-ok"), "version 2"), 10)
+    await page.get_by_label("From", exact=True).select_option("1")
+    await page.get_by_label("To", exact=True).select_option("2")
+    await page.get_by_role("button", name="Compare").click()
+    await page.locator("#policy-diff").wait_for()
+    assert [t.split() for t in await page.locator("#policy-diff .removed").all_inner_texts()] == [
+        ["-", '"budget_tokens":', "3000,"]
+    ]
+    assert [t.split() for t in await page.locator("#policy-diff .added").all_inner_texts()] == [
+        ["+", '"budget_tokens":', "1200,"]
+    ]
+    await page.screenshot(path=str(SHOTS / "policies.png"), full_page=True)
+
     # the composite in the live feed, with its contributing events
     await page.get_by_role("button", name="Composites").click()
     row = page.locator("tr.composite", has_text="composite.deploy-then-error-burst")
