@@ -62,6 +62,16 @@ class Actions:
         self.reach = reach
         self.signature_header = signature_header
         self.http = httpx.AsyncClient(follow_redirects=False, trust_env=False)
+        #: system key -> (its max_in_flight, the bulkhead); one entry per registered system
+        self._bulkheads: dict[str, tuple[int, asyncio.Semaphore]] = {}
+
+    def bulkhead(self, system: System) -> asyncio.Semaphore:
+        """The turns for calls to ``system`` (``max_in_flight`` at once)."""
+        n = system.spec.max_in_flight
+        got = self._bulkheads.get(system.key)
+        if got is None or got[0] != n:
+            got = self._bulkheads[system.key] = (n, asyncio.Semaphore(n))
+        return got[1]
 
     async def close(self) -> None:
         await self.http.aclose()

@@ -173,11 +173,15 @@ class StageHooks:
         try:
             if action.kind == "http":
                 assert system is not None
-                result = await a.http_call(system, body.get("method", "POST"), body["path"], body.get("body"), key,
-                                           state, timeout_s)  # fmt: skip
+                async with a.bulkhead(system):
+                    t0 = asyncio.get_running_loop().time()
+                    result = await a.http_call(system, body.get("method", "POST"), body["path"], body.get("body"),
+                                               key, state, timeout_s)  # fmt: skip
             elif action.kind == "mcp":
                 assert system is not None
-                result = await a.mcp_call(system, body["tool"], body.get("arguments", {}), key, timeout_s)
+                async with a.bulkhead(system):
+                    t0 = asyncio.get_running_loop().time()
+                    result = await a.mcp_call(system, body["tool"], body.get("arguments", {}), key, timeout_s)
             elif action.kind == "kafka":
                 result = await asyncio.wait_for(
                     a.kafka_record(body["topic"], body.get("key"), body.get("value"), key), timeout_s)  # fmt: skip

@@ -8,6 +8,7 @@
       signing_secret: crm-hmac      # HTTP bodies are HMAC-SHA256 signed with it (optional)
       security_level: internal      # the most sensitive context it may receive
       sla: {timeout: 5s}            # a step's timeout when the step gives none
+      max_in_flight: 16             # calls to it at once, from one worker (a bulkhead)
 
 Secrets are never in the registry. A secret named ``crm-token`` of tenant ``acme`` is
 the worker's environment variable ``FABRIC_SECRET__ACME__CRM_TOKEN``: a tenant can only
@@ -59,6 +60,10 @@ class SystemSpec(_Spec):
     signing_secret: str | None = Field(None, pattern=NAME)
     security_level: Literal["public", "internal", "confidential", "restricted"] = "internal"
     sla: SlaSpec = SlaSpec()
+    #: a burst of runs queues for the system instead of flooding it (its listen queue
+    #: overflowing turns into resets that fail steps); waiting for a turn is not
+    #: counted against a step's timeout
+    max_in_flight: int = Field(16, ge=1, le=1000)
     description: str = ""
 
 

@@ -423,7 +423,14 @@ async def test_a_burst_of_triggers_all_run(stack: Stack, stack_settings: Setting
 
         with contextlib.suppress(AssertionError):
             await eventually(lambda: finished() == len(ids), 120, interval=0.5)
-        assert finished() == len(ids), f"{len(ids) - finished()} of {len(ids)} runs did not finish"
+        if finished() != len(ids):  # say where the missing runs stopped
+            done = {c[2]["body"]["id"] for c in target.calls if c[0] == "/s2"}
+            missing = sorted(ids - done)
+            asked = {orjson.loads(v)["trigger"]["id"] for _, v in await read_topic(fab.settings, "workflow-triggers")}
+            ended = {o["data"]["trigger_id"]: (o["type"], o["data"]["reason"]) for o in await outcomes(fab.settings)}
+            s1 = {c[2]["body"]["id"] for c in target.calls if c[0] == "/s1"}
+            pytest.fail(f"{len(missing)} of {len(ids)} runs did not finish: " + "; ".join(
+                f"{m}: requested={m in asked} s1_called={m in s1} outcome={ended.get(m)}" for m in missing[:10]))  # fmt: skip
         assert "stopped" not in fab.log("worker")
     finally:
         fab.stop()
