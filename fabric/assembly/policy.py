@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from fabric.conditions import ConditionError, compile_predicate, getter
 from fabric.errors import ConfigError
-from fabric.specs import describe
+from fabric.specs import describe, load_yaml
 
 
 class Section(BaseModel):
@@ -58,7 +58,7 @@ class InjectionPolicy(BaseModel):
 def parse_policies(text: str, origin: str = "policies") -> list[InjectionPolicy]:
     """Policies from YAML (``policies: [...]`` or one policy); errors name the field."""
     try:
-        doc = yaml.safe_load(text)
+        doc = load_yaml(text)
     except yaml.YAMLError as e:
         raise ConfigError(f"{origin}: not YAML: {e}") from e
     items = doc.get("policies") if isinstance(doc, dict) and "policies" in doc else [doc]

@@ -39,7 +39,7 @@ import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, ValidationError, model_validator
 
 from fabric.conditions import MISSING, ConditionError, Predicate, compile_predicate, getter
-from fabric.specs import field_path
+from fabric.specs import field_path, load_yaml
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _UNIT_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000, None: 1000}
@@ -320,7 +320,7 @@ def compile_pattern(spec: Any) -> Pattern:
 def load_patterns(text: str) -> list[Pattern]:
     """Patterns from YAML: a list, or a mapping with a ``patterns`` list. Names must be unique."""
     try:
-        doc = yaml.safe_load(text)
+        doc = load_yaml(text)
     except yaml.YAMLError as e:
         raise PatternError("?", "", f"not valid YAML: {e}") from None
     items = doc.get("patterns") if isinstance(doc, Mapping) else doc

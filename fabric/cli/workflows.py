@@ -24,6 +24,7 @@ from fabric.kafka.compacted import publish, read_compacted
 from fabric.kafka.topics import ensure_topics
 from fabric.settings import Settings
 from fabric.sinks.query import query as run_query
+from fabric.specs import load_yaml
 from fabric.workflows.discover import check_steps, list_tools
 from fabric.workflows.queries import run_sql, runs_sql
 from fabric.workflows.source import WORKFLOW
@@ -161,7 +162,7 @@ def systems() -> None:
 @click.pass_context
 def register(ctx: click.Context, file: Path, tenant: str) -> None:
     try:
-        doc = yaml.safe_load(file.read_text())
+        doc = load_yaml(file.read_text())
     except yaml.YAMLError as e:
         raise ConfigError(f"{file}: not YAML: {e}") from None
     system = parse_system(doc, tenant, str(file))

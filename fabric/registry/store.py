@@ -7,6 +7,8 @@ Records (key -> JSON value), everything the fabric versions in one place:
 - ``pattern:[<tenant>/]<name>`` -> a CEP pattern (its spec carries its version; the CEP stage follows these)
 - ``policy:[<tenant>/]<name>@<version>`` -> an injection policy (routers follow these)
 - ``provider:[<tenant>/]<id>``, ``consumer:[<tenant>/]<id>`` -> the manifest
+- ``workflow:<tenant>/<name>`` -> a workflow as written (the worker's workflow source runs
+  them; routers keep them to list them), ``system:<tenant>/<id>`` -> a target system
 
 Schemas, compatibility and routing are platform objects: one for every tenant, written
 by the operator only. Patterns, policies and manifests are tenant objects when their
@@ -79,6 +81,8 @@ class SchemaStore:
         self.config: dict[str, str] = {}
         self.manifests: dict[str, Manifest] = {}
         self.patterns: dict[str, Any] = {}
+        #: ``tenant/name`` -> the workflow as written
+        self.workflows: dict[str, Any] = {}
         self.routing_version = 0
         self.default_level = "BACKWARD"
         for ct in catalogue.context_types.values():
@@ -114,6 +118,11 @@ class SchemaStore:
                     self.patterns[rest] = orjson.loads(value)
                 else:
                     self.patterns.pop(rest, None)
+            elif kind == "workflow":
+                if value:
+                    self.workflows[rest] = orjson.loads(value)
+                else:
+                    self.workflows.pop(rest, None)
             elif kind in ("provider", "consumer"):
                 if value:
                     owner, _ = split_owner(rest)
@@ -151,6 +160,11 @@ class SchemaStore:
         out = {name: spec for (owner, name), spec in named if owner is None}
         out.update({name: spec for (owner, name), spec in named if owner == tenant})
         return out
+
+    def workflows_of(self, tenant: str) -> dict[str, Any]:
+        """name -> the tenant's workflows as written (workflows are tenant objects only)."""
+        mine = f"{tenant}/"
+        return {full[len(mine) :]: doc for full, doc in self.workflows.items() if full.startswith(mine)}
 
     def manifests_of(self, tenant: str) -> list[Manifest]:
         """The manifests a tenant sees: its own and the platform's, never another tenant's."""

@@ -46,7 +46,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError, 
 from fabric.cep.patterns import Count, Duration
 from fabric.conditions import ConditionError, Predicate, compile_predicate
 from fabric.errors import ConfigError
-from fabric.specs import field_path
+from fabric.specs import field_path, load_yaml_all
 
 NAME = r"^[a-z0-9][a-z0-9_.-]{0,63}$"
 TEMPLATE = re.compile(r"\{\{\s*([^}]*?)\s*\}\}")
@@ -351,7 +351,7 @@ def read_workflows(text: str, origin: str = "workflows") -> list[tuple[Workflow,
     """Workflows from YAML (documents separated by ``---``, each one workflow, a list, or
     ``{workflows: [...]}``), each checked, with the document as written (what the registry keeps)."""
     try:
-        streamed = [d for d in yaml.safe_load_all(text) if d is not None]
+        streamed = [d for d in load_yaml_all(text) if d is not None]
     except yaml.YAMLError as e:
         raise ConfigError(f"{origin}: not YAML: {e}") from None
     docs: list[Any] = []

@@ -216,6 +216,26 @@ async def test_huge_bodies_and_subscriptions_are_capped(fabric: Fabric, two: tup
         assert ws.close_code == 4408
 
 
+def _alias_bomb(levels: int = 8) -> str:
+    """A few hundred bytes of YAML whose aliases expand to 10**levels strings."""
+    lines = ['a0: &a0 ["x","x","x","x","x","x","x","x","x","x"]']
+    lines += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 10)}]" for i in range(1, levels)]
+    return "\n".join(lines) + "\n"
+
+
+async def test_yaml_aliases_are_refused_before_they_expand(fabric: Fabric, two: tuple[str, str]) -> None:
+    """A 600-byte pattern whose YAML aliases expand to ~900 MB held the router's event loop
+    for seconds while it was serialized for the registry; aliases are now refused at parse."""
+    acme, _ = two
+    admin = bearer(fabric.settings, acme, ["admin"])
+    pattern = ("patterns: [{name: bomb, key: data.service, aggregate: {where: {type: log.entry, data.v: {$in: *a7}},"
+               " fn: count, window: {kind: sliding, size: 1m}, when: {$gte: 2}}}]")  # fmt: skip
+    async with httpx.AsyncClient(base_url=fabric.url, headers=admin, timeout=30) as c:
+        r = await c.post("/v1/patterns", json={"yaml": _alias_bomb() + pattern})
+        assert r.status_code == 422 and "alias" in r.json()["problem"], r.text[:300]
+        assert "bomb" not in [p["name"] for p in (await c.get("/v1/patterns")).json()["patterns"]]
+
+
 # ------------------------------------------------------------------ 5. a forged resume token
 
 

@@ -154,6 +154,9 @@ def test_load_workflows_from_yaml() -> None:
     text = yaml.safe_dump({"workflows": [ORDER, _set(ORDER, "name", "order-processing-eu")]})
     assert [w.name for w in load_workflows(text, "orders.yaml")] == ["order-processing", "order-processing-eu"]
     with pytest.raises(ConfigError, match=r"orders\.yaml: workflow 'order-processing' is defined twice"):
-        load_workflows(yaml.safe_dump([ORDER, ORDER]), "orders.yaml")
+        load_workflows(yaml.safe_dump([ORDER, copy.deepcopy(ORDER)]), "orders.yaml")
     with pytest.raises(ConfigError, match=r"orders\.yaml: not YAML"):
         load_workflows("name: [", "orders.yaml")
+    # the same document twice by alias: refused before anything expands it
+    with pytest.raises(ConfigError, match=r"orders\.yaml: not YAML: YAML aliases \(\*name\) are not accepted"):
+        load_workflows(yaml.safe_dump([ORDER, ORDER]), "orders.yaml")
