@@ -28,7 +28,7 @@ from fabric.specs import load_yaml
 from fabric.workflows.discover import check_steps, list_tools
 from fabric.workflows.queries import run_sql, runs_sql
 from fabric.workflows.source import WORKFLOW
-from fabric.workflows.spec import compile_workflow, read_workflows
+from fabric.workflows.spec import compile_workflow, read_workflows, unregistered_systems, version_conflict
 from fabric.workflows.stage import reach_of
 from fabric.workflows.systems import SYSTEM, parse_system
 
@@ -61,16 +61,11 @@ def apply(ctx: click.Context, file: Path, tenant: str) -> None:
     systems = asyncio.run(_records(s, f"{SYSTEM}{tenant}/"))
     items: list[tuple[str, bytes | None]] = []
     for wf, doc in checked:
-        old = applied.get(wf.name)
-        if old is not None and old.get("version", 1) == wf.spec.version and old != doc:
-            raise ConfigError(f"workflow {wf.name!r}: version {wf.spec.version} is applied with other content; "
-                              "give the change a new version")  # fmt: skip
-        for p in wf.spec.phases:
-            for st in p.steps:
-                for a in (st, st.compensate):
-                    if a is not None and a.system and a.system not in systems:
-                        click.echo(f"warning: {wf.name}: step {st.id}: no system {a.system!r} is registered "
-                                   f"for {tenant} yet (fabric systems register)", err=True)  # fmt: skip
+        conflict = version_conflict(applied.get(wf.name), wf, doc)
+        if conflict:
+            raise ConfigError(conflict)
+        for warning in unregistered_systems(wf, systems):
+            click.echo(f"warning: {warning} for {tenant} (fabric systems register)", err=True)
         items.append((f"{WORKFLOW}{tenant}/{wf.name}", orjson.dumps(doc)))
     _publish(s, items)
     for wf, _ in checked:

@@ -81,8 +81,9 @@ class SchemaStore:
         self.config: dict[str, str] = {}
         self.manifests: dict[str, Manifest] = {}
         self.patterns: dict[str, Any] = {}
-        #: ``tenant/name`` -> the workflow as written
+        #: ``tenant/name`` -> the workflow as written; ``tenant/id`` -> the target system
         self.workflows: dict[str, Any] = {}
+        self.systems: dict[str, Any] = {}
         self.routing_version = 0
         self.default_level = "BACKWARD"
         for ct in catalogue.context_types.values():
@@ -118,11 +119,12 @@ class SchemaStore:
                     self.patterns[rest] = orjson.loads(value)
                 else:
                     self.patterns.pop(rest, None)
-            elif kind == "workflow":
+            elif kind in ("workflow", "system"):
+                held = self.workflows if kind == "workflow" else self.systems
                 if value:
-                    self.workflows[rest] = orjson.loads(value)
+                    held[rest] = orjson.loads(value)
                 else:
-                    self.workflows.pop(rest, None)
+                    held.pop(rest, None)
             elif kind in ("provider", "consumer"):
                 if value:
                     owner, _ = split_owner(rest)
@@ -165,6 +167,11 @@ class SchemaStore:
         """name -> the tenant's workflows as written (workflows are tenant objects only)."""
         mine = f"{tenant}/"
         return {full[len(mine) :]: doc for full, doc in self.workflows.items() if full.startswith(mine)}
+
+    def systems_of(self, tenant: str) -> dict[str, Any]:
+        """id -> the tenant's target systems as registered."""
+        mine = f"{tenant}/"
+        return {full[len(mine) :]: doc for full, doc in self.systems.items() if full.startswith(mine)}
 
     def manifests_of(self, tenant: str) -> list[Manifest]:
         """The manifests a tenant sees: its own and the platform's, never another tenant's."""

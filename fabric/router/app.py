@@ -20,6 +20,7 @@ from fabric.router.audit_api import audit_records, audit_report
 from fabric.router.console import ROUTES as console_routes
 from fabric.router.contexts import list_composites, list_contexts
 from fabric.router.fastpath import FrontDoor
+from fabric.router.history_api import context_history
 from fabric.router.ingest import post_events
 from fabric.router.mcp import mcp_http_app
 from fabric.router.patterns_api import apply_patterns, list_patterns, remove_pattern
@@ -28,7 +29,7 @@ from fabric.router.registry_api import ROUTES as registry_routes
 from fabric.router.runtime import open_state
 from fabric.router.state import caller, state_of
 from fabric.router.subscribe import subscribe
-from fabric.router.workflows_api import workflow_run, workflow_runs
+from fabric.router.workflows_api import apply_workflows, list_workflows, remove_workflow, workflow_run, workflow_runs
 from fabric.security.tokens import dev_jwks
 from fabric.settings import Settings
 
@@ -115,6 +116,7 @@ def create_app(settings: Settings) -> FrontDoor:
     mcp_server, mcp_app = mcp_http_app(settings, lambda: app.state.fabric)
     routes = [
         Route("/v1/contexts/{context_type}", list_contexts, methods=["GET"]),
+        Route("/v1/history/{context_type}/{subject:path}", context_history, methods=["GET"]),
         Route("/v1/assemble", assemble, methods=["POST"]),
         Route("/v1/policies", list_policies, methods=["GET"]),
         Route("/v1/policies/{name}", get_policy, methods=["GET"]),
@@ -129,8 +131,11 @@ def create_app(settings: Settings) -> FrontDoor:
         Route("/v1/patterns/{name}", remove_pattern, methods=["DELETE"]),
         Route("/v1/audit", audit_records, methods=["GET"]),
         Route("/v1/audit/report", audit_report, methods=["GET"]),
+        Route("/v1/workflows", list_workflows, methods=["GET"]),
+        Route("/v1/workflows", apply_workflows, methods=["POST"]),
         Route("/v1/workflows/runs", workflow_runs, methods=["GET"]),
         Route("/v1/workflows/runs/{run_id}", workflow_run, methods=["GET"]),
+        Route("/v1/workflows/{name}", remove_workflow, methods=["DELETE"]),
         Route("/v1/events", post_events, methods=["POST"]),
         WebSocketRoute("/v1/subscribe", subscribe),
         Route("/metrics", metrics, methods=["GET"]),

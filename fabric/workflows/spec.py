@@ -204,7 +204,6 @@ _SAY = {
     "missing": "is required",
     "too_short": "needs a non-empty list",
     "string_pattern_mismatch": "must be 1-64 of a-z 0-9 _ . -",
-    "literal_error": "must be one of the listed values",
 }
 
 
@@ -220,6 +219,8 @@ def compile_workflow(doc: Any) -> Workflow:
     except ValidationError as e:
         err = e.errors()[0]
         problem = _SAY.get(err["type"], str(err["msg"]).removeprefix("Value error, "))
+        if err["type"] == "literal_error":  # pydantic says "Input should be 'a', 'b' or 'c'"
+            problem = "must be " + str(err["msg"]).removeprefix("Input should be ")
         if err["type"] == "string_pattern_mismatch" and err["loc"][-1:] in (("path",), ("topic",), ("type",)):
             problem = {"path": "must start with /", "topic": "must be a Kafka topic name",
                        "type": "must be an event type (a-z 0-9 _ . -)"}[str(err["loc"][-1])]  # fmt: skip
@@ -369,6 +370,25 @@ def read_workflows(text: str, origin: str = "workflows") -> list[tuple[Workflow,
     if dup:
         raise ConfigError(f"{origin}: workflow {dup!r} is defined twice")
     return out
+
+
+def version_conflict(applied: dict[str, Any] | None, wf: Workflow, doc: dict[str, Any]) -> str:
+    """Why ``doc`` may not replace the ``applied`` workflow of its name ('' when it may): a
+    change needs a new version, or runs of one version would differ by when they started."""
+    if applied is not None and applied.get("version", 1) == wf.spec.version and applied != doc:
+        return (f"workflow {wf.name!r}: version {wf.spec.version} is applied with other content; "
+                "give the change a new version")  # fmt: skip
+    return ""
+
+
+def unregistered_systems(wf: Workflow, systems: Iterable[str]) -> list[str]:
+    """Warnings for the steps (and compensations) naming a system the tenant has not registered."""
+    known = set(systems)
+    return [
+        f"{wf.name}: step {st.id}: no system {a.system!r} is registered yet"
+        for p in wf.spec.phases for st in p.steps for a in (st, st.compensate)
+        if a is not None and a.system and a.system not in known
+    ]  # fmt: skip
 
 
 def load_workflows(text: str, origin: str = "workflows") -> list[Workflow]:

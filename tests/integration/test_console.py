@@ -56,6 +56,11 @@ def page_event(subject: str, title: str) -> dict[str, Any]:
                                          "entities": ["orders"], "components": []}}  # fmt: skip
 
 
+def metric(subject: str, value: float) -> dict[str, Any]:
+    return {"id": uuid.uuid4().hex, "source": "prom://console-test", "type": "metric.sampled", "subject": subject,
+            "data": {"name": "queue_depth", "value": value, "service": "orders-api"}}  # fmt: skip
+
+
 WORKFLOW = """
 name: page-announce
 version: 1
@@ -112,7 +117,35 @@ async def test_console_signs_in_shows_contexts_and_publishes_a_policy(
     await detail.wait_for()
     text = await detail.inner_text()
     assert "PageDSL / orders-desk" in text and "Orders desk" in text and "designer://console-test" in text
-    await page.screenshot(path=str(SHOTS / "contexts.png"))
+
+    # its version history, from the raw trail in ClickHouse: a second version joins the first
+    second = page_event("orders-desk", "Orders desk, with filters")
+    assert (await http.post("/v1/events", json=second)).status_code == 202
+
+    async def two_versions() -> bool:
+        await link.click()
+        return await page.locator("#context-history tr.version").count() == 2
+
+    await eventually(two_versions, 30, interval=1)
+    history = await page.locator("#context-history").inner_text()
+    assert history.index("Orders desk, with filters") < history.index('"Orders desk"')  # newest first
+    await page.screenshot(path=str(SHOTS / "contexts.png"), full_page=True)
+
+    # a stream type's window, drawn: a metric's values
+    samples = [metric("queue-depth", v) for v in (3, 5, 4, 9, 7)]
+    assert (await http.post("/v1/events", json=samples)).status_code == 202
+    await page.get_by_label("Context type").select_option("Metric")
+    sample_link = page.locator('a[data-subject="queue-depth"]')
+    await sample_link.wait_for(timeout=15_000)
+
+    async def charted() -> bool:
+        await sample_link.click()
+        await page.locator("#window-chart").wait_for()
+        return "5 values" in (await page.locator("#window-chart svg").get_attribute("aria-label") or "")
+
+    await eventually(charted, 15, interval=1)
+    assert "min 3, max 9, last 7" in await page.locator("#window-chart").inner_text()
+    await page.screenshot(path=str(SHOTS / "streams.png"), full_page=True)
 
     # a policy: preview it, narrow it to one section, see the preview change, publish it
     await page.get_by_role("button", name="Policies").click()
@@ -175,6 +208,24 @@ async def test_console_signs_in_shows_contexts_and_publishes_a_policy(
     assert "succeeded" in await page.locator("#timeline tr.step").first.inner_text()
     await page.screenshot(path=str(SHOTS / "workflows.png"))
 
+    # workflows applied from the console: a bad one shows its error at the field, a good one is listed
+    editor = page.get_by_label("Apply workflows (YAML)")
+    await editor.fill(
+        WORKFLOW.replace("name: page-announce", "name: page-echo").replace("type: sequential", "type: serial")
+    )
+    await page.get_by_role("button", name="Apply", exact=True).click()
+    await page.locator("#workflow-error-field").wait_for()
+    assert await page.locator("#workflow-error-field").inner_text() == "phases[0].type"
+    assert "(line 7)" in await page.locator("#workflow-error").inner_text()
+    await page.screenshot(path=str(SHOTS / "workflows-apply.png"), full_page=True)
+    await editor.fill(WORKFLOW.replace("name: page-announce", "name: page-echo"))
+    await page.get_by_role("button", name="Apply", exact=True).click()
+    await page.locator("#workflow-ok").wait_for()
+    await page.locator("tr.workflow", has_text="page-echo").wait_for()
+    assert "page-echo" in (await http.get("/v1/workflows", headers=admin)).text
+    await page.get_by_role("button", name="Remove page-echo").click()
+    await eventually(lambda: _count(page, "tr.workflow >> text=page-echo", 0), 10)
+
     # patterns: a bad one shows its error at the field, a good one is applied and listed
     await page.get_by_role("button", name="Patterns").click()
     editor = page.get_by_label("Apply patterns (YAML)")
@@ -221,6 +272,10 @@ async def test_console_signs_in_shows_contexts_and_publishes_a_policy(
     await other.get_by_label("Context type").select_option("PageDSL")
     await other.wait_for_timeout(2500)  # a poll or two
     assert await other.locator('a[data-subject="orders-desk"]').count() == 0
+    async with httpx.AsyncClient(base_url=fabric.url, timeout=10) as c:
+        theirs = bearer(fabric.settings, f"other{tenant}", [*EVERYTHING, "workflows:read"])
+        assert (await c.get("/v1/history/PageDSL/orders-desk", headers=theirs)).json()["versions"] == []
+        assert (await c.get("/v1/workflows", headers=theirs)).json()["workflows"] == []
     await other.get_by_role("button", name="Composites").click()
     await other.wait_for_timeout(2500)
     assert await other.locator("tr.composite").count() == 0
@@ -283,3 +338,68 @@ async def test_console_files_are_its_own_with_a_strict_policy(fabric: Fabric) ->
         assert (await http.get("/v1/console/flow")).status_code == 401
         reader = await http.get("/v1/console/flow", headers=bearer(fabric.settings, "someone"))
         assert reader.status_code == 403  # the live flow needs audit:read
+
+
+async def test_workflows_over_http_are_the_tenants_own(fabric: Fabric, tenant: str, http: httpx.AsyncClient) -> None:
+    s = fabric.settings
+    writer, reader = bearer(s, tenant, ["registry:write", "workflows:read"]), bearer(s, tenant, ["workflows:read"])
+    other = bearer(s, f"x{tenant}", ["registry:write", "workflows:read"])
+    doc = {"yaml": WORKFLOW.replace("name: page-announce", "name: http-made")}
+    assert (await http.post("/v1/workflows", json=doc, headers=reader)).status_code == 403  # no registry:write
+    assert (await http.get("/v1/workflows", headers=bearer(s, tenant))).status_code == 403  # no workflows:read
+    bad = await http.post("/v1/workflows", json={"yaml": doc["yaml"].replace("event: {", "evnt: {")}, headers=writer)
+    assert bad.status_code == 422 and bad.json()["workflow"] == "http-made", bad.json()
+    assert bad.json()["field"] == "phases[0].steps[0].evnt" and bad.json()["problem"] == "unknown field"
+    assert (await http.post("/v1/workflows", json={"yaml": "x" * 70_000}, headers=writer)).status_code == 413
+    assert (await http.post("/v1/workflows", json={"text": 1}, headers=writer)).status_code == 400
+    made = await http.post("/v1/workflows", json=doc, headers=writer)
+    assert made.status_code == 201 and made.json() == {"applied": ["http-made@1"], "warnings": []}
+    # the same version with other content is refused: a change needs a new version
+    changed = await http.post("/v1/workflows", json={"yaml": doc["yaml"].replace("wf-page", "other")}, headers=writer)
+    assert changed.status_code == 409 and "give the change a new version" in changed.json()["error"]
+    # a step naming a system the tenant has not registered is applied, with a warning
+    desk = (
+        doc["yaml"]
+        .replace("version: 1", "version: 2")
+        .replace(
+            "      - id: tell\n", "      - id: tell\n        system: desk\n        http: {path: /x}\n      - id: also\n"
+        )
+    )
+    warned = await http.post("/v1/workflows", json={"yaml": desk}, headers=writer)
+    assert warned.status_code == 201 and warned.json()["warnings"] == [
+        "http-made: step tell: no system 'desk' is registered yet"
+    ], warned.json()
+    listed = (await http.get("/v1/workflows", headers=reader)).json()["workflows"]
+    assert [(w["name"], w["version"], w["triggers"]) for w in listed] == [("http-made", 2, ["page.updated"])]
+    assert (await http.get("/v1/workflows", headers=other)).json()["workflows"] == []
+    assert (await http.delete("/v1/workflows/http-made", headers=other)).status_code == 404
+    assert (await http.delete("/v1/workflows/http-made", headers=writer)).status_code == 200
+    assert (await http.get("/v1/workflows", headers=reader)).json()["workflows"] == []
+
+
+async def test_history_is_the_tenants_and_obeys_the_access_rules(fabric: Fabric, tenant: str) -> None:
+    s = fabric.settings
+    writer = bearer(s, tenant)
+    no_roles = bearer(s, tenant, ["context:read:*"])
+    sre = bearer(s, tenant, ["context:read:*"], roles=["sre"])
+    subject = "a/b 'quoted' \\ subject"
+    first, second = page_event(subject, "open"), page_event(subject, "secret")
+    second["sensitivity"] = "restricted"
+    async with httpx.AsyncClient(base_url=fabric.url, timeout=15) as c:
+        assert (await c.post("/v1/events", json=[first], headers=writer)).status_code == 202
+        assert (await c.post("/v1/events", json=[second], headers=writer)).status_code == 202
+        url = f"/v1/history/PageDSL/{subject.replace(' ', '%20')}"
+
+        async def both() -> Any:
+            got = (await c.get(url, headers=sre)).json()["versions"]
+            return got if len(got) == 2 else None
+
+        versions = await eventually(both, 30, interval=0.5)
+        assert [v["data"]["title"] for v in versions] == ["secret", "open"]  # newest first
+        assert versions[0]["sensitivity"] == "restricted" and versions[1]["provider"] == "http"
+        plain = (await c.get(url, headers=no_roles)).json()["versions"]
+        assert [v["data"]["title"] for v in plain] == ["open"]  # the restricted version is left out
+        assert (await c.get(url, headers=bearer(s, tenant, ["context:read:LogEntry"]))).status_code == 403
+        assert (await c.get(url, headers=bearer(s, f"x{tenant}", ["context:read:*"]))).json()["versions"] == []
+        assert (await c.get(f"{url}?limit=0", headers=sre)).status_code == 400
+        assert (await c.get("/v1/history/Nope/x", headers=sre)).status_code == 404

@@ -118,9 +118,9 @@ def _set(doc: dict[str, Any], path: str, value: Any) -> dict[str, Any]:
         ("phases/0/steps/0/timeout", "soon", "phases[0].steps[0].timeout", "not a duration"),
         ("phases/0/steps/0/mcp", {"tool": "x"}, "phases[0].steps[0]", "exactly one action of http, mcp, kafka, event (got http, mcp)"),
         ("phases/0/steps/0/system", KeyError, "phases[0].steps[0]", "an http action needs the target system"),
-        ("phases/0/type", "fan-out", "phases[0].type", "must be one of the listed values"),
+        ("phases/0/type", "fan-out", "phases[0].type", "must be 'parallel', 'sequential' or 'broadcast'"),
         ("phases/0/steps/0/retry", {"tries": 3}, "phases[0].steps[0].retry.tries", "unknown field"),
-        ("phases/0/steps/0/retry", {"on": ["rejected"]}, "phases[0].steps[0].retry.on[0]", "must be one of the listed values"),
+        ("phases/0/steps/0/retry", {"on": ["rejected"]}, "phases[0].steps[0].retry.on[0]", "must be 'timeout', 'unavailable' or 'server_error'"),
         ("phases/0/success_criteria", {"steps.credit.result.approved": {"$approx": 1}}, "phases[0].success_criteria.steps.credit.result.approved.$approx", "unknown operator"),
         ("phases/0/success_criteria", {"credit_approved": True}, "phases[0].success_criteria", "must name a step's outcome"),
         ("phases/0/success_criteria", {"steps.reserve.status": "ok"}, "phases[0].success_criteria", "names no step of phase 'validation'"),
@@ -133,7 +133,7 @@ def _set(doc: dict[str, Any], path: str, value: Any) -> dict[str, Any]:
         ("phases/0/steps/0/http/path", "credit-checks", "phases[0].steps[0].http.path", "must start with /"),
         ("name", "Order Processing", "name", "must be 1-64"),
         ("triggers", [], "triggers", "needs a non-empty list"),
-        ("error_handling/0/strategy", "pray", "error_handling[0].strategy", "must be one of the listed values"),
+        ("error_handling/0/strategy", "pray", "error_handling[0].strategy", "must be 'circuit_breaker', 'immediate_rollback' or 'retry'"),
     ],
 )  # fmt: skip
 def test_a_bad_workflow_is_refused_naming_the_field(path: str, value: Any, field: str, problem: str) -> None:
