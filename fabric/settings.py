@@ -232,6 +232,13 @@ class SecuritySettings(_Part):
     token_rate: RateLimit = RateLimit(rate=1_000.0, burst=2_000)
     tenant_rates: dict[str, RateLimit] = Field(default_factory=dict, description="per-tenant overrides")
     audit_buffer: int = Field(100_000, description="audit records held while Kafka is unreachable")
+    oidc_client_id: str = Field(
+        "", description="the console's client at the issuer (authorization code with PKCE); empty: paste a token"
+    )
+    oidc_scope: str = Field("openid", description="the scopes the console asks the issuer for")
+    oidc_resource: str = Field(
+        "", description="a resource indicator (RFC 8707) the console names, if the issuer wants one"
+    )
 
     @field_validator("dev_key_file", "injection_file", mode="before")
     @classmethod

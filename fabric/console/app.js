@@ -9,39 +9,25 @@ import { Contexts } from "./contexts.js";
 import { Flow } from "./flow.js";
 import { Patterns } from "./patterns.js";
 import { Policies } from "./policies.js";
+import { finishSignIn, SignIn } from "./signin.js";
 import { Workflows } from "./workflows.js";
-
-function SignIn({ onSignedIn }) {
-  const [token, setToken] = useState("");
-  const [error, setError] = useState("");
-  async function submit(e) {
-    e.preventDefault();
-    sessionStorage.setItem(TOKEN_KEY, token.trim());
-    const res = await api("/v1/console/me");
-    if (res.ok) onSignedIn(res.body);
-    else { sessionStorage.removeItem(TOKEN_KEY); setError(errorOf(res)); }
-  }
-  return html`<section aria-labelledby="signin-title">
-    <h2 id="signin-title">Sign in</h2>
-    <p class="muted">Paste a token (<code>fabric token --tenant T --scope ...</code>).</p>
-    <form onSubmit=${submit}>
-      <label for="token">Bearer token</label>
-      <input id="token" name="token" size="80" autocomplete="off" value=${token}
-             onInput=${(e) => setToken(e.target.value)} required />
-      <p><button class="primary" type="submit">Sign in</button></p>
-      ${error && html`<p role="alert" class="error" id="signin-error">${error}</p>`}
-    </form>
-  </section>`;
-}
 
 const VIEWS = { flow: Flow, contexts: Contexts, composites: Composites, policies: Policies, patterns: Patterns,
                 workflows: Workflows, audit: Audit };
 
 function Console() {
   const [me, setMe] = useState(null);
+  const [failed, setFailed] = useState("");
   const [view, setView] = useState("contexts");  // the live flow needs audit:read; contexts is for everyone
   useEffect(() => {
-    if (sessionStorage.getItem(TOKEN_KEY)) api("/v1/console/me").then((res) => res.ok && setMe(res.body));
+    (async () => {
+      const why = await finishSignIn(); // back from the issuer, if that is where the person comes from
+      if (why) return setFailed(why);
+      if (!sessionStorage.getItem(TOKEN_KEY)) return;
+      const res = await api("/v1/console/me");
+      if (res.ok) setMe(res.body);
+      else { sessionStorage.removeItem(TOKEN_KEY); setFailed(errorOf(res)); }
+    })();
   }, []);
   const signOut = () => { sessionStorage.removeItem(TOKEN_KEY); setMe(null); };
   const View = VIEWS[view];
@@ -51,7 +37,7 @@ function Console() {
     ${me ? html`<nav aria-label="Views">${Object.keys(VIEWS).map((v) => html`<button type="button"
           aria-current=${v === view ? "page" : undefined} onClick=${() => setView(v)}>${v[0].toUpperCase() + v.slice(1)}</button>`)}</nav>
         <${View} me=${me} />`
-      : html`<${SignIn} onSignedIn=${setMe} />`}`;
+      : html`<${SignIn} onSignedIn=${setMe} failed=${failed} />`}`;
 }
 
 const root = document.getElementById("app");

@@ -9,6 +9,7 @@ run time. A strict Content-Security-Policy keeps the page to its own scripts.
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import msgspec
@@ -16,6 +17,7 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, Response
 from starlette.routing import Route
 
+from fabric.errors import BackendUnavailable
 from fabric.router.flow import flow
 from fabric.router.problems import HTTPProblem
 from fabric.router.state import caller, state_of
@@ -23,9 +25,12 @@ from fabric.router.state import caller, state_of
 ASSETS = Path(__file__).resolve().parent.parent / "console"
 TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8",
          ".css": "text/css; charset=utf-8", ".svg": "image/svg+xml"}  # fmt: skip
+CSP = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src {connect}; "
+    "base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+)
 HEADERS = {
-    "content-security-policy": "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
-    "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
+    "content-security-policy": CSP.format(connect="'self'"),
     "x-content-type-options": "nosniff",
     "referrer-policy": "no-referrer",
     "cache-control": "no-cache",
@@ -45,7 +50,15 @@ FILES = _files()
 
 
 async def page(request: Request) -> Response:
-    return FileResponse(ASSETS / "index.html", media_type=TYPES[".html"], headers=HEADERS)
+    """The page; with an OIDC issuer configured, it may also connect to the issuer (its token
+    endpoint), which is where the sign-in trades its code for a token."""
+    signin = state_of(request).signin
+    if signin.enabled:
+        with contextlib.suppress(BackendUnavailable):
+            await signin.config()  # learn the token endpoint's origin
+    connect = " ".join(["'self'", *signin.connect_sources()])
+    headers = {**HEADERS, "content-security-policy": CSP.format(connect=connect)}
+    return FileResponse(ASSETS / "index.html", media_type=TYPES[".html"], headers=headers)
 
 
 async def asset(request: Request) -> Response:
@@ -70,10 +83,20 @@ async def me(request: Request) -> Response:
     return Response(_enc.encode(body), media_type="application/json")
 
 
+async def config(request: Request) -> Response:
+    """How to sign in (public: the page needs it before anyone has a token)."""
+    try:
+        body = await state_of(request).signin.config()
+    except BackendUnavailable as e:
+        raise HTTPProblem(503, str(e), {"Retry-After": "30"}) from None
+    return Response(_enc.encode(body), media_type="application/json")
+
+
 ROUTES = [
     Route("/console", page, methods=["GET"]),
     Route("/console/", page, methods=["GET"]),
     Route("/console/{path:path}", asset, methods=["GET"]),
+    Route("/v1/console/config", config, methods=["GET"]),
     Route("/v1/console/me", me, methods=["GET"]),
     Route("/v1/console/flow", flow, methods=["GET"]),
 ]

@@ -21,6 +21,7 @@ from fabric.router.edge import EdgeValidator
 from fabric.router.gate import Gate
 from fabric.router.hub import ChangeHub
 from fabric.router.problems import HTTPProblem
+from fabric.router.signin import ConsoleSignIn
 from fabric.security.tokens import Principal
 from fabric.settings import Settings
 
@@ -44,6 +45,11 @@ class RouterState:
     cache_ready: bool = True
     #: typed topic -> per partition (complete_ms, reported_ms, caught_up), see ``watermark_lag_ms``
     watermarks: dict[str, list[tuple[int, int, bool]]] = field(default_factory=dict)
+    #: the console's sign-in through the configured OIDC issuer (``fabric.router.signin``)
+    signin: ConsoleSignIn = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.signin = ConsoleSignIn(self.settings.security)
 
     def watermark_lag_ms(self, ct: ContextType, now_ms: int | None = None) -> int:
         """How far behind the cache of this context type may be: 0 while the materializer has
