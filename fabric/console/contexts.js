@@ -41,7 +41,7 @@ function WindowChart({ window }) {
 }
 
 function History({ versions }) {
-  if (!versions) return html`<p class="muted">Loading the history…</p>`;
+  if (!versions) return html`<p class="muted" id="history-loading">Loading the history…</p>`;
   if (!versions.length) return html`<p class="muted">No versions in the trail yet (the sink writes them within seconds).</p>`;
   return html`<table aria-label="Version history" id="context-history">
     <thead><tr><th>Sequence</th><th>Time</th><th>Type</th><th>Source</th><th>Sensitivity</th><th>Data</th></tr></thead>

@@ -29,6 +29,7 @@ from fabric.errors import ConfigError
 from fabric.events.catalogue import ContextType
 from fabric.events.times import ms_of
 from fabric.registry.store import POLICY
+from fabric.router import bodies
 from fabric.router.contexts import build_context
 from fabric.router.problems import HTTPProblem
 from fabric.router.state import RouterState, caller, state_of
@@ -174,7 +175,7 @@ async def assemble(request: Request) -> Response:
     st = state_of(request)
     who, trace = await caller(request, "context.assemble", "assemble")
     try:
-        body = orjson.loads(await request.body())
+        body = orjson.loads(await bodies.read(request))
         subject = body["subject"]
         if not isinstance(subject, str) or not subject:
             raise ValueError
@@ -227,7 +228,7 @@ async def put_policy(request: Request) -> Response:
     who, trace = await caller(request, "policies.write", name)
     st.gate.require(who, "admin", "policies.write", name, trace)
     try:
-        doc = orjson.loads(await request.body())
+        doc = orjson.loads(await bodies.read(request))
         if not isinstance(doc, dict):
             raise ValueError
     except (orjson.JSONDecodeError, ValueError):

@@ -1,4 +1,5 @@
-"""Splitting a ``POST /v1/events`` body into events: bounded, and off the event loop when big.
+"""Request bodies, bounded: ``read`` stops at a limit (every endpoint that takes a body reads
+it with this), and splitting a ``POST /v1/events`` body into events off the event loop when big.
 
 A body is one CloudEvent, a JSON array of them, or NDJSON. Splitting costs little per
 byte but something per element, so a body made of millions of tiny elements (``1\\n``
@@ -15,8 +16,13 @@ import multiprocessing
 from concurrent.futures import ProcessPoolExecutor
 
 import msgspec
+from starlette.requests import Request
 
 from fabric.errors import FabricError
+from fabric.router.problems import HTTPProblem
+
+#: the bodies of the JSON endpoints other than ``/v1/events`` (a policy, a schema, a manifest)
+JSON_BYTES = 1024 * 1024
 
 #: bodies up to this size are split on the event loop (a few ms at worst)
 INLINE_BYTES = 128 * 1024
@@ -27,6 +33,21 @@ _pool: ProcessPoolExecutor | None = None
 
 class TooMany(FabricError, ValueError):
     """More events in the body than one request may carry."""
+
+
+async def read(request: Request, limit: int = JSON_BYTES) -> bytes:
+    """The request's body, refused (413) past ``limit`` bytes: as soon as its declared length
+    says so, else as soon as that many bytes have come; never held whole when too big."""
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise HTTPProblem(413, f"body is {declared[:20]} bytes, over the limit of {limit}")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise HTTPProblem(413, f"body is over the limit of {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def split(body: bytes, ndjson: bool, max_events: int) -> list[bytes]:

@@ -18,6 +18,7 @@ from fabric.cache.fastredis import RedisUnavailable
 from fabric.contract import Context
 from fabric.errors import RateLimited
 from fabric.events.catalogue import ContextType
+from fabric.router import bodies
 from fabric.router.contexts import build_context
 from fabric.router.problems import HTTPProblem
 from fabric.router.state import RouterState, context_type_named
@@ -58,6 +59,38 @@ def _headers(scope: Scope) -> tuple[str | None, str | None]:
 MCP_PATHS = ("/mcp", "/.well-known/oauth-protected-resource")
 
 
+async def bounded_receive(scope: Scope, receive: Any, send: Any, limit: int) -> Any:
+    """A ``receive`` that replays the request's body, read here up to ``limit`` bytes (None,
+    with a 413 answered, past it), for apps that read a body whole whatever its size (the
+    MCP SDK does)."""
+    for k, v in scope["headers"]:
+        if k == b"content-length" and v.isdigit() and int(v) > limit:
+            await _error(send, 413, f"body is {v[:20].decode()} bytes, over the limit of {limit}")
+            return None
+    chunks, size, more = [], 0, True
+    while more:
+        message = await receive()
+        if message["type"] != "http.request":  # the client went away
+            return receive
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            await _error(send, 413, f"body is over the limit of {limit} bytes")
+            return None
+        chunks.append(chunk)
+        more = message.get("more_body", False)
+    replayed = False
+
+    async def replay() -> Any:
+        nonlocal replayed
+        if replayed:
+            return await receive()
+        replayed = True
+        return {"type": "http.request", "body": b"".join(chunks), "more_body": False}
+
+    return replay
+
+
 class FrontDoor:
     """The router's front door (ASGI): MCP requests to ``mcp``, single pulls answered here on
     the fast path (``read_context``), everything else to the Starlette ``app``."""
@@ -69,7 +102,9 @@ class FrontDoor:
     async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
         path: str = scope.get("path", "")
         if self.mcp is not None and scope["type"] == "http" and path.startswith(MCP_PATHS):
-            await self.mcp(scope, receive, send)
+            bounded = await bounded_receive(scope, receive, send, bodies.JSON_BYTES)
+            if bounded is not None:
+                await self.mcp(scope, bounded, send)
             return None
         if scope["type"] != "http" or scope["method"] != "GET" or not path.startswith(PREFIX):
             return await self.app(scope, receive, send)

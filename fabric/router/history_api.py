@@ -4,7 +4,9 @@ window).
 
 ``/v1/history/PageDSL/orders-list?limit=20`` -> ``{"context_type", "subject", "versions":
 [{"id", "type", "source", "time", "received", "sequence", "sensitivity", "provider",
-"data"}, ...]}``. The caller needs ``context:read:<type>``; versions its roles do not clear
+"data", "data_bytes"}, ...]}``; a version's data over ``MAX_DATA`` bytes is left out (``"data":
+null``, its size in ``data_bytes``: pull the subject for the latest), so an answer stays
+small whatever was sent. The caller needs ``context:read:<type>``; versions its roles do not clear
 (access rules on sensitivity) are left out, as in every pull. 503 while the store cannot
 be read. The subject goes into the SQL as hex, so no subject can change the statement.
 """
@@ -26,7 +28,10 @@ from fabric.router.problems import HTTPProblem
 from fabric.router.state import caller, context_type_named, state_of
 
 MAX_SUBJECT = 1024
-COLUMNS = "id, type, source, time, received, sequence, sensitivity, provider, data"
+MAX_VERSIONS = 100
+MAX_DATA = 16 * 1024
+COLUMNS = ("id, type, source, time, received, sequence, sensitivity, provider, "
+           f"if(length(data) > {MAX_DATA}, '', data) AS payload, length(data) AS data_bytes")  # fmt: skip
 _enc = msgspec.json.Encoder()
 
 
@@ -44,10 +49,11 @@ def history_sql(database: str, tenant: str, context_type: str, subject: str, lim
 
 
 def _version(row: dict[str, Any]) -> dict[str, Any]:
+    payload = row.pop("payload")
     try:
-        row["data"] = orjson.loads(row["data"])
+        row["data"] = orjson.loads(payload) if payload else None
     except orjson.JSONDecodeError:
-        pass  # kept as the text the trail has
+        row["data"] = payload  # the text the trail has
     if row.get("provider") == "None":
         row["provider"] = None
     return row
@@ -66,8 +72,8 @@ async def context_history(request: Request) -> Response:
         limit = int(request.query_params.get("limit", "20"))
     except ValueError:
         raise HTTPProblem(400, "limit must be an integer") from None
-    if not 1 <= limit <= 200:
-        raise HTTPProblem(400, "limit must be between 1 and 200")
+    if not 1 <= limit <= MAX_VERSIONS:
+        raise HTTPProblem(400, f"limit must be between 1 and {MAX_VERSIONS}")
     rows = await store_rows(request, history_sql(st.settings.clickhouse.database, who.tenant, ct.name, subject, limit),
                             "the event trail")  # fmt: skip
     versions = [

@@ -79,17 +79,7 @@ async def post_events(request: Request) -> Response:
     st.gate.require(who, "events:write", "events.write", "events", trace)
     tenant = who.tenant
     limits = st.settings.router
-    limit = limits.max_body_bytes
-    declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > limit:
-        raise HTTPProblem(413, f"body is {declared[:20]} bytes, over the limit of {limit}")
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise HTTPProblem(413, f"body is over the limit of {limit} bytes")
-        chunks.append(chunk)
-    body = b"".join(chunks)
+    body = await bodies.read(request, limits.max_body_bytes)
     items = await split_body(body, request.headers.get("content-type", ""), limits.max_events_per_request)
     accepted: list[tuple[str, bytes, bytes, list[tuple[str, bytes]]]] = []
     rejected: list[Rejected] = []

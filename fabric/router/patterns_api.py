@@ -23,6 +23,7 @@ from starlette.responses import Response
 
 from fabric.cep.patterns import PatternError, load_patterns
 from fabric.registry.store import PATTERN
+from fabric.router import bodies
 from fabric.router.problems import HTTPProblem
 from fabric.router.registry_api import _reader, _store, _writer
 
@@ -48,9 +49,7 @@ async def list_patterns(request: Request) -> Response:
 
 async def apply_patterns(request: Request) -> Response:
     st, who, trace = await _writer(request)
-    raw = await request.body()
-    if len(raw) > MAX_BYTES:
-        raise HTTPProblem(413, f"a pattern file is at most {MAX_BYTES} bytes")
+    raw = await bodies.read(request, MAX_BYTES)
     try:
         text = orjson.loads(raw)["yaml"]
         if not isinstance(text, str):

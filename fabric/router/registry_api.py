@@ -35,6 +35,7 @@ from fabric.events.catalogue import GENERIC_SCHEMA_ID, TYPED_ID_OFFSET
 from fabric.registry.compat import zero_size_items
 from fabric.registry.manifests import parse_manifest
 from fabric.registry.store import FIRST_ID, SchemaVersion, valid_level
+from fabric.router import bodies
 from fabric.router.problems import HTTPProblem
 from fabric.router.state import RouterState, caller, state_of
 from fabric.security.tokens import OPERATOR_SCOPE, Principal
@@ -103,7 +104,7 @@ def _version(st: RouterState, subject: str, version: str) -> SchemaVersion | Res
 
 async def _schema_of(request: Request) -> Any:
     try:
-        body = orjson.loads(await request.body())
+        body = orjson.loads(await bodies.read(request))
         if body.get("schemaType", "AVRO") != "AVRO":
             raise ValueError("only AVRO schemas are supported")
         schema = orjson.loads(body["schema"]) if isinstance(body["schema"], str) else body["schema"]
@@ -215,7 +216,7 @@ async def config(request: Request) -> Response:
     st, who, trace = await _operator(request)
     subject = _subject(st, subject)
     try:
-        level = valid_level(orjson.loads(await request.body()).get("compatibility"))
+        level = valid_level(orjson.loads(await bodies.read(request)).get("compatibility"))
     except (orjson.JSONDecodeError, AttributeError, ValueError) as e:
         return _err(422, 42203, str(e))
     await _store(st, f"config:{subject}", orjson.dumps({"compatibility": level}))
@@ -232,7 +233,9 @@ async def manifests(request: Request) -> Response:
     st, who, trace = await _writer(request)
     try:
         # the operator's manifests are the platform's (every tenant's default); a tenant's are its own
-        m = parse_manifest(orjson.loads(await request.body()), "body", tenant=None if who.operator else who.tenant)
+        m = parse_manifest(
+            orjson.loads(await bodies.read(request)), "body", tenant=None if who.operator else who.tenant
+        )
     except orjson.JSONDecodeError as e:
         raise HTTPProblem(400, f"body is not JSON: {e}") from None
     except ConfigError as e:
@@ -278,7 +281,7 @@ async def routing(request: Request) -> Response:
         return _json({"version": st.schemas.store.routing_version, "rules": rules})
     st, who, trace = await _operator(request)
     try:
-        body = orjson.loads(await request.body())
+        body = orjson.loads(await bodies.read(request))
         rules = body["rules"] if isinstance(body, dict) else body
         if not isinstance(rules, list) or not rules:
             raise ValueError("rules must be a non-empty list of {match, context_type}")

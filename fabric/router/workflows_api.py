@@ -30,6 +30,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from fabric.errors import ConfigError, FabricError
+from fabric.router import bodies
 from fabric.router.audit_api import store_rows
 from fabric.router.problems import HTTPProblem
 from fabric.router.registry_api import _store, _writer
@@ -61,9 +62,7 @@ async def list_workflows(request: Request) -> Response:
 
 async def apply_workflows(request: Request) -> Response:
     st, who, trace = await _writer(request)
-    raw = await request.body()
-    if len(raw) > MAX_BYTES:
-        raise HTTPProblem(413, f"a workflow file is at most {MAX_BYTES} bytes")
+    raw = await bodies.read(request, MAX_BYTES)
     try:
         text = orjson.loads(raw)["yaml"]
         if not isinstance(text, str):

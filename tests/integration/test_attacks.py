@@ -196,6 +196,24 @@ async def test_huge_bodies_and_subscriptions_are_capped(fabric: Fabric, two: tup
             "/v1/events", content=b"1\n" * 5000, headers={**writer, "content-type": "application/x-ndjson"}
         )
         assert r.status_code == 400 and r.json()["rejected_count"] == 5000 and len(r.json()["rejected"]) == 100
+        # every endpoint that takes a body stops reading it at its limit
+        admin = bearer(s, globex, ["admin"])
+        big = b'{"subject": "' + b"x" * (2 << 20) + b'"}'
+        for method, path in (("POST", "/v1/assemble"), ("PUT", "/v1/policies/page-copilot"),
+                             ("POST", "/v1/registry/manifests"), ("POST", "/v1/workflows")):  # fmt: skip
+            r = await c.request(method, path, content=big, headers={**admin, "content-type": "application/json"})
+            assert r.status_code == 413 and "over the limit of" in r.json()["error"], (path, r.text[:200])
+        mcp_headers = {**admin, "content-type": "application/json", "accept": "application/json, text/event-stream"}
+        r = await c.post("/mcp", content=big, headers=mcp_headers)
+        assert r.status_code == 413, r.text[:200]  # the MCP SDK would read it whole
+
+        async def unsized() -> Any:  # no content-length: counted as it comes
+            yield b'{"yaml": "'
+            for _ in range(100):
+                yield b"x" * 1024
+
+        r = await c.post("/v1/patterns", content=unsized(), headers={**admin, "content-type": "application/json"})
+        assert r.status_code == 413 and "over the limit of 65536 bytes" in r.json()["error"], r.text[:200]
         deep = page(globex, "deep")
         deep["data"]["nest"] = orjson.loads("[" * 300 + "]" * 300)
         r = await c.post("/v1/events", json=[deep], headers=writer)

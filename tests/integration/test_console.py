@@ -124,6 +124,7 @@ async def test_console_signs_in_shows_contexts_and_publishes_a_policy(
 
     async def two_versions() -> bool:
         await link.click()
+        await page.locator("#history-loading").wait_for(state="detached")
         return await page.locator("#context-history tr.version").count() == 2
 
     await eventually(two_versions, 30, interval=1)
@@ -402,4 +403,13 @@ async def test_history_is_the_tenants_and_obeys_the_access_rules(fabric: Fabric,
         assert (await c.get(url, headers=bearer(s, tenant, ["context:read:LogEntry"]))).status_code == 403
         assert (await c.get(url, headers=bearer(s, f"x{tenant}", ["context:read:*"]))).json()["versions"] == []
         assert (await c.get(f"{url}?limit=0", headers=sre)).status_code == 400
+        # a version too large to list whole: its size, not its data
+        assert (await c.post("/v1/events", json=[page_event("big", "t" * 20_000)], headers=writer)).status_code == 202
+
+        async def big() -> Any:
+            got = (await c.get("/v1/history/PageDSL/big", headers=sre)).json()["versions"]
+            return got[0] if got else None
+
+        version = await eventually(big, 30, interval=0.5)
+        assert version["data"] is None and version["data_bytes"] > 20_000
         assert (await c.get("/v1/history/Nope/x", headers=sre)).status_code == 404
