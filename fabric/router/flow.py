@@ -13,6 +13,11 @@ Every ``INTERVAL_S`` one ``data:`` line carries a snapshot:
 The stream needs scope ``audit:read`` (it describes traffic, as the audit trail does) or
 ``admin``, and ends when the token expires. A snapshot the trail cannot give (the sink is
 down) says so in ``error`` and the stream goes on.
+
+What comes from the trail is the tenant's, whoever asks: it is queried once per interval per
+tenant and shared by every stream of that tenant on this router, so more viewers do not
+mean more queries; a tenant has at most ``MAX_STREAMS`` streams open on a router (429 past
+that).
 """
 
 from __future__ import annotations
@@ -29,11 +34,12 @@ from starlette.responses import StreamingResponse
 from fabric.errors import FabricError
 from fabric.events.codecs import TENANT
 from fabric.router.contexts import fetch
+from fabric.router.flowshare import INTERVAL_S, MAX_STREAMS
+from fabric.router.problems import HTTPProblem
 from fabric.router.state import RouterState, caller, state_of
 from fabric.security.tokens import Principal
 from fabric.sinks.query import query
 
-INTERVAL_S = 2.0
 WINDOW_S = 60
 BUCKET_S = 5
 _enc = msgspec.json.Encoder()
@@ -61,10 +67,10 @@ async def _rows(st: RouterState, sql: str) -> list[list[Any]]:
     return rows
 
 
-async def snapshot(st: RouterState, who: Principal) -> dict[str, Any]:
-    out: dict[str, Any] = {"at": time.time(), "window_s": WINDOW_S, "bucket_s": BUCKET_S, "error": ""}
+async def _trail(st: RouterState, tenant: str) -> dict[str, Any]:
+    out: dict[str, Any] = {"error": ""}
     try:
-        q = flow_sql(st.settings.clickhouse.database, who.tenant)
+        q = flow_sql(st.settings.clickhouse.database, tenant)
         rates, buckets, dlq = await asyncio.gather(*(_rows(st, q[k]) for k in ("rates", "buckets", "dlq")))
         out["rates"] = [{"type": t, "source": s, "per_s": round(n / WINDOW_S, 2), "count": n} for t, s, n in rates]
         lines: dict[str, list[int]] = {}
@@ -77,6 +83,12 @@ async def snapshot(st: RouterState, who: Principal) -> dict[str, Any]:
                       "latest": [{"reason": r[:300], "at": a} for r, a in dlq[:5]]}  # fmt: skip
     except FabricError as e:  # the sink (and its trail) is away: say so, keep the rest
         out |= {"rates": [], "sparklines": {}, "dlq": {"count": 0, "per_s": 0, "latest": []}, "error": str(e)}
+    return out
+
+
+async def snapshot(st: RouterState, who: Principal) -> dict[str, Any]:
+    trail = await asyncio.shield(st.trails.of(who.tenant, lambda: _trail(st, who.tenant)))
+    out: dict[str, Any] = {"at": time.time(), "window_s": WINDOW_S, "bucket_s": BUCKET_S, **trail}
     fresh = []
     for name, ct in sorted(st.catalogue.context_types.items()):
         if not who.can_read(name):
@@ -97,13 +109,24 @@ async def flow(request: Request) -> StreamingResponse:
     who, trace = await caller(request, "console.flow", "flow")
     if not who.can("audit:read"):
         raise st.gate.forbid(who, "console.flow", "flow", trace, "the token lacks scope 'audit:read'")
+    if st.trails.full(who.tenant):
+        raise HTTPProblem(429, f"the tenant has {MAX_STREAMS} live flows open on this router already",
+                          {"Retry-After": "10"})  # fmt: skip
     st.gate.record_allowed(who, "console.flow", "flow", trace)
 
     async def frames() -> AsyncIterator[bytes]:
-        while time.time() < who.expires and not await request.is_disconnected():
-            yield b"data: " + _enc.encode(await snapshot(st, who)) + b"\n\n"
-            await asyncio.sleep(INTERVAL_S)
-        yield b"event: end\ndata: {}\n\n"
+        # counted here, where the count is sure to be given back (a response that never
+        # starts never runs this)
+        if not st.trails.opened(who.tenant):
+            yield b"event: end\ndata: " + _enc.encode({"error": f"over {MAX_STREAMS} live flows"}) + b"\n\n"
+            return
+        try:
+            while time.time() < who.expires and not await request.is_disconnected():
+                yield b"data: " + _enc.encode(await snapshot(st, who)) + b"\n\n"
+                await asyncio.sleep(INTERVAL_S)
+            yield b"event: end\ndata: {}\n\n"
+        finally:
+            st.trails.closed(who.tenant)
 
     return StreamingResponse(frames(), media_type="text/event-stream",
                              headers={"cache-control": "no-cache", "x-accel-buffering": "no"})  # fmt: skip

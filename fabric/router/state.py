@@ -18,6 +18,7 @@ from fabric.cache.keys import CacheKeys
 from fabric.events.catalogue import Catalogue, ContextType
 from fabric.registry.store import RegistryFollower
 from fabric.router.edge import EdgeValidator
+from fabric.router.flowshare import FlowShare
 from fabric.router.gate import Gate
 from fabric.router.hub import ChangeHub
 from fabric.router.problems import HTTPProblem
@@ -47,9 +48,12 @@ class RouterState:
     watermarks: dict[str, list[tuple[int, int, bool]]] = field(default_factory=dict)
     #: the console's sign-in through the configured OIDC issuer (``fabric.router.signin``)
     signin: ConsoleSignIn = field(init=False)
+    #: the live flows' shared trail queries and open streams (``fabric.router.flow``)
+    trails: FlowShare = field(init=False)
 
     def __post_init__(self) -> None:
         self.signin = ConsoleSignIn(self.settings.security)
+        self.trails = FlowShare()
 
     def watermark_lag_ms(self, ct: ContextType, now_ms: int | None = None) -> int:
         """How far behind the cache of this context type may be: 0 while the materializer has

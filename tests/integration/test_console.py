@@ -6,6 +6,7 @@ Screenshots of each view go to docs/console/."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import uuid
@@ -413,3 +414,31 @@ async def test_history_is_the_tenants_and_obeys_the_access_rules(fabric: Fabric,
         version = await eventually(big, 30, interval=0.5)
         assert version["data"] is None and version["data_bytes"] > 20_000
         assert (await c.get("/v1/history/Nope/x", headers=sre)).status_code == 404
+
+
+async def test_live_flows_are_capped_per_tenant(fabric: Fabric, tenant: str) -> None:
+    """Each live flow would query the trail every 2 s: a tenant's flows share one query round,
+    and a tenant cannot open more than a few on a router."""
+    from fabric.router.flowshare import MAX_STREAMS
+
+    watcher = bearer(fabric.settings, tenant, ["audit:read"])
+    async with contextlib.AsyncExitStack() as stack, httpx.AsyncClient(base_url=fabric.url, timeout=30) as http:
+        lines = []  # held: a line iterator let go closes its stream
+        for _ in range(MAX_STREAMS):
+            r = await stack.enter_async_context(http.stream("GET", "/v1/console/flow", headers=watcher))
+            assert r.status_code == 200
+            lines.append(r.aiter_lines())
+            assert (await anext(lines[-1])).startswith("data: ")
+        over = await http.get("/v1/console/flow", headers=watcher)
+        assert over.status_code == 429 and "live flows open" in over.json()["error"]
+        other = bearer(fabric.settings, f"x{tenant}", ["audit:read"])
+        async with http.stream("GET", "/v1/console/flow", headers=other) as r:
+            assert r.status_code == 200  # another tenant is not held back
+
+    # closed streams are given back
+    async def reopened() -> bool:
+        async with httpx.AsyncClient(base_url=fabric.url, timeout=30) as http:
+            async with http.stream("GET", "/v1/console/flow", headers=watcher) as r:
+                return r.status_code == 200
+
+    await eventually(reopened, 15, interval=0.5)

@@ -192,10 +192,13 @@ def test_the_front_door_sends_each_request_where_it_belongs(state: RouterState, 
     async def send(message: dict[str, Any]) -> None:
         sent.append(message)
 
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
     def call(method: str, path: str, auth: str | None = None) -> None:
         headers = [(b"authorization", auth.encode())] if auth else []
         scope = {"type": "http", "method": method, "path": path, "headers": headers}
-        asyncio.run(door(scope, None, send))
+        asyncio.run(door(scope, receive, send))
 
     call("POST", "/mcp")
     call("GET", "/.well-known/oauth-protected-resource")
@@ -286,3 +289,32 @@ def test_the_registry_store_ignores_forged_or_broken_records(catalogue: Catalogu
     latest = store.latest("PageDSL")
     assert latest is not None and latest.version == 1
     assert store.routing_version == 0 and store.manifests == {}
+
+
+async def test_an_mcp_body_is_read_up_to_its_limit_and_replayed() -> None:
+    from fabric.router.fastpath import bounded_receive
+
+    def client(*chunks: bytes) -> Any:
+        messages = [{"type": "http.request", "body": c, "more_body": i < len(chunks) - 1} for i, c in enumerate(chunks)]
+        messages.append({"type": "http.disconnect"})
+
+        async def receive() -> dict[str, Any]:
+            return messages.pop(0)
+
+        return receive
+
+    sent: list[dict[str, Any]] = []
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    scope: dict[str, Any] = {"type": "http", "headers": []}
+    replay = await bounded_receive(scope, client(b'{"a":', b" 1}"), send, 10)
+    assert replay is not None and sent == []
+    assert await replay() == {"type": "http.request", "body": b'{"a": 1}', "more_body": False}
+    assert (await replay())["type"] == "http.disconnect"  # then the client's own messages
+    assert await bounded_receive(scope, client(b"x" * 6, b"x" * 6), send, 10) is None
+    assert sent[0]["status"] == 413 and b"over the limit of 10" in sent[1]["body"]
+    sent.clear()
+    declared = {"type": "http", "headers": [(b"content-length", b"11")]}
+    assert await bounded_receive(declared, client(b""), send, 10) is None and sent[0]["status"] == 413
