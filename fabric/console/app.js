@@ -19,6 +19,8 @@ function Console() {
   const [me, setMe] = useState(null);
   const [failed, setFailed] = useState("");
   const [view, setView] = useState("contexts");  // the live flow needs audit:read; contexts is for everyone
+  const [focus, setFocus] = useState(null); // a context another view asked to open
+  const open = (type, subject) => { setFocus({ type, subject, at: Date.now() }); setView("contexts"); };
   useEffect(() => {
     (async () => {
       const why = await finishSignIn(); // back from the issuer, if that is where the person comes from
@@ -36,7 +38,7 @@ function Console() {
         <button type="button" onClick=${signOut}>Sign out</button></span>`}</header>
     ${me ? html`<nav aria-label="Views">${Object.keys(VIEWS).map((v) => html`<button type="button"
           aria-current=${v === view ? "page" : undefined} onClick=${() => setView(v)}>${v[0].toUpperCase() + v.slice(1)}</button>`)}</nav>
-        <${View} me=${me} />`
+        <${View} me=${me} open=${open} focus=${focus} />`
       : html`<${SignIn} onSignedIn=${setMe} failed=${failed} />`}`;
 }
 

@@ -1,6 +1,6 @@
 // Contexts: the newest subjects of a type; one opens with its freshness, sensitivity and
 // provenance, its version history (from ClickHouse), and for stream types a chart of the window.
-import { html, useState } from "./vendor/htm-preact.module.js";
+import { html, useEffect, useState } from "./vendor/htm-preact.module.js";
 import { api, errorOf, usePoll } from "./common.js";
 
 const path = (type, subject) => `${encodeURIComponent(type)}/${subject.split("/").map(encodeURIComponent).join("/")}`;
@@ -51,8 +51,9 @@ function History({ versions }) {
   </table>`;
 }
 
-export function Contexts({ me }) {
-  const [type, setType] = useState(me.context_types[0] || "");
+export function Contexts({ me, focus }) {
+  const [type, setType] = useState((focus && focus.type) || me.context_types[0] || "");
+  const [wanted, setWanted] = useState("");
   const [list, setList] = useState({ items: [] });
   const [open, setOpen] = useState(null);
   const [history, setHistory] = useState(null);
@@ -64,20 +65,28 @@ export function Contexts({ me }) {
     setError(errorOf(res));
     if (res.ok) setList(res.body);
   }, 2000, [type]);
-  async function show(subject) {
+  async function show(subject, t = type) {
     setHistory(null);
-    const [res, hist] = await Promise.all([api(`/v1/contexts/${path(type, subject)}`),
-                                           api(`/v1/history/${path(type, subject)}?limit=20`)]);
+    const [res, hist] = await Promise.all([api(`/v1/contexts/${path(t, subject)}`),
+                                           api(`/v1/history/${path(t, subject)}?limit=20`)]);
     setError(errorOf(res) || errorOf(hist));
     setOpen(res.ok ? res.body : null);
     setHistory(hist.ok ? hist.body.versions : []);
   }
+  useEffect(() => { if (focus) { setType(focus.type); show(focus.subject, focus.type); } }, [focus && focus.at]);
   return html`<section aria-labelledby="contexts-title">
     <h2 id="contexts-title">Contexts</h2>
-    <label for="ctx-type">Context type</label>
-    <select id="ctx-type" value=${type} onChange=${(e) => { setType(e.target.value); setOpen(null); }}>
-      ${me.context_types.map((t) => html`<option value=${t}>${t}</option>`)}
-    </select>
+    <div class="row">
+      <div><label for="ctx-type">Context type</label>
+        <select id="ctx-type" value=${type} onChange=${(e) => { setType(e.target.value); setOpen(null); }}>
+          ${me.context_types.map((t) => html`<option value=${t}>${t}</option>`)}
+        </select></div>
+      <form class="row" onSubmit=${(e) => { e.preventDefault(); if (wanted.trim()) show(wanted.trim()); }}>
+        <div><label for="ctx-subject">Subject</label>
+          <input id="ctx-subject" value=${wanted} placeholder="orders-list" onInput=${(e) => setWanted(e.target.value)} /></div>
+        <button class="primary" type="submit">Open</button>
+      </form>
+    </div>
     ${error && html`<p role="alert" class="error">${error}</p>`}
     <div class="columns">
       <table aria-label="Recent contexts">

@@ -20,7 +20,7 @@ from fabric.router.audit_api import audit_records, audit_report
 from fabric.router.console import ROUTES as console_routes
 from fabric.router.contexts import list_composites, list_contexts
 from fabric.router.fastpath import FrontDoor
-from fabric.router.history_api import context_history
+from fabric.router.history_api import context_history, events_by_id
 from fabric.router.ingest import post_events
 from fabric.router.mcp import mcp_http_app
 from fabric.router.patterns_api import apply_patterns, list_patterns, remove_pattern
@@ -117,6 +117,7 @@ def create_app(settings: Settings) -> FrontDoor:
     routes = [
         Route("/v1/contexts/{context_type}", list_contexts, methods=["GET"]),
         Route("/v1/history/{context_type}/{subject:path}", context_history, methods=["GET"]),
+        Route("/v1/trail", events_by_id, methods=["GET"]),
         Route("/v1/assemble", assemble, methods=["POST"]),
         Route("/v1/policies", list_policies, methods=["GET"]),
         Route("/v1/policies/{name}", get_policy, methods=["GET"]),

@@ -9,6 +9,11 @@ null``, its size in ``data_bytes``: pull the subject for the latest), so an answ
 small whatever was sent. The caller needs ``context:read:<type>``; versions its roles do not clear
 (access rules on sensitivity) are left out, as in every pull. 503 while the store cannot
 be read. The subject goes into the SQL as hex, so no subject can change the statement.
+
+``GET /v1/trail?ids=ID,ID,...``: which context each event (a composite's contributors, say)
+belongs to: ``{"events": [{"id", "type", "context_type", "subject", "time", "sensitivity"}]}``,
+the tenant's only, of the types the caller may read and the sensitivities it clears; at most
+``MAX_IDS`` ids.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from fabric.router.problems import HTTPProblem
 from fabric.router.state import caller, context_type_named, state_of
 
 MAX_SUBJECT = 1024
+MAX_IDS = 50
 MAX_VERSIONS = 100
 MAX_DATA = 16 * 1024
 COLUMNS = ("id, type, source, time, received, sequence, sensitivity, provider, "
@@ -46,6 +52,30 @@ def history_sql(database: str, tenant: str, context_type: str, subject: str, lim
     return (
         f"SELECT {COLUMNS} FROM {database}.events FINAL WHERE {where} ORDER BY sequence DESC, time DESC LIMIT {limit}"
     )
+
+
+def trail_sql(database: str, tenant: str, ids: list[str]) -> str:
+    if not TENANT.fullmatch(tenant):
+        raise FabricError(f"invalid tenant {tenant[:70]!r}")
+    wanted = ", ".join(f"unhex('{i.encode().hex()}')" for i in ids)
+    return (f"SELECT DISTINCT id, type, context_type, subject, toString(time) AS time, sensitivity "
+            f"FROM {database}.events WHERE tenant = '{tenant}' AND id IN ({wanted}) LIMIT {len(ids) * 4}")  # fmt: skip
+
+
+async def events_by_id(request: Request) -> Response:
+    st = state_of(request)
+    who, trace = await caller(request, "trail.read", "trail")
+    ids = [i for i in request.query_params.get("ids", "").split(",") if i]
+    if not ids or len(ids) > MAX_IDS or any(len(i) > 200 for i in ids):
+        raise HTTPProblem(400, f"ids: 1 to {MAX_IDS} event ids of at most 200 characters, comma-separated")
+    rows = await store_rows(request, trail_sql(st.settings.clickhouse.database, who.tenant, ids), "the event trail")
+    events = [
+        r for r in rows
+        if who.can_read(str(r["context_type"]))
+        and st.gate.denied_by(who, str(r["context_type"]), LEVEL.get(str(r["sensitivity"]), 3)) is None
+    ]  # fmt: skip
+    st.gate.record_allowed(who, "trail.read", "trail", trace, f"{len(events)} of {len(ids)} events")
+    return Response(_enc.encode({"events": events}), media_type="application/json")
 
 
 def _version(row: dict[str, Any]) -> dict[str, Any]:

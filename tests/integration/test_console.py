@@ -119,6 +119,12 @@ async def test_console_signs_in_shows_contexts_and_publishes_a_policy(
     text = await detail.inner_text()
     assert "PageDSL / orders-desk" in text and "Orders desk" in text and "designer://console-test" in text
 
+    # a subject opened by name
+    await page.get_by_role("button", name="Contexts").click()
+    await page.get_by_label("Subject", exact=True).fill("orders-desk")
+    await page.get_by_role("button", name="Open", exact=True).click()
+    await page.locator("#context-detail h3", has_text="PageDSL / orders-desk").wait_for()
+
     # its version history, from the raw trail in ClickHouse: a second version joins the first
     second = page_event("orders-desk", "Orders desk, with filters")
     assert (await http.post("/v1/events", json=second)).status_code == 202
@@ -196,8 +202,15 @@ async def test_console_signs_in_shows_contexts_and_publishes_a_policy(
     row = page.locator("tr.composite", has_text="composite.deploy-then-error-burst")
     await row.first.wait_for(timeout=30_000)
     assert "deploy-then-error-burst/orders-api" in await row.first.inner_text()
-    assert {e["id"] for e in burst[:6]} <= set((await row.first.inner_text()).split())
+    shown = (await row.first.inner_text()).split()
+    assert {e["id"] for e in burst[:6]} <= set(shown), shown
+    # a contributing event opens the context it belongs to
+    contributor = row.first.locator(f'a[data-event="{burst[1]["id"]}"]')
+    await contributor.wait_for(timeout=30_000)
     await page.screenshot(path=str(SHOTS / "composites.png"))
+    await contributor.click()
+    await page.locator("#context-detail h3", has_text="LogEntry / orders-api").wait_for()
+    assert await page.get_by_label("Context type").input_value() == "LogEntry"
 
     # a workflow run and its step timeline
     assert (await http.post("/v1/events", json=page_event("wf-page", "Announced"))).status_code == 202
@@ -414,6 +427,18 @@ async def test_history_is_the_tenants_and_obeys_the_access_rules(fabric: Fabric,
         version = await eventually(big, 30, interval=0.5)
         assert version["data"] is None and version["data_bytes"] > 20_000
         assert (await c.get("/v1/history/Nope/x", headers=sre)).status_code == 404
+        # which context an event belongs to: the tenant's, as far as the caller may read
+        ids = f"{first['id']},{second['id']},nope"
+        found = (await c.get(f"/v1/trail?ids={ids}", headers=sre)).json()["events"]
+        assert sorted((e["id"], e["context_type"], e["subject"]) for e in found) == sorted(
+            [(first["id"], "PageDSL", subject), (second["id"], "PageDSL", subject)]
+        )
+        assert [e["id"] for e in (await c.get(f"/v1/trail?ids={ids}", headers=no_roles)).json()["events"]] == [
+            first["id"]
+        ]
+        theirs = bearer(s, f"x{tenant}", ["context:read:*"], roles=["sre"])
+        assert (await c.get(f"/v1/trail?ids={ids}", headers=theirs)).json()["events"] == []
+        assert (await c.get("/v1/trail?ids=" + ",".join(["a"] * 51), headers=sre)).status_code == 400
 
 
 async def test_live_flows_are_capped_per_tenant(fabric: Fabric, tenant: str) -> None:
