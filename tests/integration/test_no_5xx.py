@@ -32,6 +32,9 @@ ENDPOINTS = [
     ("POST", "/subjects/PageDSL"), ("GET", "/schemas/ids/12"), ("POST", "/compatibility/subjects/PageDSL/versions/1"),
     ("GET", "/config/PageDSL"), ("PUT", "/config/PageDSL"), ("GET", "/v1/registry/manifests"),
     ("POST", "/v1/registry/manifests"), ("GET", "/healthz"), ("GET", "/.well-known/jwks.json"),
+    ("GET", "/v1/history/PageDSL/x"), ("GET", "/v1/trail"), ("GET", "/v1/workflows"), ("POST", "/v1/workflows"),
+    ("DELETE", "/v1/workflows/x"), ("GET", "/v1/workflows/runs"), ("GET", "/v1/patterns"), ("POST", "/v1/patterns"),
+    ("GET", "/v1/console/config"), ("GET", "/v1/console/me"),
 ]  # fmt: skip
 
 json_values = st.recursive(
@@ -41,7 +44,8 @@ json_values = st.recursive(
     max_leaves=20,
 )  # fmt: skip
 known_keys = st.sampled_from(["id", "type", "subject", "tenant", "data", "schema", "policy", "subscribe", "resume",
-                              "rules", "consumer", "compatibility", "sequence", "inline", "limit", "source"])  # fmt: skip
+                              "rules", "consumer", "compatibility", "sequence", "inline", "limit", "source",
+                              "yaml"])  # fmt: skip
 objects = st.dictionaries(known_keys | st.text(max_size=8), json_values, max_size=6)
 bodies = (
     objects.map(lambda o: json.dumps(o).encode())
@@ -91,7 +95,8 @@ def test_no_http_endpoint_answers_5xx(fabric: Fabric) -> None:
         def one(endpoint: tuple[str, str], body: bytes, auth: dict[str, str], extra: dict[str, str], q: str) -> None:
             method, path = endpoint
             r = c.request(method, path, content=body if method != "GET" else None, headers={**auth, **extra},
-                          params={"since": q, "limit": q, "pattern": q, "decision": q, "action": q})  # fmt: skip
+                          params={"since": q, "limit": q, "pattern": q, "decision": q, "action": q, "ids": q,
+                                  "workflow": q, "status": q})  # fmt: skip
             assert r.status_code < 500, (method, path, body[:200], r.status_code, r.text[:300])
 
         one()
