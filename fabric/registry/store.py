@@ -73,6 +73,12 @@ class SchemaVersion:
         return orjson.dumps({"subject": self.subject, "version": self.version, "id": self.id, "schema": self.schema})
 
 
+def _owned(held: dict[str, Any], tenant: str) -> dict[str, Any]:
+    """The entries of ``tenant/name`` keys that are ``tenant``'s, by name."""
+    mine = f"{tenant}/"
+    return {full[len(mine) :]: doc for full, doc in held.items() if full.startswith(mine)}
+
+
 class SchemaStore:
     def __init__(self, catalogue: Catalogue) -> None:
         self.catalogue = catalogue
@@ -165,13 +171,11 @@ class SchemaStore:
 
     def workflows_of(self, tenant: str) -> dict[str, Any]:
         """name -> the tenant's workflows as written (workflows are tenant objects only)."""
-        mine = f"{tenant}/"
-        return {full[len(mine) :]: doc for full, doc in self.workflows.items() if full.startswith(mine)}
+        return _owned(self.workflows, tenant)
 
     def systems_of(self, tenant: str) -> dict[str, Any]:
         """id -> the tenant's target systems as registered."""
-        mine = f"{tenant}/"
-        return {full[len(mine) :]: doc for full, doc in self.systems.items() if full.startswith(mine)}
+        return _owned(self.systems, tenant)
 
     def manifests_of(self, tenant: str) -> list[Manifest]:
         """The manifests a tenant sees: its own and the platform's, never another tenant's."""

@@ -16,6 +16,7 @@ import multiprocessing
 from concurrent.futures import ProcessPoolExecutor
 
 import msgspec
+import orjson
 from starlette.requests import Request
 
 from fabric.errors import FabricError
@@ -23,6 +24,8 @@ from fabric.router.problems import HTTPProblem
 
 #: the bodies of the JSON endpoints other than ``/v1/events`` (a policy, a schema, a manifest)
 JSON_BYTES = 1024 * 1024
+#: a pattern or workflow file sent as ``{"yaml": "..."}``: such files are small
+YAML_BYTES = 64 * 1024
 
 #: bodies up to this size are split on the event loop (a few ms at worst)
 INLINE_BYTES = 128 * 1024
@@ -48,6 +51,18 @@ async def read(request: Request, limit: int = JSON_BYTES) -> bytes:
             raise HTTPProblem(413, f"body is over the limit of {limit} bytes")
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+async def read_yaml(request: Request, what: str) -> str:
+    """The YAML text of a ``{"yaml": "..."}`` body (``what`` names its contents in the 400)."""
+    raw = await read(request, YAML_BYTES)
+    try:
+        text = orjson.loads(raw)["yaml"]
+    except (orjson.JSONDecodeError, KeyError, TypeError):
+        text = None
+    if not isinstance(text, str):
+        raise HTTPProblem(400, f'body must be {{"yaml": "<the {what} as YAML>"}}')
+    return text
 
 
 def split(body: bytes, ndjson: bool, max_events: int) -> list[bytes]:

@@ -9,7 +9,7 @@ the console and scripts.
 - ``DELETE /v1/patterns/NAME``: removes the tenant's own pattern (a platform pattern is not
   the tenant's to remove).
 
-The YAML is parsed off the event loop and is at most ``MAX_BYTES``: a pattern file is small.
+The YAML is parsed off the event loop and is at most ``bodies.YAML_BYTES``: a pattern file is small.
 """
 
 from __future__ import annotations
@@ -27,7 +27,6 @@ from fabric.router import bodies
 from fabric.router.problems import HTTPProblem
 from fabric.router.registry_api import _reader, _store, _writer
 
-MAX_BYTES = 64 * 1024
 KINDS = ("sequence", "absence", "aggregate")
 _enc = msgspec.json.Encoder()
 
@@ -49,13 +48,7 @@ async def list_patterns(request: Request) -> Response:
 
 async def apply_patterns(request: Request) -> Response:
     st, who, trace = await _writer(request)
-    raw = await bodies.read(request, MAX_BYTES)
-    try:
-        text = orjson.loads(raw)["yaml"]
-        if not isinstance(text, str):
-            raise TypeError
-    except (orjson.JSONDecodeError, KeyError, TypeError):
-        raise HTTPProblem(400, 'body must be {"yaml": "<the patterns as YAML>"}') from None
+    text = await bodies.read_yaml(request, "patterns")
     try:
         compiled = await asyncio.to_thread(load_patterns, text)
     except PatternError as e:

@@ -9,7 +9,7 @@ the tenant is always the token's.
   already applied is a 409; steps naming a system not registered yet come back as warnings;
 - ``DELETE /v1/workflows/NAME`` (``registry:write``): runs in progress finish.
 
-The YAML is parsed off the event loop, at most ``MAX_BYTES``, and without YAML aliases.
+The YAML is parsed off the event loop, at most ``bodies.YAML_BYTES``, and without YAML aliases.
 
 ``GET /v1/workflows/runs`` and ``GET /v1/workflows/runs/{run_id}``: a tenant's workflow
 runs and one run's step attempts, from ClickHouse (scope ``workflows:read``).
@@ -39,7 +39,6 @@ from fabric.workflows.queries import WORKFLOW_NAME, run_sql, runs_sql
 from fabric.workflows.source import WORKFLOW
 from fabric.workflows.spec import WorkflowError, read_workflows, unregistered_systems, version_conflict
 
-MAX_BYTES = 64 * 1024
 _enc = msgspec.json.Encoder()
 
 
@@ -62,13 +61,7 @@ async def list_workflows(request: Request) -> Response:
 
 async def apply_workflows(request: Request) -> Response:
     st, who, trace = await _writer(request)
-    raw = await bodies.read(request, MAX_BYTES)
-    try:
-        text = orjson.loads(raw)["yaml"]
-        if not isinstance(text, str):
-            raise TypeError
-    except (orjson.JSONDecodeError, KeyError, TypeError):
-        raise HTTPProblem(400, 'body must be {"yaml": "<the workflows as YAML>"}') from None
+    text = await bodies.read_yaml(request, "workflows")
     try:
         checked = await asyncio.to_thread(read_workflows, text, "workflows")
     except WorkflowError as e:
