@@ -282,21 +282,27 @@ async def test_console_signs_in_shows_contexts_and_publishes_a_policy(
     await reader.close()
 
     # another tenant sees none of the first tenant's data
-    other = await signed_in(browser, fabric, bearer(fabric.settings, f"other{tenant}", [*EVERYTHING, "audit:read"]))
+    theirs_all = bearer(fabric.settings, f"other{tenant}", [*EVERYTHING, "audit:read"])
+    other = await signed_in(browser, fabric, theirs_all)
     await other.locator("#tenant").wait_for()
+    async with httpx.AsyncClient(base_url=fabric.url, timeout=10) as c:  # its own page: the list has loaded
+        assert (
+            await c.post("/v1/events", json=page_event("other-desk", "Theirs"), headers=theirs_all)
+        ).status_code == 202
     await other.get_by_label("Context type").select_option("PageDSL")
-    await other.wait_for_timeout(2500)  # a poll or two
+    await other.locator('a[data-subject="other-desk"]').wait_for(timeout=15_000)
     assert await other.locator('a[data-subject="orders-desk"]').count() == 0
     async with httpx.AsyncClient(base_url=fabric.url, timeout=10) as c:
         theirs = bearer(fabric.settings, f"other{tenant}", [*EVERYTHING, "workflows:read"])
         assert (await c.get("/v1/history/PageDSL/orders-desk", headers=theirs)).json()["versions"] == []
         assert (await c.get("/v1/workflows", headers=theirs)).json()["workflows"] == []
-    await other.get_by_role("button", name="Composites").click()
-    await other.wait_for_timeout(2500)
+    async with other.expect_response(lambda r: "/v1/composites?" in r.url) as feed:
+        await other.get_by_role("button", name="Composites").click()
+    assert (await (await feed.value).json())["items"] == []
     assert await other.locator("tr.composite").count() == 0
-    await other.get_by_role("button", name="Patterns").click()
-    await other.locator("table[aria-label='Patterns']").wait_for()
-    await other.wait_for_timeout(500)
+    async with other.expect_response(lambda r: r.url.endswith("/v1/patterns")) as listed:
+        await other.get_by_role("button", name="Patterns").click()
+    assert "checkout-errors" not in {p["name"] for p in (await (await listed.value).json())["patterns"]}
     assert await other.locator("tr.pattern", has_text="checkout-errors").count() == 0
     await other.get_by_role("button", name="Policies").click()
     await eventually(lambda: other.locator("#policy-text").input_value(), 10)
